@@ -1,0 +1,38 @@
+"""edge-sdk: put distilled models on laptops, Raspberry Pis and NPUs.
+
+``load`` needs only numpy and the inference engine; ``export`` needs the conversion extra
+(``pip install 'edge-sdk[convert]'``) and imports torch when called, not before.
+
+Example::
+
+    import edge_sdk
+    edge_sdk.export("path/to/hf-model", "out/pkg")
+    lm = edge_sdk.load("out/pkg")
+    print(lm.generate("Hello", max_new_tokens=16).text)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from edge_sdk._version import __version__
+from edge_sdk.errors import EdgeSDKError
+from edge_sdk.runtimes import load
+
+logging.getLogger("edge_sdk").addHandler(logging.NullHandler())
+
+
+def export(model, output, options=None, *, overwrite: bool = False, progress: bool = True):
+    """Export a model to an edge package; see ``edge_sdk.converters.export.export``."""
+    from edge_sdk.errors import missing_extra
+
+    try:
+        from edge_sdk.converters.export import export as _export
+    except ImportError as e:
+        if e.name and e.name.split(".")[0] in ("torch", "transformers", "onnx", "onnxscript", "safetensors", "huggingface_hub"):
+            raise missing_extra(e.name.split(".")[0], "convert", "exporting a model") from e
+        raise
+    return _export(model, output, options, overwrite=overwrite, progress=progress)
+
+
+__all__ = ["__version__", "EdgeSDKError", "export", "load"]

@@ -1,0 +1,185 @@
+"""The ``edge-sdk`` command line: export, inspect, generate.
+
+Every failure the user can cause prints one line (``Error: ...``) and exits non-zero; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from edge_sdk._version import __version__
+from edge_sdk.errors import EdgeSDKError
+
+_DEBUG_KEY = "edge_sdk.debug"
+
+
+class _Group(click.Group):
+    """Turns edge-sdk errors (and unexpected ones) into click's one-line error and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except EdgeSDKError as e:
+            if ctx.meta.get(_DEBUG_KEY):
+                raise
+            raise click.ClickException(_one_line(str(e))) from None
+        except Exception as e:
+            if ctx.meta.get(_DEBUG_KEY):
+                raise
+            raise click.ClickException(
+                _one_line(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback and report it)")
+            ) from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-sdk")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each step does (to stderr).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """Put small models on laptops, Raspberry Pis and NPUs.
+
+    \b
+    Examples:
+      edge-sdk export ./my-hf-model -o out/lm
+      edge-sdk inspect out/lm
+      edge-sdk generate out/lm "Once upon a time" --max-new-tokens 32
+    """
+    ctx.meta[_DEBUG_KEY] = debug
+    if verbose or debug:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(name)s: %(message)s")
+        logging.getLogger("edge_sdk").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+@main.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Package directory to write.")
+@click.option(
+    "--task",
+    type=click.Choice(["text-generation"]),
+    default=None,
+    help="Task of the package (default: inferred from the model's architecture).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it already holds a package.")
+@click.option(
+    "--atol", type=float, default=1e-3, show_default=True, help="Largest |ONNX - PyTorch| accepted at validation."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def export(model: str, output: str, task: str | None, overwrite: bool, atol: float, quiet: bool) -> None:
+    """Export MODEL (a Hugging Face directory or hub id) to an edge package.
+
+    The graph is validated against the PyTorch model before the package is written; a failed
+    export leaves nothing behind.
+
+    \b
+    Examples:
+      edge-sdk export ./SmolLM2-135M -o out/smollm
+      edge-sdk export HuggingFaceTB/SmolLM2-135M -o out/smollm --overwrite
+    """
+    import edge_sdk
+
+    options = _export_options(task=task, atol=atol)
+    path = edge_sdk.export(model, output, options, overwrite=overwrite, progress=not quiet)
+    from edge_sdk.package import Package
+
+    package = Package.open(path, verify=False)
+    accuracy = package.manifest.get("accuracy", {}).get("max_abs_diff", {})
+    diff = f"; max |ONNX - PyTorch| logits {accuracy['logits']:.2g}" if "logits" in accuracy else ""
+    click.echo(f"Wrote {package.task} package {path} ({_megabytes(package.size_bytes)}{diff})")
+    click.echo(f"Try it: edge-sdk generate {path} \"Hello\"")
+
+
+def _export_options(**fields):
+    from edge_sdk.converters.export import ExportOptions
+
+    return ExportOptions(**fields)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+@main.command()
+@click.argument("package", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip checking the files' sha256.")
+def inspect(package: str, as_json: bool, no_verify: bool) -> None:
+    """Show what PACKAGE holds: task, source, precision, graphs, files and accuracy.
+
+    \b
+    Examples:
+      edge-sdk inspect out/smollm
+      edge-sdk inspect out/smollm --json | jq .accuracy
+    """
+    from edge_sdk.describe import render_manifest
+    from edge_sdk.package import Package
+
+    pkg = Package.open(package, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(pkg.manifest, indent=2))
+        return
+    from rich.console import Console
+
+    Console().print(render_manifest(pkg, verified=not no_verify))
+
+
+@main.command()
+@click.argument("package", type=click.Path())
+@click.argument("prompt")
+@click.option("-n", "--max-new-tokens", type=int, default=None, help="Tokens to generate at most [package default].")
+@click.option("-t", "--temperature", type=float, default=None, help="0 is greedy; > 0 samples [package default].")
+@click.option("--top-k", type=int, default=None, help="Sample among the k most likely tokens (0: off).")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold in (0, 1] (1: off).")
+@click.option("--seed", type=int, default=None, help="Seed of the sampling RNG (reproducible samples).")
+@click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
+@click.option("--ignore-eos", is_flag=True, default=None, help="Keep generating past end-of-sequence tokens.")
+@click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
+@click.option("--stats/--no-stats", default=True, show_default=True, help="Print timings to stderr at the end.")
+def generate(package: str, prompt: str, threads: int | None, stats: bool, **overrides) -> None:
+    """Continue PROMPT with the text-generation PACKAGE, streaming to stdout ("-" reads the prompt from stdin).
+
+    \b
+    Examples:
+      edge-sdk generate out/smollm "The capital of France is" -n 16
+      edge-sdk generate out/smollm "Once upon a time" -t 0.8 --top-p 0.95 --seed 1
+      echo "def fib(n):" | edge-sdk generate out/smollm - --stop "\\n\\n"
+    """
+    import edge_sdk
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if threads is not None and threads < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--threads")
+    # shells pass "\n" literally; stop strings are mostly newlines, so unescape the common escapes
+    overrides["stop"] = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in overrides["stop"]) or None
+    generator = edge_sdk.load(package, threads=threads)
+    if not hasattr(generator, "stream"):
+        raise click.ClickException(f"{package} is a {generator.package.task} package, not text-generation")
+    options = generator.options(**overrides)  # validate before printing anything
+    for piece in generator.stream(prompt, options):
+        click.echo(piece, nl=False)
+    click.echo()
+    if stats and generator.last_stats:
+        s = generator.last_stats
+        click.echo(
+            f"[{s.prompt_tokens} prompt tokens, {s.generated_tokens} generated; first token "
+            f"{s.first_token_seconds * 1e3:.0f} ms; decode {s.decode_tokens_per_second:.1f} tok/s]",
+            err=True,
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,100 @@
+"""Human-readable rendering of a package's manifest (``edge-sdk inspect``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_sdk.package import Package
+
+
+def _shape(shape: list) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value) or "-"
+    return "-" if value is None else str(value)
+
+
+def render_manifest(package: Package, verified: bool):
+    """A rich renderable summarizing the package: overview, graphs, files, accuracy."""
+    from rich.console import Group
+    from rich.table import Table
+
+    m = package.manifest
+    overview = Table.grid(padding=(0, 2))
+    overview.add_column(style="bold")
+    overview.add_column()
+    source = m.get("source", {})
+    precision = m.get("precision", {})
+    rows = [
+        ("package", str(package.root)),
+        ("task", m["task"]),
+        ("format", f"version {m['format_version']}, written by edge-sdk {m.get('edge_sdk_version', '?')} at {m.get('created', '?')}"),
+        ("source", f"{source.get('model', '?')} ({source.get('architecture', '?')})"),
+        ("source weights sha256", source.get("weights_sha256") or "-"),
+        ("runtime", f"{m['runtime']['name']} >= {m['runtime'].get('min_version', '?')}"),
+        ("precision", f"weights {precision.get('weights', '?')}, activations {precision.get('activations', '?')}"),
+        ("recipe", _fmt(precision.get("recipe"))),
+        ("size", f"{_size(package.size_bytes)} in {len(m['files'])} files ({'checksums verified' if verified else 'not verified'})"),
+    ]
+    for key in ("model", "generation"):
+        if key in m:
+            rows.append((key, _fmt({k: v for k, v in m[key].items()})))
+    for name, value in rows:
+        overview.add_row(name, value)
+
+    graphs = Table(title="graphs", title_justify="left", show_edge=False)
+    for column in ("role", "file", "opset", "inputs", "outputs"):
+        graphs.add_column(column)
+    for graph in m["graphs"]:
+        graphs.add_row(
+            graph["role"],
+            graph["path"] + (f" (+{len(graph['external_data'])} data file(s))" if graph.get("external_data") else ""),
+            str(graph.get("opset", "?")),
+            _io_summary(graph.get("inputs", [])),
+            _io_summary(graph.get("outputs", [])),
+        )
+
+    files = Table(title="files", title_justify="left", show_edge=False)
+    for column in ("path", "size", "sha256"):
+        files.add_column(column)
+    for entry in m["files"]:
+        files.add_row(entry["path"], _size(int(entry["size"])), entry["sha256"][:16] + "…")
+
+    parts = [overview, graphs, files]
+    if m.get("accuracy"):
+        accuracy = Table(title="accuracy (measured at export)", title_justify="left", show_edge=False)
+        accuracy.add_column("measure")
+        accuracy.add_column("value")
+        for name, value in m["accuracy"].items():
+            accuracy.add_row(name, _fmt(value))
+        parts.append(accuracy)
+    return Group(*parts)
+
+
+def _io_summary(tensors: list[dict]) -> str:
+    """Collapse numbered cache tensors: ``past_key_values.{0..29}.key`` instead of 30 lines."""
+    groups: dict[str, list] = {}
+    for tensor in tensors:
+        parts = tensor["name"].split(".")
+        key = ".".join("{i}" if p.isdigit() else p for p in parts)
+        groups.setdefault(key, []).append(tensor)
+    lines = []
+    for key, members in groups.items():
+        first = members[0]
+        label = key.replace("{i}", f"{{0..{len(members) - 1}}}") if len(members) > 1 else first["name"]
+        lines.append(f"{label} {first['dtype']} {_shape(first['shape'])}")
+    return "\n".join(lines)

@@ -1,0 +1,29 @@
+"""Torch-free runtimes (``edge_sdk.runtimes``): engine sessions and the loops that drive them.
+
+Layering rule: nothing here imports torch, transformers, diffusers or nncf, at import or lazily.
+"""
+
+from __future__ import annotations
+
+import os
+
+from edge_sdk.package import Package
+from edge_sdk.runtimes.tasks import available_tasks, runtime_class
+
+
+def load(path: str | os.PathLike, threads: int | None = None, verify: bool = True):
+    """Open a package and return the runtime object for its task (e.g. a ``TextGenerator``).
+
+    ``threads`` sets the engine's intra-op threads (None: one per physical core). ``verify``
+    checks every file's sha256 against the manifest first.
+
+    Example::
+
+        lm = load("out/smollm", threads=2)
+        print(lm.generate("Hello", max_new_tokens=8).text)
+    """
+    package = Package.open(path, verify=verify)
+    return runtime_class(package.task)(package, threads=threads)
+
+
+__all__ = ["load", "available_tasks"]

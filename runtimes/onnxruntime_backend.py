@@ -1,0 +1,44 @@
+"""ONNX Runtime backend: one graph file -> ``run(inputs) -> outputs``, numpy at the boundary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_sdk.errors import PackageError
+from edge_sdk.runtimes.backend import TensorInfo, register_backend
+
+
+@register_backend("onnxruntime")
+class OnnxRuntimeSession:
+    """A CPU ONNX Runtime session over one graph.
+
+    ``threads`` sets intra-op parallelism (None: ONNX Runtime's default, one per physical core).
+
+    Example::
+
+        session = OnnxRuntimeSession("pkg/decoder.onnx", threads=2)
+        outputs = session.run({"input_ids": ids, ...})
+    """
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own untyped errors for unreadable graphs
+            raise PackageError(f"ONNX Runtime cannot load {path.name}: {e}; re-export the package") from e
+        self.inputs = [TensorInfo(i.name, i.type, tuple(i.shape)) for i in self._session.get_inputs()]
+        self.outputs = [TensorInfo(o.name, o.type, tuple(o.shape)) for o in self._session.get_outputs()]
+        self.threads = threads
+        self._output_names = [o.name for o in self.outputs]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, values))

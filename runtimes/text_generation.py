@@ -1,0 +1,299 @@
+"""Text generation from a decoder graph with an explicit KV cache. numpy and the engine only.
+
+The decoder graph (written by ``edge_sdk.converters.causal_lm``) takes ``input_ids``,
+``attention_mask`` (past + new positions), ``position_ids`` and ``past_key_values.{i}.key|value``
+of shape (batch, kv_heads, past, head_dim); it returns ``logits`` and ``present.{i}.key|value``.
+The same graph serves prefill (many tokens, empty past) and decode (one token, growing past).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from edge_sdk.errors import InvalidInputError
+from edge_sdk.package import Package
+from edge_sdk.runtimes.backend import Session, open_session
+from edge_sdk.runtimes.sampling import select_next_tokens
+from edge_sdk.runtimes.tasks import register_task
+from edge_sdk.runtimes.tokenizer import StreamDecoder, TextTokenizer
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate; validated on construction. Unset fields come from the package's defaults."""
+
+    max_new_tokens: int = 128  # generate at most this many tokens (fewer at EOS, a stop string or the context end)
+    temperature: float = 0.0  # 0 is greedy (argmax); > 0 samples from softmax(logits / temperature)
+    top_k: int = 0  # sample among the k most likely tokens only; 0 disables
+    top_p: float = 1.0  # sample within the smallest set of tokens whose probability reaches top_p; 1 disables
+    seed: int | None = None  # seed of the sampling RNG; None draws fresh entropy
+    stop: tuple[str, ...] = ()  # strings that end generation; the text is cut before the first one
+    ignore_eos: bool = False  # keep generating past end-of-sequence tokens (benchmarks want fixed lengths)
+
+    def __post_init__(self):
+        def bad(message: str):
+            raise InvalidInputError(message)
+
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            bad(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if self.max_new_tokens < 1:
+            bad(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not isinstance(self.temperature, (int, float)) or not np.isfinite(self.temperature) or self.temperature < 0:
+            bad(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            bad(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            bad(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            bad(f"seed must be a non-negative integer or None, got {self.seed!r}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            bad(f"stop strings must be non-empty strings, got {self.stop!r}")
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Where the time went, for one generate() call (shared by all rows of a batch)."""
+
+    prompt_tokens: int  # prompt tokens of the longest row (the prefill length)
+    generated_tokens: int  # decode steps run (the longest row)
+    first_token_seconds: float  # from the call to the first sampled token (prefill + sampling)
+    decode_tokens_per_second: float  # decode steps after the first token, per second
+    total_seconds: float
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One prompt's continuation. ``token_ids`` includes a final EOS token if one was generated."""
+
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens or the context end)
+    stats: GenerationStats = field(repr=False)
+
+
+class _Inference:
+    """KV cache, attention mask and positions of one batch moving through the decoder graph."""
+
+    def __init__(self, session: Session, model: dict, prompts: list[list[int]], pad_id: int):
+        self._session = session
+        self._num_layers = int(model["num_layers"])
+        batch, length = len(prompts), max(len(p) for p in prompts)
+        ids = np.full((batch, length), pad_id, dtype=np.int64)
+        self.mask = np.zeros((batch, length), dtype=np.int64)
+        for row, prompt in enumerate(prompts):  # left padding: every row's last token is at the same index
+            ids[row, length - len(prompt) :] = prompt
+            self.mask[row, length - len(prompt) :] = 1
+        positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)
+        empty = np.zeros((batch, int(model["num_kv_heads"]), 0, int(model["head_dim"])), dtype=np.float32)
+        self.past = {name: empty for name in self._past_names()}
+        self._pending = (ids, positions)
+
+    def _past_names(self) -> list[str]:
+        return [f"past_key_values.{i}.{kind}" for i in range(self._num_layers) for kind in ("key", "value")]
+
+    def forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Run the graph on new tokens; keep their keys/values; return logits (batch, new, vocab)."""
+        outputs = self._session.run(
+            {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions, **self.past}
+        )
+        self.past = {name: outputs[name.replace("past_key_values", "present")] for name in self.past}
+        return outputs["logits"]
+
+    def prefill(self) -> np.ndarray:
+        """Run the prompts; return logits of every prompt position (batch, prompt length, vocab)."""
+        ids, positions = self._pending
+        self._last_position = positions[:, -1:]
+        return self.forward(ids, positions)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed one token per row; return the next-token logits (batch, vocab)."""
+        self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
+        self._last_position = self._last_position + 1
+        return self.forward(tokens.reshape(-1, 1).astype(np.int64), self._last_position)[:, -1, :]
+
+    def close(self) -> None:
+        self.past = {}
+
+
+class _Row:
+    """One prompt's generated tokens and text, with stop strings and their hold-back for streaming."""
+
+    def __init__(self, tokenizer: TextTokenizer, stop: tuple[str, ...]):
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self._decoder = StreamDecoder(tokenizer)
+        self._stop = stop
+        self._released = 0  # characters of self.text already handed out
+
+    def add(self, token: int, is_eos: bool) -> str:
+        """Append a token; return the text that became final (safe to stream)."""
+        self.token_ids.append(int(token))
+        self.text += self._decoder.push(token)
+        if is_eos:
+            return self.finish("eos")
+        if self._cut_at_stop():
+            return self._release(len(self.text))
+        return self._release(len(self.text) - self._held_back())
+
+    def finish(self, reason: str) -> str:
+        self.text += self._decoder.flush()
+        if not self._cut_at_stop():
+            self.finish_reason = reason
+        return self._release(len(self.text))
+
+    def _cut_at_stop(self) -> bool:
+        found = [i for i in (self.text.find(s) for s in self._stop) if i >= 0]
+        if not found:
+            return False
+        self.text = self.text[: min(found)]
+        self.finish_reason = "stop"
+        return True
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the text that could still become a stop string."""
+        longest = 0
+        for stop in self._stop:
+            for k in range(min(len(stop) - 1, len(self.text)), longest, -1):
+                if self.text.endswith(stop[:k]):
+                    longest = k
+                    break
+        return longest
+
+    def _release(self, upto: int) -> str:
+        upto = max(upto, self._released)
+        piece, self._released = self.text[self._released : upto], upto
+        return piece
+
+
+@register_task("text-generation")
+class TextGenerator:
+    """Generates text from a ``text-generation`` package.
+
+    Example::
+
+        import edge_sdk
+        lm = edge_sdk.load("out/smollm")
+        print(lm.generate("The capital of France is", max_new_tokens=16).text)
+        for piece in lm.stream("Once upon a time", temperature=0.8, seed=1):
+            print(piece, end="", flush=True)
+
+    Options (keyword arguments of ``generate``/``stream``, or one ``GenerationOptions``):
+    ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``seed``, ``stop``,
+    ``ignore_eos``.
+    """
+
+    def __init__(self, package: Package, threads: int | None = None):
+        manifest = package.manifest
+        self.package = package
+        self._model = manifest["model"]
+        generation = manifest["generation"]
+        self._session = open_session(package.runtime, package.graph_path("decoder"), threads=threads)
+        self.tokenizer = TextTokenizer.from_file(package.path(manifest["tokenizer"]["path"]))
+        self._eos = np.array(generation.get("eos_token_ids") or [], dtype=np.int64)
+        pad = generation.get("pad_token_id")
+        self._pad_id = int(pad if pad is not None else (self._eos[0] if len(self._eos) else 0))
+        self._max_positions = self._model.get("max_positions")
+        self.defaults = GenerationOptions(**generation.get("defaults", {}))
+        self.last_stats: GenerationStats | None = None  # timings of the last generate()/stream()
+
+    def options(self, options: GenerationOptions | None = None, **overrides) -> GenerationOptions:
+        """The package defaults (or ``options``) with ``overrides`` applied and validated."""
+        base = options or self.defaults
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(GenerationOptions)}
+        if unknown:
+            valid = ", ".join(f.name for f in dataclasses.fields(GenerationOptions))
+            raise InvalidInputError(f"unknown generation option(s) {', '.join(sorted(unknown))}; valid: {valid}")
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    def generate(
+        self, prompt: str | Sequence[str], options: GenerationOptions | None = None, **overrides
+    ) -> GenerationResult | list[GenerationResult]:
+        """Continue ``prompt``; a list of prompts runs as one left-padded batch and returns a list."""
+        opts = self.options(options, **overrides)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise InvalidInputError("no prompts given; pass a string or a non-empty list of strings")
+        encoded = [self._encode(p) for p in prompts]
+        rows = [_Row(self.tokenizer, opts.stop) for _ in prompts]
+        for _ in self._decode(encoded, rows, opts):
+            pass
+        results = [
+            GenerationResult(row.text, row.token_ids, ids, row.finish_reason, self.last_stats)
+            for row, ids in zip(rows, encoded)
+        ]
+        return results[0] if isinstance(prompt, str) else results
+
+    def stream(self, prompt: str, options: GenerationOptions | None = None, **overrides) -> Iterator[str]:
+        """Yield text pieces as they are generated; joined, they equal ``generate(prompt).text``.
+
+        After the stream ends, ``last_stats`` holds its timings.
+        """
+        opts = self.options(options, **overrides)
+        if not isinstance(prompt, str):
+            raise InvalidInputError("stream() takes one prompt string; use generate() for a batch")
+        encoded = [self._encode(prompt)]
+        for (piece,) in self._decode(encoded, [_Row(self.tokenizer, opts.stop)], opts):
+            if piece:
+                yield piece
+
+    def _decode(self, encoded: list[list[int]], rows: list[_Row], opts: GenerationOptions) -> Iterator[list[str]]:
+        """Prefill, then one decode step per token; after each step yield the text each row released."""
+        budget = opts.max_new_tokens
+        longest = max(len(ids) for ids in encoded)
+        if self._max_positions:
+            budget = min(budget, self._max_positions - longest)
+        rng = np.random.default_rng(opts.seed)
+        start = time.perf_counter()
+        first_token = start
+        steps = 0
+        inference = _Inference(self._session, self._model, encoded, self._pad_id)
+        try:
+            logits = inference.prefill()[:, -1, :]
+            while True:
+                tokens = select_next_tokens(logits, opts.temperature, opts.top_k, opts.top_p, rng)
+                steps += 1
+                if steps == 1:
+                    first_token = time.perf_counter()
+                is_eos = np.isin(tokens, self._eos) & (not opts.ignore_eos)
+                pieces = ["" if row.finish_reason else row.add(t, e) for row, t, e in zip(rows, tokens, is_eos)]
+                if steps == budget or all(row.finish_reason for row in rows):
+                    break
+                yield pieces
+                finished = np.array([row.finish_reason is not None for row in rows])
+                logits = inference.step(np.where(finished, self._pad_id, tokens))
+            yield [piece + (row.finish("length") if row.finish_reason is None else "") for piece, row in zip(pieces, rows)]
+        finally:
+            inference.close()
+            end = time.perf_counter()
+            decode_seconds = end - first_token
+            self.last_stats = GenerationStats(
+                prompt_tokens=longest,
+                generated_tokens=steps,
+                first_token_seconds=first_token - start,
+                decode_tokens_per_second=(steps - 1) / decode_seconds if steps > 1 and decode_seconds > 0 else 0.0,
+                total_seconds=end - start,
+            )
+
+    def _encode(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str):
+            raise InvalidInputError(f"a prompt must be a string, got {type(prompt).__name__}")
+        if not prompt:
+            raise InvalidInputError("the prompt is empty; give some text for the model to continue")
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            raise InvalidInputError(f"the prompt {prompt!r} encodes to no tokens; give some text to continue")
+        if self._max_positions and len(ids) >= self._max_positions:
+            raise InvalidInputError(
+                f"the prompt has {len(ids)} tokens but the model's context is {self._max_positions}; shorten it"
+            )
+        return ids

@@ -1,0 +1,74 @@
+"""The runtime side runs without the conversion stack: no torch, transformers, diffusers, nncf or onnx."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from edge_sdk.converters.registry import supported_architectures
+from edge_sdk.converters.tiny import TINY_CONFIGS
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {"torch", "transformers", "diffusers", "nncf", "onnx", "onnxscript", "onnx_ir", "safetensors"}
+
+# Runs in a fresh interpreter where importing any forbidden package fails, as on a device
+# that installed edge-sdk without the [convert] extra.
+_SCRIPT = """
+import importlib.abc, json, sys
+FORBIDDEN = set(json.loads(sys.argv[2]))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in FORBIDDEN:
+            raise ImportError(f"{name} is not installed on this device")
+sys.meta_path.insert(0, Block())
+import edge_sdk
+from edge_sdk.cli import main
+lm = edge_sdk.load(sys.argv[1], threads=1)
+text = lm.generate(["Hello", "Once upon a time"], max_new_tokens=8)[1].text
+pieces = list(lm.stream("Hello", max_new_tokens=8, temperature=0.7, seed=1))
+main(["generate", sys.argv[1], "Hello", "-n", "4"], standalone_mode=False)
+main(["inspect", sys.argv[1]], standalone_mode=False)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
+print(json.dumps({"loaded": loaded, "text": text, "pieces": len(pieces)}))
+"""
+
+
+def test_load_generate_and_cli_run_without_the_conversion_stack(tiny_package_dir):
+    package = tiny_package_dir("LlamaForCausalLM")
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(package), json.dumps(sorted(FORBIDDEN))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    assert report["pieces"] > 0 and report["text"]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):  # includes imports inside functions: lazy imports count too
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_runtimes_and_devices_source_never_import_the_conversion_stack():
+    for folder in ("runtimes", "devices"):
+        for path in (ROOT / folder).rglob("*.py"):
+            imported = _imports(path)
+            bad = {m for m in imported if m.split(".")[0] in FORBIDDEN or m.startswith("edge_sdk.converters")}
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_every_registered_architecture_has_a_tiny_test_model():
+    missing = set(supported_architectures()) - set(TINY_CONFIGS)
+    assert not missing, f"registered without a tiny test model (add one to TINY_CONFIGS): {missing}"

@@ -1,0 +1,162 @@
+"""The package format: checksums, format versions, path safety, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import edge_sdk
+from edge_sdk.errors import (
+    ChecksumError,
+    OutputExistsError,
+    PackageError,
+    PackageVersionError,
+    UnsafePathError,
+)
+from edge_sdk.package import FORMAT_VERSION, MANIFEST_NAME, Package, staged_output, write_manifest
+
+
+def _edit_manifest(package: Path, edit) -> None:
+    path = package / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_manifest_describes_the_package(tiny_package_dir):
+    package = Package.open(tiny_package_dir("LlamaForCausalLM"))
+    m = package.manifest
+    assert m["format_version"] == FORMAT_VERSION
+    assert m["task"] == "text-generation"
+    assert m["source"]["architecture"] == "LlamaForCausalLM" and len(m["source"]["weights_sha256"]) == 64
+    assert {f["path"] for f in m["files"]} == {"decoder.onnx", "decoder.onnx.data", "tokenizer.json"}
+    decoder = package.graph("decoder")
+    assert [i["name"] for i in decoder["inputs"]][:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert decoder["inputs"][0]["shape"] == ["batch", "sequence"]
+    assert decoder["inputs"][3]["shape"][2] == "past_sequence"
+    assert m["accuracy"]["max_abs_diff"]["logits"] < 1e-4
+    assert m["generation"]["eos_token_ids"] and m["generation"]["pad_token_id"] is not None
+
+
+def test_tampered_graph_is_refused_naming_the_file(llama_package_copy):
+    graph = llama_package_copy / "decoder.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="decoder.onnx does not match its sha256"):
+        edge_sdk.load(llama_package_copy)
+
+
+def test_truncated_and_missing_files_are_refused(llama_package_copy):
+    tokenizer = llama_package_copy / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:100])
+    with pytest.raises(ChecksumError, match="tokenizer.json is 100 bytes"):
+        edge_sdk.load(llama_package_copy)
+    tokenizer.unlink()
+    with pytest.raises(ChecksumError, match="tokenizer.json is missing"):
+        edge_sdk.load(llama_package_copy)
+
+
+def test_newer_format_version_is_refused_with_upgrade_advice(llama_package_copy):
+    _edit_manifest(llama_package_copy, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(PackageVersionError, match="pip install -U edge-sdk"):
+        edge_sdk.load(llama_package_copy)
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.onnx", "/etc/passwd", "sub/../../x"])
+def test_manifest_paths_cannot_escape_the_package(llama_package_copy, bad_path):
+    def edit(m):
+        m["files"].append({"path": bad_path, "sha256": "0" * 64, "size": 1})
+
+    _edit_manifest(llama_package_copy, edit)
+    with pytest.raises(UnsafePathError):
+        edge_sdk.load(llama_package_copy)
+
+
+def test_symlink_out_of_the_package_is_refused(llama_package_copy, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    (llama_package_copy / "link.json").symlink_to(outside)
+
+    def edit(m):
+        m["files"].append({"path": "link.json", "sha256": "0" * 64, "size": 2})
+
+    _edit_manifest(llama_package_copy, edit)
+    with pytest.raises(UnsafePathError, match="resolves outside"):
+        edge_sdk.load(llama_package_copy)
+
+
+def test_graph_not_in_the_checksummed_list_is_refused(llama_package_copy):
+    def edit(m):
+        m["files"] = [f for f in m["files"] if f["path"] != "decoder.onnx"]
+
+    _edit_manifest(llama_package_copy, edit)
+    with pytest.raises(PackageError, match="not in its checksummed file list"):
+        edge_sdk.load(llama_package_copy)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{not json", "not valid JSON"), ("[1, 2]", "not a JSON object"), ('{"task": "x"}', "lacks format_version")],
+)
+def test_malformed_manifest_is_refused(llama_package_copy, content, message):
+    (llama_package_copy / MANIFEST_NAME).write_text(content)
+    with pytest.raises(PackageError, match=message):
+        edge_sdk.load(llama_package_copy)
+
+
+def test_unknown_task_and_runtime_are_refused(llama_package_copy):
+    _edit_manifest(llama_package_copy, lambda m: m.update(task="text-to-video"))
+    with pytest.raises(PackageError, match="task 'text-to-video' is not supported"):
+        edge_sdk.load(llama_package_copy)
+    _edit_manifest(llama_package_copy, lambda m: m.update(task="text-generation", runtime={"name": "tensorrt"}))
+    with pytest.raises(PackageError, match="runtime 'tensorrt'"):
+        edge_sdk.load(llama_package_copy)
+
+
+def test_not_a_package(tmp_path):
+    with pytest.raises(PackageError, match="does not exist"):
+        edge_sdk.load(tmp_path / "missing")
+    with pytest.raises(PackageError, match="not an edge-sdk package"):
+        edge_sdk.load(tmp_path)
+
+
+def test_staged_output_leaves_nothing_on_failure_and_keeps_the_old_package(tmp_path):
+    out = tmp_path / "pkg"
+    with staged_output(out) as staging:
+        (staging / "a.txt").write_text("one")
+        write_manifest(staging, {"task": "t", "runtime": {"name": "onnxruntime"}, "graphs": []})
+    assert (out / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with staged_output(out, overwrite=True) as staging:
+            (staging / "a.txt").write_text("two")
+            raise RuntimeError("export failed half way")
+    assert (out / "a.txt").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no .partial leftovers
+
+
+def test_output_that_is_not_a_package_is_never_replaced(tmp_path):
+    user_dir = tmp_path / "documents"
+    user_dir.mkdir()
+    (user_dir / "thesis.tex").write_text("precious")
+    with pytest.raises(OutputExistsError, match="not an edge-sdk package"):
+        with staged_output(user_dir, overwrite=True):
+            pass
+    assert (user_dir / "thesis.tex").read_text() == "precious"
+    with pytest.raises(OutputExistsError, match="is a file"):
+        with staged_output(user_dir / "thesis.tex", overwrite=True):
+            pass
+
+
+def test_existing_package_needs_overwrite(tmp_path):
+    out = tmp_path / "pkg"
+    for content in ("one", "two"):
+        with staged_output(out, overwrite=content == "two") as staging:
+            (staging / "a.txt").write_text(content)
+            write_manifest(staging, {"task": "t", "runtime": {"name": "onnxruntime"}, "graphs": []})
+    assert (out / "a.txt").read_text() == "two"
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        with staged_output(out):
+            pass
