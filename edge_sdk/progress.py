@@ -10,6 +10,14 @@ from typing import Iterator
 log = logging.getLogger("edge_sdk")
 
 
+def _peak_rss() -> str:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return "unknown"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6:.0f} MB"  # Linux: KiB
+
+
 class Steps:
     """A progress bar whose units are named steps, with the elapsed time of the whole operation.
 
@@ -54,6 +62,6 @@ class Steps:
             self._progress.update(self._task, description=f"{self._title}: {description}")
         start = time.perf_counter()
         yield
-        log.info("%s: %.1f s", description, time.perf_counter() - start)
+        log.info("%s: %.1f s, peak RSS so far %s", description, time.perf_counter() - start, _peak_rss())
         if self._progress is not None:
             self._progress.advance(self._task)
