@@ -69,9 +69,8 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(), help="Package directory to write.")
 @click.option(
     "--task",
-    type=click.Choice(["text-generation"]),
     default=None,
-    help="Task of the package (default: inferred from the model's architecture).",
+    help="Task of the package, e.g. text-generation (default: inferred from the model's architecture).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it already holds a package.")
 @click.option(

@@ -6,14 +6,14 @@ A backend wraps one graph: ``run(inputs: dict[str, np.ndarray]) -> dict[str, np.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from edge_sdk.errors import PackageError
+from edge_sdk.runtimes.registry import LazyRegistry
 
 
 @dataclass(frozen=True)
@@ -27,35 +27,45 @@ class Session(Protocol):
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
 
+    @staticmethod
+    def engine_version() -> str: ...
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-_BACKENDS: dict[str, Callable[..., Session]] = {}
-# Backends are imported on first use so that loading an ONNX Runtime package never imports openvino.
-_BACKEND_MODULES = {"onnxruntime": "edge_sdk.runtimes.onnxruntime_backend"}
-
-
-def register_backend(name: str):
-    """Class decorator: make a backend available under a runtime name used in manifests."""
-
-    def decorate(cls):
-        _BACKENDS[name] = cls
-        return cls
-
-    return decorate
+BACKENDS = LazyRegistry(
+    {"onnxruntime": "edge_sdk.runtimes.onnxruntime_backend"},
+    unknown="package needs runtime '{name}', which this edge-sdk does not have (available: {available}); "
+    "upgrade edge-sdk or re-export for one of those",
+)
+register_backend = BACKENDS.register
 
 
 def available_backends() -> list[str]:
-    return sorted(_BACKEND_MODULES)
+    return BACKENDS.names()
 
 
-def open_session(runtime: str, path: Path, threads: int | None = None) -> Session:
-    """Open ``path`` with the backend registered for ``runtime``."""
-    if runtime not in _BACKEND_MODULES:
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def open_session(runtime: str, path: Path, threads: int | None = None, min_version: str | None = None) -> Session:
+    """Open the graph at ``path`` with the backend registered for ``runtime``.
+
+    ``min_version`` (from the manifest) is checked against the installed engine first, so an old
+    engine gives an "upgrade" message instead of an obscure graph-loading failure.
+    """
+    backend = BACKENDS.get(runtime)
+    installed = backend.engine_version()
+    if min_version and _version_tuple(installed) < _version_tuple(min_version):
         raise PackageError(
-            f"package needs runtime '{runtime}', which this edge-sdk does not have "
-            f"(available: {', '.join(available_backends())}); upgrade edge-sdk or re-export for one of those"
+            f"this package needs {runtime} >= {min_version}, but {installed} is installed; "
+            f"upgrade it with: pip install -U {runtime}"
         )
-    if runtime not in _BACKENDS:
-        importlib.import_module(_BACKEND_MODULES[runtime])
-    return _BACKENDS[runtime](path, threads=threads)
+    return backend(path, threads=threads)

@@ -39,6 +39,12 @@ class OnnxRuntimeSession:
         self.threads = threads
         self._output_names = [o.name for o in self.outputs]
 
+    @staticmethod
+    def engine_version() -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._output_names, inputs)
         return dict(zip(self._output_names, values))

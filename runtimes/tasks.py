@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
+from edge_sdk.runtimes.registry import LazyRegistry
 
-from edge_sdk.errors import PackageError
-
-_TASKS: dict[str, type] = {}
-# Task modules are imported when a package of that task is loaded, not before.
-_TASK_MODULES = {"text-generation": "edge_sdk.runtimes.text_generation"}
-
-
-def register_task(task: str):
-    """Class decorator: the runtime class that loads packages of ``task``."""
-
-    def decorate(cls):
-        _TASKS[task] = cls
-        return cls
-
-    return decorate
+TASKS = LazyRegistry(
+    {"text-generation": "edge_sdk.runtimes.text_generation"},
+    unknown="package task '{name}' is not supported by this edge-sdk (supported: {available}); upgrade edge-sdk",
+)
+register_task = TASKS.register
 
 
 def available_tasks() -> list[str]:
-    return sorted(_TASK_MODULES)
+    return TASKS.names()
 
 
 def runtime_class(task: str) -> type:
-    if task not in _TASK_MODULES:
-        raise PackageError(
-            f"package task '{task}' is not supported by this edge-sdk (supported: {', '.join(available_tasks())}); "
-            "upgrade edge-sdk"
-        )
-    if task not in _TASKS:
-        importlib.import_module(_TASK_MODULES[task])
-    return _TASKS[task]
+    return TASKS.get(task)

@@ -197,13 +197,16 @@ class TextGenerator:
         self.package = package
         self._model = manifest["model"]
         generation = manifest["generation"]
-        self._session = open_session(package.runtime, package.graph_path("decoder"), threads=threads)
+        self._session = open_session(
+            package.runtime, package.graph_path("decoder"), threads, manifest["runtime"].get("min_version")
+        )
         self.tokenizer = TextTokenizer.from_file(package.path(manifest["tokenizer"]["path"]))
         self._eos = np.array(generation.get("eos_token_ids") or [], dtype=np.int64)
         pad = generation.get("pad_token_id")
         self._pad_id = int(pad if pad is not None else (self._eos[0] if len(self._eos) else 0))
         self._max_positions = self._model.get("max_positions")
-        self.defaults = GenerationOptions(**generation.get("defaults", {}))
+        known = {f.name for f in dataclasses.fields(GenerationOptions)}
+        self.defaults = GenerationOptions(**{k: v for k, v in generation.get("defaults", {}).items() if k in known})
         self.last_stats: GenerationStats | None = None  # timings of the last generate()/stream()
 
     def options(self, options: GenerationOptions | None = None, **overrides) -> GenerationOptions:

@@ -62,6 +62,7 @@ def test_export_errors_are_one_line(tmp_path):
     (tmp_path / "t5").mkdir()
     (tmp_path / "t5" / "config.json").write_text('{"architectures": ["T5ForConditionalGeneration"]}')
     assert_one_line_error(run("export", tmp_path / "t5", "-o", tmp_path / "o", "-q"), "T5ForConditionalGeneration", "supported:")
+    assert_one_line_error(run("export", tmp_path / "t5", "-o", tmp_path / "o", "--task", "summarization", "-q"), "unknown task")
     assert not (tmp_path / "o").exists()
 
 

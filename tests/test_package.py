@@ -116,6 +116,12 @@ def test_unknown_task_and_runtime_are_refused(llama_package_copy):
         edge_sdk.load(llama_package_copy)
 
 
+def test_engine_older_than_the_package_needs_is_refused(llama_package_copy):
+    _edit_manifest(llama_package_copy, lambda m: m["runtime"].update(min_version="99.0"))
+    with pytest.raises(PackageError, match="needs onnxruntime >= 99.0.*pip install -U onnxruntime"):
+        edge_sdk.load(llama_package_copy)
+
+
 def test_not_a_package(tmp_path):
     with pytest.raises(PackageError, match="does not exist"):
         edge_sdk.load(tmp_path / "missing")
