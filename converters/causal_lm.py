@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import shutil
 import json
 import logging
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_sdk.converters.onnx_export import describe_graph, export_onnx
+from edge_sdk.converters.onnx_export import export_onnx
 from edge_sdk.converters.registry import CausalLMSpec
 from edge_sdk.converters.validate import Comparison
 from edge_sdk.errors import ModelLoadError
@@ -36,6 +37,8 @@ TOKENIZER_FILE = "tokenizer.json"
 _TRACE_BATCH, _TRACE_SEQUENCE, _TRACE_PAST = 2, 3, 5
 _VALIDATION_TEXTS = ("The quick brown fox jumps over the lazy dog.", "Edge devices run small models.")
 _VALIDATION_DECODE_STEPS = 3
+_CALIBRATION_WINDOW = 64  # tokens per calibration prompt
+_CALIBRATION_DECODE_STEPS = 3  # decode steps recorded after each calibration prefill
 
 
 def input_names(num_layers: int) -> list[str]:
@@ -198,11 +201,49 @@ def _generation_config(model_dir: Path, config, tokenizer) -> dict[str, Any]:
     }
 
 
+def _calibration_feeds(fp32_graph: Path, shapes: dict, tokenizer, options) -> list[dict[str, np.ndarray]]:
+    """Decoder inputs for static calibration: prefill *and* decode steps, from real text.
+
+    A decoder calibrated only on prefill sees decode-step activations (one token, a long cache) it
+    was never calibrated for, a known way to get garbage decodes. Windows are drawn with a fixed
+    seed; the decode steps follow the FP32 model's own greedy tokens.
+    """
+    from edge_sdk.evaluation import read_texts
+    from edge_sdk.runtimes.backend import open_session
+    from edge_sdk.runtimes.text_generation import _Inference
+
+    tokens = [t for text in read_texts(options.quantization.calibration) for t in tokenizer(text)["input_ids"]]
+    if len(tokens) < _CALIBRATION_WINDOW:
+        return []
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, len(tokens) - _CALIBRATION_WINDOW + 1, size=options.quantization.num_samples)
+    session = open_session("onnxruntime", fp32_graph)
+    feeds: list[dict[str, np.ndarray]] = []
+
+    class Recorder:
+        def run(self, inputs):
+            feeds.append(dict(inputs))
+            return session.run(inputs)
+
+    for start in starts:
+        inference = _Inference(Recorder(), shapes, [tokens[start : start + _CALIBRATION_WINDOW]], pad_id=0)
+        next_token = inference.prefill()[:, -1].argmax(-1)
+        for _ in range(_CALIBRATION_DECODE_STEPS):
+            next_token = inference.step(next_token).argmax(-1)
+    return feeds
+
+
 def export_causal_lm(model_dir: Path, spec: CausalLMSpec, staging: Path, options, steps) -> dict[str, Any]:
-    """Write the decoder graph and tokenizer into ``staging``; return the task's manifest sections."""
+    """Write the decoder graph and tokenizer into ``staging``; return the task's manifest sections.
+
+    The FP32 graph is exported and validated against PyTorch first; the package's graph (another
+    runtime or precision) is derived from it, and its accuracy measured against it.
+    """
+    from edge_sdk.converters.target import build_graph
     from edge_sdk.runtimes.backend import open_session
     from edge_sdk.runtimes.tokenizer import TextTokenizer
 
+    steps.expect(5)
     with steps.step("loading model"):
         model = load_model(model_dir)
         shapes = spec.read(model.config)
@@ -214,6 +255,9 @@ def export_causal_lm(model_dir: Path, spec: CausalLMSpec, staging: Path, options
         pad_id = generation["pad_token_id"] if generation["pad_token_id"] is not None else 0
         cases = _reference_cases(wrapper, shapes, token_ids, pad_id)
 
+    work = staging / "fp32-work"
+    work.mkdir()
+    fp32_graph = work / DECODER_FILE
     with steps.step("exporting to ONNX (torch.export)"):
         import torch
 
@@ -230,7 +274,7 @@ def export_causal_lm(model_dir: Path, spec: CausalLMSpec, staging: Path, options
         export_onnx(
             wrapper,
             trace,
-            staging / DECODER_FILE,
+            fp32_graph,
             input_names=input_names(layers),
             output_names=output_names(layers),
             dynamic_shapes=dynamic,
@@ -241,29 +285,71 @@ def export_causal_lm(model_dir: Path, spec: CausalLMSpec, staging: Path, options
 
     with steps.step("validating against PyTorch"):
         comparison = Comparison(atol=options.atol)
-        _compare(open_session("onnxruntime", staging / DECODER_FILE), cases, comparison)
+        _compare(open_session("onnxruntime", fp32_graph), cases, comparison)
         runtime_tokenizer = TextTokenizer.from_file(staging / TOKENIZER_FILE)
         for text, expected in zip(_VALIDATION_TEXTS, token_ids):
             comparison.check_equal(f"tokenizer ids of {text!r}", runtime_tokenizer.encode(text), expected)
         comparison.raise_if_failed("the exported decoder does not reproduce the PyTorch model")
 
-    graph = {"role": "decoder", "path": DECODER_FILE, **describe_graph(staging / DECODER_FILE)}
-    graph["external_data"] = sorted(p.name for p in staging.glob(f"{DECODER_FILE}.data*"))
+    quantization = options.quantization
+    with steps.step(f"building the {options.runtime} {quantization.weights} graph"):
+        calibration = (lambda: _calibration_feeds(fp32_graph, shapes, tokenizer, options)) if quantization.calibration else None
+        graph, recipe, min_version = build_graph(fp32_graph, staging, "decoder", options.runtime, quantization, calibration)
+
+    with steps.step("measuring accuracy against FP32"):
+        accuracy = _measure_accuracy(
+            open_session(options.runtime, staging / graph["path"]),
+            open_session("onnxruntime", fp32_graph) if fp32_graph.exists() else None,
+            shapes, runtime_tokenizer, options,
+        )
+    shutil.rmtree(work)
     return {
         "graphs": [graph],
+        "runtime": {"name": options.runtime, "min_version": min_version},
+        "precision": {"weights": quantization.weights, "activations": _activations(quantization), "recipe": recipe},
         "tokenizer": {"path": TOKENIZER_FILE},
-        "model": {
-            "architecture": spec.architecture,
-            "model_type": model_type,
-            **shapes,
-            "kv_dtype": "float32",
-        },
+        "model": {"architecture": spec.architecture, "model_type": model_type, **shapes, "kv_dtype": "float32"},
         "generation": generation,
         "accuracy": {
             "reference": "transformers PyTorch FP32",
             "max_abs_diff": comparison.max_diffs(),
             "atol": options.atol,
             "inputs": f"{len(_VALIDATION_TEXTS)} left-padded prompts, prefill + {_VALIDATION_DECODE_STEPS} decode steps",
+            "note": "max_abs_diff is of the FP32 ONNX graph; 'eval' compares this package with that graph",
+            "eval": accuracy,
         },
     }
 
+
+def _activations(quantization) -> str:
+    return {"dynamic": "int8 (dynamic)", "static": "int8 (static, calibrated)"}.get(quantization.effective_mode, "fp32")
+
+
+def _measure_accuracy(candidate, reference, shapes: dict, tokenizer, options) -> dict[str, Any]:
+    """Teacher-forced accuracy of the package's graph against the FP32 graph on held-back text."""
+    from edge_sdk.evaluation import BUNDLED_EVAL_TEXT, read_texts, text_accuracy, token_windows
+    from edge_sdk.runtimes.text_generation import sequence_logits
+
+    source = options.eval_data or BUNDLED_EVAL_TEXT
+    tokens = [t for text in read_texts(source) for t in tokenizer.encode(text)]
+    windows = token_windows(tokens)
+    result = text_accuracy(
+        lambda ids: sequence_logits(candidate, shapes, ids),
+        windows,
+        (lambda ids: sequence_logits(reference, shapes, ids)) if reference is not None else None,
+    )
+    data = "bundled edge_sdk/data/eval.txt" if options.eval_data is None else str(options.eval_data)
+    return {"data": data, "reference": "FP32 ONNX graph" if reference is not None else None, **result.as_dict()}
+
+
+def model_logits(model_dir: Path):
+    """A callable: token ids -> the PyTorch model's logits (T, vocab) as numpy (the FP32 reference)."""
+    import torch
+
+    model = load_model(model_dir)
+
+    def logits(token_ids: list[int]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([list(token_ids)])).logits[0].numpy()
+
+    return logits

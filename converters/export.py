@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_sdk.converters.causal_lm import export_causal_lm
+from edge_sdk.converters.quantize import QuantizationOptions
 from edge_sdk.converters.registry import lookup, supported_architectures
 from edge_sdk.converters.sources import read_config, resolve_model_dir, weights_sha256
 from edge_sdk.errors import InvalidInputError
@@ -15,22 +16,26 @@ from edge_sdk.progress import Steps
 
 # task -> exporter(model_dir, spec, staging, options, steps) -> manifest sections
 EXPORTERS = {"text-generation": export_causal_lm}
-# the oldest ONNX Runtime that implements each default-domain opset our graphs may use
-_MIN_ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What to export and how strictly to validate it."""
+    """What to export, for which engine and precision, and how strictly to validate it."""
 
     task: str | None = None  # None: inferred from the model's architecture
-    atol: float = 1e-3  # largest |ONNX - PyTorch| accepted on logits and cache at validation
+    runtime: str = "onnxruntime"  # engine of the package: onnxruntime | openvino
+    quantization: QuantizationOptions = field(default_factory=QuantizationOptions)  # weights precision and recipe
+    atol: float = 1e-3  # largest |ONNX - PyTorch| accepted on logits and cache at validation (FP32 graph)
+    eval_data: Path | None = None  # held-back text for the accuracy figures; None: the bundled text
 
     def __post_init__(self):
         if self.task is not None and self.task not in EXPORTERS:
             raise InvalidInputError(f"unknown task '{self.task}'; supported: {', '.join(sorted(EXPORTERS))}")
         if not self.atol > 0:
             raise InvalidInputError(f"atol must be > 0, got {self.atol}")
+        self.quantization.check_runtime(self.runtime)
+        if self.eval_data is not None and not Path(self.eval_data).exists():
+            raise InvalidInputError(f"evaluation data {self.eval_data} does not exist")
 
 
 def export(
@@ -59,24 +64,11 @@ def export(
         raise InvalidInputError(
             f"{model} is a {spec.task} model ({spec.architecture}); it cannot be exported as '{options.task}'"
         )
-    with staged_output(output, overwrite) as staging, Steps(total=4, enabled=progress) as steps:
+    with staged_output(output, overwrite) as staging, Steps(total=1, enabled=progress) as steps:
         sections = EXPORTERS[spec.task](model_dir, spec, staging, options, steps)
         with steps.step("writing package"):
-            opset = max(graph.get("opset") or 0 for graph in sections["graphs"])
-            write_manifest(
-                staging,
-                {
-                    "task": spec.task,
-                    "source": {
-                        "model": str(model),
-                        "architecture": spec.architecture,
-                        "weights_sha256": weights_sha256(model_dir),
-                    },
-                    "runtime": {"name": "onnxruntime", "min_version": _MIN_ORT_FOR_OPSET.get(opset, "1.17")},
-                    "precision": {"weights": "fp32", "activations": "fp32", "recipe": None},
-                    **sections,
-                },
-            )
+            source = {"model": str(model), "architecture": spec.architecture, "weights_sha256": weights_sha256(model_dir)}
+            write_manifest(staging, {"task": spec.task, "source": source, **sections})
     return Path(output)
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
 from edge_sdk._version import __version__
+from edge_sdk.converters.quantize import MODES, RUNTIMES, WEIGHTS
 from edge_sdk.errors import EdgeSDKError
 
 _DEBUG_KEY = "edge_sdk.debug"
@@ -59,6 +62,9 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
       edge-sdk generate out/lm "Once upon a time" --max-new-tokens 32
     """
     ctx.meta[_DEBUG_KEY] = debug
+    if not debug:  # libraries' deprecation notices are for their developers, not for CLI users
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     if verbose or debug:
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(name)s: %(message)s")
         logging.getLogger("edge_sdk").setLevel(logging.DEBUG if debug else logging.INFO)
@@ -67,37 +73,60 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @main.command()
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Package directory to write.")
-@click.option(
-    "--task",
-    default=None,
-    help="Task of the package, e.g. text-generation (default: inferred from the model's architecture).",
-)
+@click.option("--task", default=None, help="Task of the package, e.g. text-generation (default: from the architecture).")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True, help="Engine the package runs on.")
+@click.option("--weights", type=click.Choice(WEIGHTS), default="fp32", show_default=True, help="Precision of the weights.")
+@click.option("--quant-mode", type=click.Choice(MODES), default=None, help="int8: weight-only (default), dynamic or static (calibrated) activations.")
+@click.option("--group-size", type=int, default=None, help="Weights per scale along input channels (power of two >= 16; -1 per-channel) [128].")
+@click.option("--sym/--asym", default=False, show_default=True, help="Symmetric (no zero points) or asymmetric quantization.")
+@click.option("--calibration", type=click.Path(), default=None, help="Text file or directory of .txt files for --quant-mode static.")
+@click.option("--num-samples", type=int, default=32, show_default=True, help="Calibration samples drawn from --calibration.")
+@click.option("--accuracy-level", type=int, default=4, show_default=True, help="ONNX Runtime MatMulNBits compute type (4: int8).")
+@click.option("--ratio", type=float, default=1.0, show_default=True, help="OpenVINO int4: share of layers in 4 bits (rest INT8).")
+@click.option("--eval-data", type=click.Path(), default=None, help="Held-back text for the accuracy figures [bundled text].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it already holds a package.")
-@click.option(
-    "--atol", type=float, default=1e-3, show_default=True, help="Largest |ONNX - PyTorch| accepted at validation."
-)
+@click.option("--atol", type=float, default=1e-3, show_default=True, help="Largest |ONNX - PyTorch| accepted at validation.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def export(model: str, output: str, task: str | None, overwrite: bool, atol: float, quiet: bool) -> None:
+def export(model: str, output: str, task, runtime, weights, quant_mode, group_size, sym, calibration, num_samples,
+           accuracy_level, ratio, eval_data, overwrite: bool, atol: float, quiet: bool) -> None:
     """Export MODEL (a Hugging Face directory or hub id) to an edge package.
 
-    The graph is validated against the PyTorch model before the package is written; a failed
-    export leaves nothing behind.
+    The FP32 graph is validated against the PyTorch model; quantized packages are derived from it
+    and their accuracy against it is measured and written to the manifest. A failed export leaves
+    nothing behind.
 
     \b
     Examples:
       edge-sdk export ./SmolLM2-135M -o out/smollm
-      edge-sdk export HuggingFaceTB/SmolLM2-135M -o out/smollm --overwrite
+      edge-sdk export ./SmolLM2-135M -o out/smollm-int4 --weights int4 --group-size 64
+      edge-sdk export ./SmolLM2-135M -o out/smollm-ov --runtime openvino --weights int8
+      edge-sdk export ./SmolLM2-135M -o out/smollm-static --weights int8 --quant-mode static --calibration texts/
     """
     import edge_sdk
+    from edge_sdk.converters.quantize import QuantizationOptions
 
-    options = _export_options(task=task, atol=atol)
+    quantization = QuantizationOptions(
+        weights=weights, mode=quant_mode, group_size=group_size, sym=sym, accuracy_level=accuracy_level,
+        ratio=ratio, calibration=Path(calibration) if calibration else None, num_samples=num_samples,
+    )
+    options = _export_options(task=task, runtime=runtime, quantization=quantization, atol=atol,
+                              eval_data=Path(eval_data) if eval_data else None)
     path = edge_sdk.export(model, output, options, overwrite=overwrite, progress=not quiet)
     from edge_sdk.package import Package
 
     package = Package.open(path, verify=False)
-    accuracy = package.manifest.get("accuracy", {}).get("max_abs_diff", {})
-    diff = f"; max |ONNX - PyTorch| logits {accuracy['logits']:.2g}" if "logits" in accuracy else ""
-    click.echo(f"Wrote {package.task} package {path} ({_megabytes(package.size_bytes)}{diff})")
+    accuracy = package.manifest.get("accuracy", {})
+    figures = []
+    if "logits" in accuracy.get("max_abs_diff", {}):
+        figures.append(f"FP32 graph max |ONNX - PyTorch| logits {accuracy['max_abs_diff']['logits']:.2g}")
+    evaluation = accuracy.get("eval") or {}
+    if evaluation.get("kl_divergence") is not None:
+        figures.append(f"vs FP32: KL {evaluation['kl_divergence']:.3g}, top-1 {evaluation['top1_agreement']:.1%}, "
+                       f"perplexity {evaluation['perplexity']:.2f} (FP32 {evaluation['reference_perplexity']:.2f})")
+    precision = package.manifest["precision"]["weights"]
+    click.echo(f"Wrote {package.task} package {path} ({package.runtime}, {precision}, {_megabytes(package.size_bytes)})")
+    for figure in figures:
+        click.echo(f"  {figure}")
     click.echo(f"Try it: edge-sdk generate {path} \"Hello\"")
 
 
@@ -178,6 +207,39 @@ def generate(package: str, prompt: str, threads: int | None, stats: bool, **over
             f"{s.first_token_seconds * 1e3:.0f} ms; decode {s.decode_tokens_per_second:.1f} tok/s]",
             err=True,
         )
+
+
+@main.command("eval")
+@click.argument("package", type=click.Path())
+@click.option("--data", type=click.Path(), default=None, help="Text file or directory of .txt files [the bundled text].")
+@click.option("--reference", type=click.Path(), default=None,
+              help="FP32 package (or model directory) to compare with [the package's source model, if found].")
+@click.option("--windows", type=int, default=16, show_default=True, help="Text windows of 128 tokens to evaluate at most.")
+@click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def evaluate(package: str, data: str | None, reference: str | None, windows: int, threads: int | None, as_json: bool) -> None:
+    """Measure PACKAGE's accuracy on held-back text against an FP32 reference.
+
+    Prints the mean KL divergence of next-token distributions, top-1 agreement and the perplexity
+    of both. Without a reference (none given, source model not found) only perplexity is shown.
+
+    \b
+    Examples:
+      edge-sdk eval out/smollm-int4 --data held-out.txt --reference out/smollm
+      edge-sdk eval out/smollm-int4 --json
+    """
+    from edge_sdk.evaluation import evaluate_package
+
+    result, reference_name = evaluate_package(package, data, reference, windows, threads)
+    if as_json:
+        click.echo(json.dumps({"reference": reference_name, **result.as_dict()}, indent=2))
+        return
+    click.echo(f"{result.windows} windows, {result.tokens} next-token predictions; reference: {reference_name or 'none'}")
+    click.echo(f"perplexity          {result.perplexity:.3f}")
+    if result.kl_divergence is not None:
+        click.echo(f"reference perplexity {result.reference_perplexity:.3f}")
+        click.echo(f"KL divergence       {result.kl_divergence:.4g} nats/token")
+        click.echo(f"top-1 agreement     {result.top1_agreement:.2%}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ def _size(size: int) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:.4g}"
     if isinstance(value, dict):
         return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) or "-"
     if isinstance(value, list):
@@ -47,7 +47,7 @@ def render_manifest(package: Package, verified: bool):
         ("source weights sha256", source.get("weights_sha256") or "-"),
         ("runtime", f"{m['runtime']['name']} >= {m['runtime'].get('min_version', '?')}"),
         ("precision", f"weights {precision.get('weights', '?')}, activations {precision.get('activations', '?')}"),
-        ("recipe", _fmt(precision.get("recipe"))),
+        ("recipe", _recipe_line(precision.get("recipe"))),
         ("size", f"{_size(package.size_bytes)} in {len(m['files'])} files ({'checksums verified' if verified else 'not verified'})"),
     ]
     for key in ("model", "generation"):
@@ -75,14 +75,36 @@ def render_manifest(package: Package, verified: bool):
         files.add_row(entry["path"], _size(int(entry["size"])), entry["sha256"][:16] + "…")
 
     parts = [overview, graphs, files]
+    layers = (precision.get("recipe") or {}).get("layers")
+    if layers:
+        table = Table(title="quantized layers (read from the written graph)", title_justify="left", show_edge=False)
+        for column in ("layer kind", "count", "op", "bits", "group size", "input channels"):
+            table.add_column(column)
+        for kind, entry in layers.items():
+            group = entry.get("group_size")
+            table.add_row(kind, str(entry.get("count")), entry.get("op", "?"), _fmt(entry.get("bits")),
+                          "per-channel" if group == -1 else _fmt(group), _fmt(entry.get("in_channels")))
+        parts.append(table)
     if m.get("accuracy"):
         accuracy = Table(title="accuracy (measured at export)", title_justify="left", show_edge=False)
         accuracy.add_column("measure")
         accuracy.add_column("value")
         for name, value in m["accuracy"].items():
-            accuracy.add_row(name, _fmt(value))
+            if isinstance(value, dict) and name == "eval":
+                for key, item in value.items():
+                    accuracy.add_row(f"eval: {key}", _fmt(item))
+            else:
+                accuracy.add_row(name, _fmt(value))
         parts.append(accuracy)
     return Group(*parts)
+
+
+def _recipe_line(recipe: dict | None) -> str:
+    if not recipe:
+        return "-"
+    options = recipe.get("options", {})
+    shown = {k: v for k, v in options.items() if v not in (None, False) and k != "weights"}
+    return f"{recipe.get('tool', '?')}; " + ", ".join(f"{k} {v}" for k, v in shown.items())
 
 
 def _io_summary(tensors: list[dict]) -> str:

@@ -56,6 +56,12 @@ class Steps:
         if self._progress is not None:
             self._progress.stop()
 
+    def expect(self, steps: int) -> None:
+        """Announce ``steps`` more steps (an exporter knows how many it runs)."""
+        self._total += steps
+        if self._progress is not None:
+            self._progress.update(self._task, total=self._total)
+
     @contextmanager
     def step(self, description: str) -> Iterator[None]:
         if self._progress is not None:

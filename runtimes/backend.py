@@ -34,7 +34,7 @@ class Session(Protocol):
 
 
 BACKENDS = LazyRegistry(
-    {"onnxruntime": "edge_sdk.runtimes.onnxruntime_backend"},
+    {"onnxruntime": "edge_sdk.runtimes.onnxruntime_backend", "openvino": "edge_sdk.runtimes.openvino_backend"},
     unknown="package needs runtime '{name}', which this edge-sdk does not have (available: {available}); "
     "upgrade edge-sdk or re-export for one of those",
 )

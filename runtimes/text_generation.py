@@ -124,6 +124,11 @@ class _Inference:
         self.past = {}
 
 
+def sequence_logits(session: Session, model: dict, token_ids: list[int]) -> np.ndarray:
+    """Teacher-forced logits (len(token_ids), vocab) of one sequence: a single prefill."""
+    return _Inference(session, model, [list(token_ids)], pad_id=0).prefill()[0]
+
+
 class _Row:
     """One prompt's generated tokens and text, with stop strings and their hold-back for streaming."""
 
@@ -248,6 +253,12 @@ class TextGenerator:
         for (piece,) in self._decode(encoded, [_Row(self.tokenizer, opts.stop)], opts):
             if piece:
                 yield piece
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        """Logits (len(token_ids), vocab) for every position of ``token_ids`` (for scoring and evaluation)."""
+        if len(token_ids) == 0:
+            raise InvalidInputError("no token ids to score")
+        return sequence_logits(self._session, self._model, token_ids)
 
     def _decode(self, encoded: list[list[int]], rows: list[_Row], opts: GenerationOptions) -> Iterator[list[str]]:
         """Prefill, then one decode step per token; after each step yield the text each row released."""

@@ -1,0 +1,193 @@
+"""ONNX -> OpenVINO IR, with NNCF for weight compression (int8/int4) and static quantization.
+
+Generic over tasks like ``quantize.py``: it takes an FP32 ONNX graph and writes ``<name>.xml`` +
+``<name>.bin``; the recipe it returns records what NNCF actually did per layer kind, read from the
+compressed model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_sdk.converters.onnx_graph import save_with_external_data
+from edge_sdk.converters.quantize import (
+    DEFAULT_GROUP_SIZE,
+    MIN_GROUP_SIZE,
+    PER_CHANNEL,
+    CalibrationFeeds,
+    QuantizationOptions,
+    effective_group,
+    prepare_for_quantization,
+)
+from edge_sdk.errors import ExportError, InvalidInputError
+
+log = logging.getLogger("edge_sdk")
+
+# OpenVINO element types of compressed weights -> bits
+_LOW_BIT_TYPES = {"u4": 4, "i4": 4, "nf4": 4, "u8": 8, "i8": 8}
+
+
+def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None) -> dict:
+    """Convert ONNX graph ``src`` to ``dst_xml`` (+ .bin) in the precision ``options`` asks for."""
+    import onnx
+    import openvino as ov
+
+    model_proto = onnx.load(str(src))
+    layers = prepare_for_quantization(model_proto)
+    prepared = dst_xml.with_name(dst_xml.stem + ".prepared.onnx")
+    save_with_external_data(model_proto, prepared)
+    del model_proto
+    try:
+        model = ov.convert_model(str(prepared))
+    except Exception as e:
+        raise ExportError(f"OpenVINO cannot convert the ONNX graph: {e}") from e
+    finally:
+        for path in (prepared, prepared.with_name(prepared.name + ".data")):
+            path.unlink(missing_ok=True)
+
+    tool = "openvino.convert_model"
+    if options.quantized and options.effective_mode == "weight-only":
+        model, tool = _compress_weights(model, options)
+    elif options.effective_mode == "static":
+        model, tool = _quantize_static(model, options, calibration)
+    ov.save_model(model, str(dst_xml), compress_to_fp16=options.weights == "fp16")
+    if options.weights == "fp16":
+        tool += " (weights stored as fp16)"
+    by_name = {name: layer for layer in layers for name in (layer.node, layer.output)}
+    return {
+        "tool": tool,
+        "options": options.describe("openvino"),
+        "layers": summarize_openvino_layers(model, by_name) if options.quantized else {},
+    }
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError as e:
+        from edge_sdk.errors import missing_extra
+
+        raise missing_extra("nncf", "convert", "quantizing for OpenVINO") from e
+    nncf.set_log_level(logging.ERROR)  # its INFO tables and progress bars would interleave with ours
+    return nncf
+
+
+def _compress_weights(model, options: QuantizationOptions):
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
+
+    modes = {
+        ("int8", False): nncf.CompressWeightsMode.INT8_ASYM,
+        ("int8", True): nncf.CompressWeightsMode.INT8_SYM,
+        ("int4", False): nncf.CompressWeightsMode.INT4_ASYM,
+        ("int4", True): nncf.CompressWeightsMode.INT4_SYM,
+    }
+    mode = modes[(options.weights, options.sym)]
+    kwargs = {}
+    if options.weights == "int4":
+        group = options.group_size or DEFAULT_GROUP_SIZE
+        kwargs = dict(
+            group_size=group,
+            ratio=options.ratio,
+            all_layers=True,  # embeddings and the LM head in 4 bits too (NNCF's default keeps them INT8)
+            advanced_parameters=AdvancedCompressionParameters(
+                # a layer whose input channels the group size does not divide gets the largest smaller
+                # power of two that does (576 channels, group 128 -> 64), as quantize.plan_group_size
+                group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST,
+                min_adjusted_group_size=MIN_GROUP_SIZE,
+            ),
+        )
+    elif options.group_size not in (None, PER_CHANNEL):
+        raise InvalidInputError("NNCF compresses int8 weights per channel; drop --group-size for --runtime openvino --weights int8")
+    try:
+        compressed = nncf.compress_weights(model, mode=mode, **kwargs)
+    except Exception as e:
+        raise ExportError(f"NNCF weight compression failed: {type(e).__name__}: {e}") from e
+    return compressed, f"nncf.compress_weights ({mode.value})"
+
+
+def _quantize_static(model, options: QuantizationOptions, calibration: CalibrationFeeds | None):
+    nncf = _nncf()
+    feeds = calibration() if calibration else []
+    if not feeds:
+        raise InvalidInputError(f"no calibration samples could be made from {options.calibration}; give more text")
+    try:
+        quantized = nncf.quantize(
+            model, nncf.Dataset(feeds), subset_size=len(feeds), model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED if not options.sym else nncf.QuantizationPreset.PERFORMANCE,
+        )
+    except Exception as e:
+        raise ExportError(f"NNCF static quantization failed: {type(e).__name__}: {e}") from e
+    return quantized, f"nncf.quantize (static int8, {len(feeds)} calibration feeds, transformer model type)"
+
+
+_DECOMPRESSION_OPS = {"Convert", "Reshape", "Multiply", "Subtract", "Transpose", "Constant", "FakeQuantize"}
+
+
+def _weight_source(op):
+    """Follow a MatMul's (input 1) or Gather's (input 0) weight up its decompression subgraph.
+
+    Returns (node, how): the low-bit Constant NNCF stored ("compressed"), a FakeQuantize of static
+    quantization ("fake-quantized"), or (None, None) for a plain float weight.
+    """
+    start = op.input(1 if op.get_type_name() == "MatMul" else 0).get_source_output().get_node()
+    frontier, seen, stored = [start], set(), []
+    while frontier:
+        node = frontier.pop()
+        if id(node) in seen or node.get_type_name() not in _DECOMPRESSION_OPS:
+            continue
+        seen.add(id(node))
+        if node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in _LOW_BIT_TYPES:
+            stored.append(node)
+        if node.get_type_name() == "FakeQuantize":
+            return node, "fake-quantized"
+        frontier += [i.get_source_output().get_node() for i in node.inputs()]
+    if not stored:
+        return None, None
+    # the weights are the largest low-bit constant; zero points are low-bit constants too
+    return max(stored, key=lambda c: int(np.prod(list(c.get_output_shape(0))))), "compressed"
+
+
+def summarize_openvino_layers(model, planned: dict) -> dict[str, dict]:
+    """Per layer kind: the op, bits and group size NNCF gave it, read from the compressed model.
+
+    ``planned`` maps ONNX node names and output names to layers: OpenVINO names an op after its ONNX
+    node, or after the graph output it produces (the LM head becomes "logits").
+    """
+    kinds: dict[str, dict] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("MatMul", "Gather"):
+            continue
+        name = op.get_friendly_name().split("/")[0]
+        layer = planned.get(name)
+        if layer is None:
+            continue
+        source, how = _weight_source(op)
+        entry = {"op": op.get_type_name(), "in_channels": layer.in_channels}
+        if how == "compressed":
+            shape = list(source.get_output_shape(0))
+            entry.update(bits=_LOW_BIT_TYPES[source.get_element_type().get_type_name()],
+                         group_size=effective_group(int(shape[-1]), layer.in_channels) if len(shape) == 3 else PER_CHANNEL)
+        elif how == "fake-quantized":
+            entry.update(bits=8, quantization="static")
+        else:
+            entry.update(bits=None)
+        summary = kinds.setdefault(layer.kind, {**entry, "count": 0})
+        summary["count"] += 1
+    return kinds
+
+
+def describe_openvino(xml: Path) -> dict:
+    """Inputs and outputs of a saved IR as manifest entries (name, dtype, shape; None for dynamic axes)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+
+    def entry(port) -> dict:
+        shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        return {"name": port.get_any_name(), "dtype": port.get_element_type().to_dtype().name, "shape": shape}
+
+    return {"inputs": [entry(p) for p in model.inputs], "outputs": [entry(p) for p in model.outputs]}

@@ -1,0 +1,158 @@
+"""Accuracy of a package against its FP32 reference, in numpy (runs on the device side too).
+
+For text generation: on windows of held-back text, teacher-forced, compare next-token distributions
+of the candidate with the reference: mean KL(reference || candidate), top-1 agreement, and the
+perplexity of both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edge_sdk.errors import InvalidInputError
+
+# The text evaluation uses by default: a few paragraphs shipped with edge-sdk, written for it.
+BUNDLED_EVAL_TEXT = Path(__file__).with_name("data") / "eval.txt"
+WINDOW_TOKENS = 128  # tokens per teacher-forced window
+MAX_WINDOWS = 16  # windows evaluated at most
+
+LogitsFn = Callable[[list[int]], np.ndarray]  # token ids (T,) -> logits (T, vocab)
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """The text of a file, or of every ``.txt`` file under a directory (sorted by path)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InvalidInputError(f"text data {path} does not exist; pass a text file or a directory of .txt files")
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file()) if path.is_dir() else [path]
+    if not files:
+        raise InvalidInputError(f"{path} holds no .txt files; pass a text file or a directory of .txt files")
+    texts = []
+    for file in files:
+        try:
+            texts.append(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise InvalidInputError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from e
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise InvalidInputError(f"{path} contains no text")
+    return texts
+
+
+def token_windows(token_ids: list[int], window: int = WINDOW_TOKENS, max_windows: int = MAX_WINDOWS) -> list[list[int]]:
+    """Consecutive non-overlapping windows of ``window`` tokens (a shorter text gives one shorter window)."""
+    if len(token_ids) < 2:
+        raise InvalidInputError("the evaluation text has fewer than 2 tokens; give more text")
+    windows = [token_ids[i : i + window] for i in range(0, len(token_ids) - 1, window)]
+    windows = [w for w in windows if len(w) >= 2]
+    return windows[:max_windows]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class TextAccuracy:
+    """Teacher-forced next-token accuracy of a candidate against a reference."""
+
+    windows: int  # text windows evaluated
+    tokens: int  # next-token predictions compared
+    perplexity: float  # of the candidate on the text
+    reference_perplexity: float | None  # of the reference (None without one)
+    kl_divergence: float | None  # mean KL(reference || candidate), nats per token
+    top1_agreement: float | None  # share of positions where both predict the same next token
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def text_accuracy(candidate: LogitsFn, windows: list[list[int]], reference: LogitsFn | None = None) -> TextAccuracy:
+    """Compare ``candidate`` with ``reference`` (if any) on each window of token ids."""
+    nll, ref_nll, kl, agree, count = 0.0, 0.0, 0.0, 0, 0
+    for ids in windows:
+        targets = np.asarray(ids[1:])
+        logp = log_softmax(candidate(ids)[:-1])
+        nll -= logp[np.arange(len(targets)), targets].sum()
+        if reference is not None:
+            ref_logp = log_softmax(reference(ids)[:-1])
+            ref_nll -= ref_logp[np.arange(len(targets)), targets].sum()
+            kl += (np.exp(ref_logp) * (ref_logp - logp)).sum()
+            agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
+        count += len(targets)
+    has_reference = reference is not None
+    return TextAccuracy(
+        windows=len(windows),
+        tokens=count,
+        perplexity=float(np.exp(nll / count)),
+        reference_perplexity=float(np.exp(ref_nll / count)) if has_reference else None,
+        kl_divergence=float(kl / count) if has_reference else None,
+        top1_agreement=agree / count if has_reference else None,
+    )
+
+
+def evaluate_package(
+    package: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    reference: str | os.PathLike | None = None,
+    max_windows: int = MAX_WINDOWS,
+    threads: int | None = None,
+) -> tuple[TextAccuracy, str | None]:
+    """Accuracy of a text-generation package on ``data`` against ``reference``; returns (figures, reference used).
+
+    ``reference`` is an FP32 package or a Hugging Face model directory (the latter needs the
+    [convert] extra). Without one, the package's source model is used when it is found locally and
+    the conversion stack is installed; otherwise only the package's perplexity is measured.
+
+    Example::
+
+        accuracy, _ = evaluate_package("out/smollm-int4", "held-out.txt", reference="out/smollm")
+        print(accuracy.kl_divergence, accuracy.top1_agreement)
+    """
+    from edge_sdk.runtimes import load
+
+    if max_windows < 1:
+        raise InvalidInputError(f"--windows must be >= 1, got {max_windows}")
+    candidate = load(package, threads=threads)
+    if candidate.package.task != "text-generation":
+        raise InvalidInputError(f"eval measures text-generation packages; {package} is {candidate.package.task}")
+    tokens = [t for text in read_texts(data or BUNDLED_EVAL_TEXT) for t in candidate.tokenizer.encode(text)]
+    windows = token_windows(tokens, max_windows=max_windows)
+    reference_fn, name = _reference_logits(candidate, reference, threads)
+    return text_accuracy(candidate.logits, windows, reference_fn), name
+
+
+def _reference_logits(candidate, reference, threads) -> tuple[LogitsFn | None, str | None]:
+    from edge_sdk.package import MANIFEST_NAME
+    from edge_sdk.runtimes import load
+
+    if reference is None:
+        source = Path(candidate.package.manifest.get("source", {}).get("model", ""))
+        if not (source / "config.json").is_file():
+            return None, None
+        try:
+            return _model_logits(source), str(source)
+        except ImportError:  # a device without the conversion stack: perplexity only
+            return None, None
+    path = Path(reference).expanduser()
+    if (path / MANIFEST_NAME).is_file():
+        other = load(path, threads=threads)
+        vocab = (other.package.manifest["model"]["vocab_size"], candidate.package.manifest["model"]["vocab_size"])
+        if vocab[0] != vocab[1]:
+            raise InvalidInputError(f"reference {path} has a vocabulary of {vocab[0]}, the package {vocab[1]}: not the same model")
+        return other.logits, str(path)
+    if (path / "config.json").is_file():
+        return _model_logits(path), str(path)
+    raise InvalidInputError(f"reference {path} is neither an edge-sdk package nor a Hugging Face model directory")
+
+
+def _model_logits(model_dir: Path) -> LogitsFn:
+    from edge_sdk.converters.causal_lm import model_logits
+
+    return model_logits(model_dir)
