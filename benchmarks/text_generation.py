@@ -1,12 +1,22 @@
-"""Benchmark: PyTorch eager FP32 vs the ONNX Runtime FP32 package, on a SmolLM2-135M-shaped Llama.
+"""Benchmark text generation: PyTorch eager vs our packages (runtime x precision) vs optimum-intel.
 
     python benchmarks/text_generation.py [--out results/text-generation] [--threads 2]
+        [--variants onnxruntime:fp32,onnxruntime:int8,...] [--optimum-python PATH]
+        [--accuracy-model DIR --eval-data FILE]
 
-Random weights (speed does not depend on them), a prompt of exactly 32 tokens, 64 new tokens,
-greedy, EOS ignored so every run decodes the same number of tokens. Each engine runs in its own
-process (so peak RSS is its own): one warm-up, then repetitions until both --min-runs and
---min-seconds are reached; medians are reported. Export time and peak RSS are measured in a
-process of their own too. Prints a Markdown table and writes JSON next to the model.
+Speed: a SmolLM2-135M-shaped Llama with random weights (speed does not depend on them), a prompt of
+exactly 32 tokens, 64 new tokens, greedy, EOS ignored. Every engine runs in its own process (so
+peak RSS is its own): one warm-up, then runs until --min-runs and --min-seconds are both reached;
+the whole set of engines runs --rounds times, interleaved, and the median over rounds of each
+round's median is reported (shared machines drift; interleaving spreads the drift over everyone).
+Exports are timed in their own processes too (peak RSS includes the export's child process).
+
+Accuracy (optional): the same variants exported from a trained tiny LM (samples/train_tiny_lm.py),
+read from each package's manifest: KL divergence and top-1 agreement against FP32, perplexity.
+
+optimum-intel (optional): `optimum-cli export openvino --weight-format fp32|int8|int4 --group-size 64`
+of the same model, loaded with OVModelForCausalLM, run by --optimum-python (a Python that has
+optimum-intel installed), timed with a streamer the same way.
 """
 
 from __future__ import annotations
@@ -24,19 +34,22 @@ import time
 from pathlib import Path
 
 PROMPT_TOKENS, NEW_TOKENS = 32, 64
+DEFAULT_VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int4,openvino:fp32,openvino:int8,openvino:int4"
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux reports KiB; MB = 1e6 bytes
+    """Largest RSS of this process or any child it waited for (Linux reports KiB)."""
+    usage = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return usage * 1024 / 1e6
 
 
-def prompt_of(tokenizer_encode, length: int) -> str:
+def prompt_of(encode, length: int) -> str:
     """A text whose encoding (with BOS) is exactly ``length`` tokens."""
     words = ["a"]
-    while len(tokenizer_encode(" ".join(words))) < length:
+    while len(encode(" ".join(words))) < length:
         words.append("a")
     text = " ".join(words)
-    if len(tokenizer_encode(text)) != length:
+    if len(encode(text)) != length:
         raise SystemExit(f"cannot build a {length}-token prompt with this tokenizer")
     return text
 
@@ -49,25 +62,44 @@ def repeat(run_once, min_runs: int, min_seconds: float) -> list[dict]:
     return results
 
 
+def summarize(runs: list[dict], load_seconds: float) -> dict:
+    return {
+        "runs": len(runs),
+        "load_seconds": load_seconds,
+        "first_token_ms": statistics.median(r["first_token_ms"] for r in runs),
+        "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# ---------------------------------------------------------------- workers (each in its own process)
+
 def worker_export(args) -> dict:
     import edge_sdk
+    from edge_sdk.converters.export import ExportOptions
+    from edge_sdk.converters.quantize import QuantizationOptions
 
+    runtime, weights = args.variant.split(":")
+    options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights, group_size=args.group_size if weights == "int4" else None),
+                            eval_data=Path(args.eval_data) if args.eval_data else None)
     start = time.perf_counter()
-    edge_sdk.export(args.model, args.package, overwrite=True, progress=False)
+    edge_sdk.export(args.model, args.package, options, overwrite=True, progress=False)
     return {"export_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
 
 def worker_torch(args) -> dict:
+    import warnings
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     load_seconds = time.perf_counter() - start
-    prompt = prompt_of(lambda t: tokenizer(t)["input_ids"], PROMPT_TOKENS)
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    ids = torch.tensor([tokenizer(prompt_of(lambda t: tokenizer(t)["input_ids"], PROMPT_TOKENS))["input_ids"]])
     cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def run_once() -> dict:
@@ -82,14 +114,10 @@ def worker_torch(args) -> dict:
             t2 = time.perf_counter()
         return {"first_token_ms": (t1 - t0) * 1e3, "decode_tokens_per_s": (NEW_TOKENS - 1) / (t2 - t1)}
 
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    runs = repeat(run_once, args.min_runs, args.min_seconds)
-    return summarize(runs, load_seconds)
+    return summarize(repeat(run_once, args.min_runs, args.min_seconds), load_seconds)
 
 
-def worker_onnxruntime(args) -> dict:
+def worker_package(args) -> dict:
     import edge_sdk
 
     start = time.perf_counter()
@@ -100,33 +128,60 @@ def worker_onnxruntime(args) -> dict:
     def run_once() -> dict:
         result = lm.generate(prompt, max_new_tokens=NEW_TOKENS, ignore_eos=True)
         assert len(result.token_ids) == NEW_TOKENS and result.stats.prompt_tokens == PROMPT_TOKENS
-        return {
-            "first_token_ms": result.stats.first_token_seconds * 1e3,
-            "decode_tokens_per_s": result.stats.decode_tokens_per_second,
-        }
+        return {"first_token_ms": result.stats.first_token_seconds * 1e3,
+                "decode_tokens_per_s": result.stats.decode_tokens_per_second}
 
-    runs = repeat(run_once, args.min_runs, args.min_seconds)
-    return {**summarize(runs, load_seconds), "package_mb": lm.package.size_bytes / 1e6}
+    return {**summarize(repeat(run_once, args.min_runs, args.min_seconds), load_seconds),
+            "package_mb": lm.package.size_bytes / 1e6}
 
 
-def summarize(runs: list[dict], load_seconds: float) -> dict:
-    return {
-        "runs": len(runs),
-        "load_seconds": load_seconds,
-        "first_token_ms": statistics.median(r["first_token_ms"] for r in runs),
-        "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs),
-        "decode_tokens_per_s_min": min(r["decode_tokens_per_s"] for r in runs),
-        "decode_tokens_per_s_max": max(r["decode_tokens_per_s"] for r in runs),
-        "peak_rss_mb": peak_rss_mb(),
-    }
+def worker_optimum(args) -> dict:
+    """Runs under --optimum-python: OVModelForCausalLM with a streamer that timestamps each token."""
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    config = {"INFERENCE_NUM_THREADS": str(args.threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "CACHE_DIR": ""}
+    start = time.perf_counter()
+    model = OVModelForCausalLM.from_pretrained(args.package, ov_config=config)
+    tokenizer = AutoTokenizer.from_pretrained(args.package)
+    load_seconds = time.perf_counter() - start
+    inputs = tokenizer(prompt_of(lambda t: tokenizer(t)["input_ids"], PROMPT_TOKENS), return_tensors="pt")
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.times, self.calls = [], 0
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls > 1:  # the first call carries the prompt
+                self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def run_once() -> dict:
+        clock = Clock()
+        t0 = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, streamer=clock)
+        return {"first_token_ms": (clock.times[0] - t0) * 1e3,
+                "decode_tokens_per_s": (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])}
+
+    size = sum(p.stat().st_size for p in Path(args.package).rglob("*") if p.is_file())
+    return {**summarize(repeat(run_once, args.min_runs, args.min_seconds), load_seconds), "package_mb": size / 1e6}
 
 
-WORKERS = {"export": worker_export, "torch": worker_torch, "onnxruntime": worker_onnxruntime}
+WORKERS = {"export": worker_export, "torch": worker_torch, "package": worker_package, "optimum": worker_optimum}
 
 
-def in_subprocess(kind: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", kind, "--out", str(args.out), "--threads", str(args.threads),
+# ---------------------------------------------------------------- orchestration
+
+def in_subprocess(kind: str, args, python: str | None = None, **fields) -> dict:
+    command = [python or sys.executable, __file__, "--worker", kind, "--threads", str(args.threads),
                "--min-runs", str(args.min_runs), "--min-seconds", str(args.min_seconds)]
+    for name, value in fields.items():
+        if value is not None:
+            command += [f"--{name.replace('_', '-')}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -135,15 +190,46 @@ def in_subprocess(kind: str, args) -> dict:
 
 
 def machine() -> dict:
-    flags = ""
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = next((l for l in info.splitlines() if l.startswith("flags")), "")
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in flags]
-    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
     return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "onnxruntime", "openvino", "nncf", "onnxscript"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def export_optimum(args, model: Path, weights: str, out: Path) -> dict:
+    cli = Path(args.optimum_python).with_name("optimum-cli")
+    command = [str(cli), "export", "openvino", "--model", str(model), "--task", "text-generation-with-past",
+               "--weight-format", weights]
+    if weights == "int4":
+        command += ["--group-size", str(args.group_size)]
+    start = time.perf_counter()
+    done = subprocess.run(command + [str(out)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"optimum-cli failed:\n{done.stderr[-3000:]}")
+    return {"export_seconds": time.perf_counter() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e6}
+
+
+def accuracy_of(args, variant: str) -> dict | None:
+    if not args.accuracy_model:
+        return None
+    out = args.out / "accuracy" / variant.replace(":", "-")
+    if not (out / "manifest.json").is_file():
+        in_subprocess("export", args, model=args.accuracy_model, package=out, variant=variant, eval_data=args.eval_data,
+                      group_size=args.group_size)
+    return json.loads((out / "manifest.json").read_text())["accuracy"]["eval"]
 
 
 def main() -> None:
@@ -151,10 +237,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/text-generation"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-runs", type=int, default=3)
-    parser.add_argument("--min-seconds", type=float, default=10.0)
+    parser.add_argument("--min-seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="runtime:weights, comma-separated")
+    parser.add_argument("--group-size", type=int, default=64, help="int4 group size (ours and optimum's)")
+    parser.add_argument("--optimum-python", help="a Python with optimum-intel installed")
+    parser.add_argument("--accuracy-model", help="trained Hugging Face model directory for the accuracy columns")
+    parser.add_argument("--eval-data", help="held-back text for the accuracy columns")
+    # worker-only arguments
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--package", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.model, args.package = args.out / "smollm2-135m-random", args.out / "smollm2-135m-random-onnx-fp32"
 
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
@@ -162,45 +257,96 @@ def main() -> None:
 
     from edge_sdk.converters.tiny import SMOLLM2_135M, build_causal_lm
 
-    if not (args.model / "config.json").is_file():
-        print(f"building SmolLM2-135M-shaped random model in {args.model}", file=sys.stderr)
-        build_causal_lm("LlamaForCausalLM", args.model, seed=0, config_overrides={**SMOLLM2_135M, "initializer_range": 0.02})
-    weights_mb = sum(p.stat().st_size for p in args.model.glob("*.safetensors")) / 1e6
+    model = args.out / "smollm2-135m-random"
+    if not (model / "config.json").is_file():
+        print(f"building SmolLM2-135M-shaped random model in {model}", file=sys.stderr)
+        build_causal_lm("LlamaForCausalLM", model, seed=0, config_overrides={**SMOLLM2_135M, "initializer_range": 0.02})
+    weights_mb = sum(p.stat().st_size for p in model.glob("*.safetensors")) / 1e6
 
-    print("exporting ...", file=sys.stderr)
-    export = in_subprocess("export", args)
-    print("PyTorch eager ...", file=sys.stderr)
-    torch_result = in_subprocess("torch", args)
-    print("ONNX Runtime package ...", file=sys.stderr)
-    ort_result = in_subprocess("onnxruntime", args)
+    engines: dict[str, dict] = {}  # row name -> {"package": path or None, "kind": worker, "python": ...}
+    engines["PyTorch eager fp32"] = {"kind": "torch", "model": model}
+    exports: dict[str, dict] = {}
+    for variant in args.variants.split(","):
+        package = args.out / f"edge-{variant.replace(':', '-')}"
+        print(f"exporting {variant} ...", file=sys.stderr)
+        exports[variant] = in_subprocess("export", args, model=model, package=package, variant=variant, group_size=args.group_size)
+        engines[f"edge-sdk {variant.replace(':', ' ')}"] = {"kind": "package", "package": package, "variant": variant}
+    if args.optimum_python:
+        for weights in ("fp32", "int8", "int4"):
+            package = args.out / f"optimum-openvino-{weights}"
+            print(f"optimum-cli export {weights} ...", file=sys.stderr)
+            exports[f"optimum:{weights}"] = export_optimum(args, model, weights, package)
+            engines[f"optimum-intel openvino {weights}"] = {"kind": "optimum", "package": package, "python": args.optimum_python}
 
-    report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "threads": args.threads,
-        "prompt_tokens": PROMPT_TOKENS,
-        "new_tokens": NEW_TOKENS,
-        "fp32_weights_mb": weights_mb,
-        "export": {**export, "peak_rss_over_weights": export["peak_rss_mb"] / weights_mb},
-        "pytorch_eager_fp32": torch_result,
-        "onnxruntime_fp32": ort_result,
-        "decode_speedup": ort_result["decode_tokens_per_s"] / torch_result["decode_tokens_per_s"],
-        "first_token_speedup": torch_result["first_token_ms"] / ort_result["first_token_ms"],
-    }
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    rounds: dict[str, list[dict]] = {name: [] for name in engines}
+    for round_index in range(args.rounds):
+        for name, engine in engines.items():
+            print(f"round {round_index + 1}: {name} ...", file=sys.stderr)
+            rounds[name].append(in_subprocess(engine["kind"], args, python=engine.get("python"),
+                                              model=engine.get("model"), package=engine.get("package")))
+    rows = {}
+    for name, results in rounds.items():
+        row = dict(results[-1])
+        for key in ("first_token_ms", "decode_tokens_per_s"):
+            row[key] = statistics.median(r[key] for r in results)
+            row[f"{key}_by_round"] = [r[key] for r in results]
+        row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
+        variant = engines[name].get("variant")
+        if variant:
+            row["export"] = exports[variant]
+            row["accuracy"] = accuracy_of(args, variant)
+        rows[name] = row
 
+    def best(prefix: str, weights: str) -> tuple[str, float]:
+        candidates = {n: r["decode_tokens_per_s"] for n, r in rows.items() if n.startswith(prefix) and n.endswith(weights)}
+        name = max(candidates, key=candidates.get)
+        return name, candidates[name]
+
+    ratios = {}
+    if any(n.endswith("int8") for n in rows if n.startswith("edge-sdk")):
+        ours8 = best("edge-sdk", "int8")
+        ratios["best_int8_decode_over_pytorch"] = ours8[1] / rows["PyTorch eager fp32"]["decode_tokens_per_s"]
+        if any(n.endswith("int4") for n in rows if n.startswith("edge-sdk")):
+            ours4 = best("edge-sdk", "int4")
+            ratios["best_int4_over_best_int8_decode"] = ours4[1] / ours8[1]
+            if args.optimum_python:
+                ratios["best_int8_over_optimum_int8_decode"] = ours8[1] / rows["optimum-intel openvino int8"]["decode_tokens_per_s"]
+                ratios["best_int4_over_optimum_int4_decode"] = ours4[1] / rows["optimum-intel openvino int4"]["decode_tokens_per_s"]
+    ratios["fp32_onnxruntime_decode_over_pytorch"] = (
+        rows.get("edge-sdk onnxruntime fp32", {}).get("decode_tokens_per_s", float("nan")) / rows["PyTorch eager fp32"]["decode_tokens_per_s"])
+    ratios["max_export_peak_rss_over_fp32_weights"] = max(e["peak_rss_mb"] for k, e in exports.items() if not k.startswith("optimum")) / weights_mb
+
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(), "threads": args.threads,
+              "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "rounds": args.rounds, "fp32_weights_mb": weights_mb,
+              "int4_group_size": args.group_size, "rows": rows, "exports": exports, "ratios": ratios}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
     m = report["machine"]
-    print(f"\n{m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), {args.threads} threads, {report['date']}")
-    print(f"SmolLM2-135M-shaped Llama (random weights, {weights_mb:.0f} MB FP32), {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, greedy\n")
-    print("| engine | first token (ms) | decode (tok/s, median [min-max]) | peak RSS (MB) | load (s) | runs |")
-    print("|---|---|---|---|---|---|")
-    for name, r in (("PyTorch eager FP32", torch_result), ("edge-sdk ONNX Runtime FP32", ort_result)):
-        print(f"| {name} | {r['first_token_ms']:.1f} | {r['decode_tokens_per_s']:.1f} [{r['decode_tokens_per_s_min']:.1f}-{r['decode_tokens_per_s_max']:.1f}] "
-              f"| {r['peak_rss_mb']:.0f} | {r['load_seconds']:.2f} | {r['runs']} |")
-    print(f"\ndecode speed-up ORT / PyTorch: {report['decode_speedup']:.2f}x (target >= 2.0x); "
-          f"first-token speed-up: {report['first_token_speedup']:.2f}x")
-    print(f"export: {export['export_seconds']:.0f} s, peak RSS {export['peak_rss_mb']:.0f} MB = "
-          f"{report['export']['peak_rss_over_weights']:.2f}x the FP32 weights (target <= 3x); package {ort_result['package_mb']:.0f} MB")
+    print(f"\n{m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), {report['threads']} threads, {report['date']}")
+    print(", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    print(f"SmolLM2-135M-shaped Llama (random weights, {report['fp32_weights_mb']:.0f} MB FP32), "
+          f"{report['prompt_tokens']}-token prompt, {report['new_tokens']} new tokens, greedy; "
+          f"median of {report['rounds']} interleaved rounds\n")
+    print("| engine | first token (ms) | decode (tok/s) [by round] | peak RSS (MB) | package (MB) | export s / peak MB | KL vs FP32 | top-1 vs FP32 | perplexity |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in report["rows"].items():
+        rounds = "/".join(f"{v:.0f}" for v in r["decode_tokens_per_s_by_round"])
+        export = r.get("export")
+        export_cell = f"{export['export_seconds']:.0f} / {export['peak_rss_mb']:.0f}" if export else "-"
+        accuracy = r.get("accuracy") or {}
+        kl, top1 = accuracy.get("kl_divergence"), accuracy.get("top1_agreement")
+        kl_cell = f"{kl:.4f}" if kl is not None else "-"
+        top1_cell = f"{top1:.1%}" if top1 is not None else "-"
+        ppl_cell = f"{accuracy['perplexity']:.2f}" if "perplexity" in accuracy else "-"
+        print(f"| {name} | {r['first_token_ms']:.1f} | {r['decode_tokens_per_s']:.1f} [{rounds}] | {r['peak_rss_mb']:.0f} "
+              f"| {r.get('package_mb', float('nan')):.0f} | {export_cell} | {kl_cell} | {top1_cell} | {ppl_cell} |")
+    print()
+    for key, value in report["ratios"].items():
+        print(f"{key}: {value:.2f}")
 
 
 if __name__ == "__main__":

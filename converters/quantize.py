@@ -30,6 +30,7 @@ from edge_sdk.converters.onnx_graph import (
     WeightLayer,
     gemm_to_matmul,
     materialize_constant_transposes,
+    merge_parallel_matmuls,
     remove_unused_initializers,
     save_with_external_data,
     weight_layers,
@@ -167,6 +168,7 @@ def prepare_for_quantization(model) -> list[WeightLayer]:
     """Make every linear layer a MatMul with a constant weight (tied LM head, Gemm) and list them."""
     materialize_constant_transposes(model)
     gemm_to_matmul(model)
+    merge_parallel_matmuls(model)
     return weight_layers(model)
 
 
@@ -220,13 +222,16 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
     for layer in layers:
         if layer.op_type == "MatMul":
             by_block[_nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested))].append(layer.node)
+    matmuls = {name for nodes in by_block.values() for name in nodes}
     for block, nodes in sorted(by_block.items()):
+        # one pass per block size; the quantizer takes every MatMul not excluded (nodes_to_include
+        # adds to its op-type selection rather than narrowing it), so exclude the other groups
         config = DefaultWeightOnlyQuantConfig(
             block_size=block, is_symmetric=options.sym, accuracy_level=options.accuracy_level, bits=bits,
             op_types_to_quantize=("MatMul",),
         )
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=options.sym,
-                                         accuracy_level=options.accuracy_level, nodes_to_include=nodes,
+                                         accuracy_level=options.accuracy_level, nodes_to_exclude=sorted(matmuls - set(nodes)),
                                          op_types_to_quantize=("MatMul",), algo_config=config)
         quantizer.process()
         model = quantizer.model.model
@@ -368,7 +373,7 @@ def summarize_onnx_layers(model, planned: dict[str, WeightLayer]) -> dict[str, d
         # longest matching original wins, so "node_linear_1_Q4" is not taken for "node_linear"
         matches = [n for n in names if node.name == n or node.name.startswith(n + "_")]
         source = max(matches, key=len) if matches else None
-        if source is None or node.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "Add", "Mul", "Cast"):
+        if source is None or node.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "Add", "Mul", "Cast", "Split"):
             continue
         layer = planned[source]
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}

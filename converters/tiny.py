@@ -29,17 +29,18 @@ CORPUS = (
 )
 SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
-# Tiny configurations of each architecture (hidden 32, 2 layers, vocab from the tokenizer).
+# Tiny configurations of each architecture (2 layers, vocab from the tokenizer). Llama-style models
+# use hidden 64 with 4 heads: head size 16, the smallest ONNX Runtime's fused attention accepts.
 # initializer_range 0.5 (not the usual 0.02) gives random models peaked, varied next-token
 # distributions: greedy output changes token to token, so token-for-token parity means something.
 TINY_CONFIGS = {
     "GPT2LMHeadModel": dict(n_embd=32, n_layer=2, n_head=4, n_positions=256, initializer_range=0.5),
     "LlamaForCausalLM": dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.5,
     ),
     "Qwen2ForCausalLM": dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.5,
     ),
 }
@@ -51,8 +52,11 @@ SMOLLM2_135M = dict(
 )
 
 
-def train_tokenizer(vocab_size: int = 512, add_bos: bool = True, corpus=CORPUS):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus`` (any text encodes)."""
+def train_tokenizer(vocab_size: int = 512, add_bos: bool = True, corpus=CORPUS, repeats: int = 4):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus`` (any text encodes).
+
+    ``repeats`` repeats a small corpus so that rare merges still reach the trainer's frequency floor.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,7 +69,7 @@ def train_tokenizer(vocab_size: int = 512, add_bos: bool = True, corpus=CORPUS):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(list(corpus) * 4, trainer=trainer)
+    tokenizer.train_from_iterator(list(corpus) * repeats, trainer=trainer)
     if add_bos:
         bos = SPECIAL_TOKENS["bos"]
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -97,7 +101,7 @@ def build_causal_lm(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from edge_sdk.converters.causal_lm import quiet_transformers
+    from edge_sdk.converters.causal_lm_torch import quiet_transformers
 
     output = Path(output)
     tokenizer = train_tokenizer(tokenizer_vocab_size, add_bos=architecture != "GPT2LMHeadModel")

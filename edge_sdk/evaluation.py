@@ -153,6 +153,6 @@ def _reference_logits(candidate, reference, threads) -> tuple[LogitsFn | None, s
 
 
 def _model_logits(model_dir: Path) -> LogitsFn:
-    from edge_sdk.converters.causal_lm import model_logits
+    from edge_sdk.converters.causal_lm_torch import model_logits
 
     return model_logits(model_dir)

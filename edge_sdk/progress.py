@@ -15,7 +15,9 @@ def _peak_rss() -> str:
         import resource
     except ImportError:  # not on Windows
         return "unknown"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6:.0f} MB"  # Linux: KiB
+    # this process or an export child process, whichever peaked higher (Linux reports KiB)
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return f"{peak * 1024 / 1e6:.0f} MB"
 
 
 class Steps:

@@ -2,13 +2,16 @@
 
 A backend wraps one graph: ``run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]``, plus
 ``inputs`` / ``outputs`` metadata. Generation loops are written once against this interface.
+``run(inputs, keep=names)`` may return the outputs in ``keep`` as the engine's own values (a KV
+cache that goes straight back in as the next step's input, never copied to numpy); such values are
+only ever passed back to the same session.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Collection, Protocol
 
 import numpy as np
 
@@ -30,7 +33,7 @@ class Session(Protocol):
     @staticmethod
     def engine_version() -> str: ...
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, inputs: dict, keep: Collection[str] = ()) -> dict: ...
 
 
 BACKENDS = LazyRegistry(

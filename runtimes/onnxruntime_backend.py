@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -45,6 +46,23 @@ class OnnxRuntimeSession:
 
         return onnxruntime.__version__
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self._session.run(self._output_names, inputs)
-        return dict(zip(self._output_names, values))
+    def run(self, inputs: dict, keep: Collection[str] = ()) -> dict:
+        """Run the graph. Outputs named in ``keep`` stay ONNX Runtime values (not copied to numpy),
+        to be passed back as inputs of the next call: a KV cache never leaves the engine."""
+        if not keep:
+            return dict(zip(self._output_names, self._session.run(self._output_names, self._plain(inputs))))
+        binding = self._session.io_binding()
+        for name, value in inputs.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in self._output_names:
+            binding.bind_output(name, "cpu")
+        self._session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return {name: value if name in keep else value.numpy() for name, value in zip(self._output_names, values)}
+
+    @staticmethod
+    def _plain(inputs: dict) -> dict:
+        return {name: value if isinstance(value, np.ndarray) else value.numpy() for name, value in inputs.items()}

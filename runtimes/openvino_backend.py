@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -49,9 +50,10 @@ class OpenVINOSession:
 
         return ov.get_version().split("-")[0]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray], keep: Collection[str] = ()) -> dict[str, np.ndarray]:
         # share_outputs=False copies results out: the next call would overwrite OpenVINO's buffers,
-        # and the KV cache outputs are fed back in as inputs
+        # and the KV cache outputs are fed back in as inputs. ``keep`` (outputs that may stay
+        # engine values) is accepted for the common interface; every output is numpy here.
         results = self._request.infer(inputs, share_inputs=True, share_outputs=False)
         return {name: results[port] for name, port in self._output_ports}
 

@@ -95,6 +95,7 @@ class _Inference:
         positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)
         empty = np.zeros((batch, int(model["num_kv_heads"]), 0, int(model["head_dim"])), dtype=np.float32)
         self.past = {name: empty for name in self._past_names()}
+        self._present_names = [name.replace("past_key_values", "present") for name in self.past]
         self._pending = (ids, positions)
 
     def _past_names(self) -> list[str]:
@@ -103,9 +104,10 @@ class _Inference:
     def forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Run the graph on new tokens; keep their keys/values; return logits (batch, new, vocab)."""
         outputs = self._session.run(
-            {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions, **self.past}
+            {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions, **self.past},
+            keep=self._present_names,
         )
-        self.past = {name: outputs[name.replace("past_key_values", "present")] for name in self.past}
+        self.past = {name: outputs[present] for name, present in zip(self.past, self._present_names)}
         return outputs["logits"]
 
     def prefill(self) -> np.ndarray:

@@ -73,9 +73,14 @@ def test_weights_are_external_data_and_checksummed(tiny_package_dir, tmp_path):
     assert package.graph("decoder")["external_data"] == ["decoder.onnx.data"]
     assert "decoder.onnx.data" in {f["path"] for f in package.manifest["files"]}
     proto = onnx.load(str(package.root / "decoder.onnx"), load_external_data=False)
-    matrices = [i for i in proto.graph.initializer if len(i.dims) == 2]
-    assert len(matrices) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the tied embedding
-    assert all(i.data_location == onnx.TensorProto.EXTERNAL for i in matrices)
+    import math
+
+    def size(init):
+        return math.prod(init.dims)
+
+    external = sum(size(i) for i in proto.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL)
+    assert external >= 0.95 * sum(size(i) for i in proto.graph.initializer)  # the weights live outside the graph
+    assert not [i.name for i in proto.graph.initializer if size(i) >= 64 * 64 and i.data_location != onnx.TensorProto.EXTERNAL]
     copy = shutil.copytree(package.root, tmp_path / "pkg")
     data = copy / "decoder.onnx.data"
     data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x80\x7f")  # last float becomes +inf

@@ -1,0 +1,255 @@
+"""The PyTorch side of exporting a causal LM: load it, export the FP32 decoder graph, validate it.
+
+Runs in a child process (``edge_sdk.converters.stage``), so torch's memory leaves with it; the
+parent (``causal_lm.py``) builds the package from the files written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk.converters.causal_lm import DECODER_FILE, TOKENIZER_FILE, input_names, output_names
+from edge_sdk.converters.onnx_export import export_onnx
+from edge_sdk.converters.registry import ARCHITECTURES
+from edge_sdk.converters.validate import Comparison
+from edge_sdk.errors import ModelLoadError
+
+# Trace sizes: distinct and > 1 so torch.export keeps every axis symbolic instead of specializing it.
+_TRACE_BATCH, _TRACE_SEQUENCE, _TRACE_PAST = 2, 3, 5
+_VALIDATION_TEXTS = ("The quick brown fox jumps over the lazy dog.", "Edge devices run small models.")
+_VALIDATION_DECODE_STEPS = 3
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' own progress bars and advice while our progress bar runs; restore after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(model_dir: Path):
+    """The transformers model in FP32, eval mode, with SDPA attention (exports to plain ONNX ops)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    except Exception as e:
+        raise ModelLoadError(f"transformers cannot load the model in {model_dir}: {type(e).__name__}: {e}") from e
+    return model.eval()
+
+
+def _kv_cache_decoder(model, num_layers: int):
+    """Wrap ``model`` so its cache goes in and out as flat tensors (what an ONNX graph can carry)."""
+    import torch
+    from transformers import DynamicCache
+
+    # transformers 5 renamed the cache argument and output field from past_key_values to cache
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    class KVCacheDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(num_layers)])
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{cache_name: cache},
+            )
+            present = []
+            for layer in getattr(out, cache_name).layers:
+                present += [layer.keys, layer.values]
+            return (out.logits, *present)
+
+    return KVCacheDecoder().eval()
+
+
+@dataclass
+class _Case:
+    """One validation input (numpy) and the reference model's outputs on it."""
+
+    name: str
+    inputs: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    valid: np.ndarray  # (batch, total) mask of positions that are not padding
+
+
+def _reference_cases(wrapper, shapes: dict, token_ids: list[list[int]], pad_id: int) -> list[_Case]:
+    """Prefill a left-padded batch with an empty cache, then decode a few steps; record PyTorch's outputs."""
+    import torch
+
+    layers = shapes["num_layers"]
+    names_in, names_out = input_names(layers), output_names(layers)
+    length = max(len(ids) for ids in token_ids)
+    ids = np.full((len(token_ids), length), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, seq in enumerate(token_ids):
+        ids[row, length - len(seq) :] = seq
+        mask[row, length - len(seq) :] = 1
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    past = [np.zeros((len(token_ids), shapes["num_kv_heads"], 0, shapes["head_dim"]), np.float32)] * (2 * layers)
+    cases = []
+    rng = np.random.default_rng(0)
+    for step in range(1 + _VALIDATION_DECODE_STEPS):
+        inputs = dict(zip(names_in, [ids, mask, positions, *past]))
+        with torch.no_grad():
+            outputs = wrapper(*(torch.from_numpy(v) for v in inputs.values()))
+        reference = {name: t.numpy() for name, t in zip(names_out, outputs)}
+        cases.append(_Case("prefill" if step == 0 else f"decode {step}", inputs, reference, mask.astype(bool)))
+        ids = rng.integers(0, shapes["vocab_size"], size=(len(token_ids), 1), dtype=np.int64)
+        mask = np.concatenate([mask, np.ones_like(ids)], axis=1)
+        positions = positions[:, -1:] + 1
+        past = [reference[name] for name in names_out[1:]]
+    return cases
+
+
+def _compare(session, cases: list[_Case], comparison: Comparison) -> None:
+    for case in cases:
+        outputs = session.run(case.inputs)
+        new = case.valid[:, -case.inputs["input_ids"].shape[1] :]
+        for name, expected in case.reference.items():
+            # padding positions carry no meaning (and differ between attention kernels): compare real ones
+            keep = new if name == "logits" else case.valid
+            axis_values = (lambda a: a[keep]) if name == "logits" else (lambda a: a.transpose(0, 2, 1, 3)[keep])
+            comparison.check(f"{case.name}: {name}", axis_values(outputs[name]), axis_values(expected))
+
+
+def _tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot load the tokenizer in {model_dir} ({type(e).__name__}: {e}); "
+            "a text-generation package needs tokenizer.json (or files transformers can turn into one)"
+        ) from e
+    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise ModelLoadError(
+            f"the tokenizer in {model_dir} has no fast (tokenizers) version; save it with a tokenizer.json"
+        )
+    return tokenizer
+
+
+def _generation_config(model_dir: Path, config, tokenizer) -> dict[str, Any]:
+    """Special token ids and sampling defaults, from generation_config.json, config.json and the tokenizer."""
+    path = model_dir / "generation_config.json"
+    generation = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def first(*values):
+        return next((v for v in values if v is not None), None)
+
+    eos = first(generation.get("eos_token_id"), getattr(config, "eos_token_id", None), tokenizer.eos_token_id)
+    eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else [])]
+    pad = first(generation.get("pad_token_id"), getattr(config, "pad_token_id", None), tokenizer.pad_token_id)
+    defaults: dict[str, Any] = {"max_new_tokens": int(generation.get("max_new_tokens") or 128)}
+    if generation.get("do_sample"):
+        defaults["temperature"] = float(generation.get("temperature", 1.0))
+        defaults["top_k"] = int(generation.get("top_k") or 0)
+        defaults["top_p"] = float(generation.get("top_p") or 1.0)
+    return {
+        "bos_token_id": first(generation.get("bos_token_id"), getattr(config, "bos_token_id", None)),
+        "eos_token_ids": eos_ids,
+        "pad_token_id": int(pad) if pad is not None else (eos_ids[0] if eos_ids else None),
+        "defaults": defaults,
+    }
+
+
+def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
+    """Child-process entry: export and validate the FP32 graph into ``request["work"]``.
+
+    Returns what the parent needs for the manifest: cache shapes, model type, generation config
+    and the largest differences from PyTorch.
+    """
+    from edge_sdk.runtimes.backend import open_session
+    from edge_sdk.runtimes.tokenizer import TextTokenizer
+
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        from edge_sdk.errors import missing_extra
+
+        raise missing_extra(e.name or "torch", "convert", "exporting a model") from e
+    model_dir, work = Path(request["model_dir"]), Path(request["work"])
+    spec = ARCHITECTURES[request["architecture"]]
+    step("loading model")
+    model = load_model(model_dir)
+    shapes = spec.read(model.config)
+    model_type = model.config.model_type
+    tokenizer = _tokenizer(model_dir)
+    generation = _generation_config(model_dir, model.config, tokenizer)
+    wrapper = _kv_cache_decoder(model, shapes["num_layers"])
+    token_ids = [tokenizer(text)["input_ids"] for text in _VALIDATION_TEXTS]
+    pad_id = generation["pad_token_id"] if generation["pad_token_id"] is not None else 0
+    cases = _reference_cases(wrapper, shapes, token_ids, pad_id)
+
+    step("exporting to ONNX (torch.export)")
+    import torch
+
+    layers = shapes["num_layers"]
+    batch, seq, past, total = (torch.export.Dim(n) for n in ("batch", "sequence", "past_sequence", "total_sequence"))
+    trace = (
+        torch.zeros(_TRACE_BATCH, _TRACE_SEQUENCE, dtype=torch.int64),
+        torch.ones(_TRACE_BATCH, _TRACE_PAST + _TRACE_SEQUENCE, dtype=torch.int64),
+        torch.arange(_TRACE_PAST, _TRACE_PAST + _TRACE_SEQUENCE).repeat(_TRACE_BATCH, 1),
+        # one tensor per input: aliased example inputs would be traced as one graph input
+        *(torch.zeros(_TRACE_BATCH, shapes["num_kv_heads"], _TRACE_PAST, shapes["head_dim"]) for _ in range(2 * layers)),
+    )
+    dynamic = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, tuple({0: batch, 2: past} for _ in range(2 * layers)))
+    graph = work / DECODER_FILE
+    export_onnx(wrapper, trace, graph, input_names=input_names(layers), output_names=output_names(layers), dynamic_shapes=dynamic)
+    tokenizer.backend_tokenizer.save(str(work / TOKENIZER_FILE))
+    del wrapper, model
+    gc.collect()
+
+    step("validating against PyTorch")
+    comparison = Comparison(atol=request["atol"])
+    _compare(open_session("onnxruntime", graph), cases, comparison)
+    runtime_tokenizer = TextTokenizer.from_file(work / TOKENIZER_FILE)
+    for text, expected in zip(_VALIDATION_TEXTS, token_ids):
+        comparison.check_equal(f"tokenizer ids of {text!r}", runtime_tokenizer.encode(text), expected)
+    comparison.raise_if_failed("the exported decoder does not reproduce the PyTorch model")
+    return {
+        "shapes": shapes,
+        "model_type": model_type,
+        "generation": generation,
+        "max_abs_diff": comparison.max_diffs(),
+        "validation_inputs": f"{len(_VALIDATION_TEXTS)} left-padded prompts, prefill + {_VALIDATION_DECODE_STEPS} decode steps",
+    }
+
+
+def model_logits(model_dir: Path):
+    """A callable: token ids -> the PyTorch model's logits (T, vocab) as numpy (the FP32 reference)."""
+    import torch
+
+    model = load_model(model_dir)
+
+    def logits(token_ids: list[int]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([list(token_ids)])).logits[0].numpy()
+
+    return logits
