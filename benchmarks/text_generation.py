@@ -222,10 +222,22 @@ def export_optimum(args, model: Path, weights: str, out: Path) -> dict:
     return {"export_seconds": time.perf_counter() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e6}
 
 
+def reuse_or_run(args, package: Path, export, what: str) -> dict:
+    """Export figures of ``package``: from its export.json with --reuse-exports, else by exporting now."""
+    record = package.with_name(package.name + ".export.json")
+    if args.reuse_exports and record.is_file() and package.is_dir():
+        return json.loads(record.read_text())
+    print(f"{what} ...", file=sys.stderr)
+    figures = export()
+    record.write_text(json.dumps(figures))
+    return figures
+
+
 def accuracy_of(args, variant: str) -> dict | None:
     if not args.accuracy_model:
         return None
     out = args.out / "accuracy" / variant.replace(":", "-")
+    out.parent.mkdir(parents=True, exist_ok=True)
     if not (out / "manifest.json").is_file():
         in_subprocess("export", args, model=args.accuracy_model, package=out, variant=variant, eval_data=args.eval_data,
                       group_size=args.group_size)
@@ -244,6 +256,8 @@ def main() -> None:
     parser.add_argument("--optimum-python", help="a Python with optimum-intel installed")
     parser.add_argument("--accuracy-model", help="trained Hugging Face model directory for the accuracy columns")
     parser.add_argument("--eval-data", help="held-back text for the accuracy columns")
+    parser.add_argument("--reuse-exports", action="store_true",
+                        help="keep packages (and their export figures) from an earlier run in --out")
     # worker-only arguments
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -268,16 +282,17 @@ def main() -> None:
     exports: dict[str, dict] = {}
     for variant in args.variants.split(","):
         package = args.out / f"edge-{variant.replace(':', '-')}"
-        print(f"exporting {variant} ...", file=sys.stderr)
-        exports[variant] = in_subprocess("export", args, model=model, package=package, variant=variant, group_size=args.group_size)
+        exports[variant] = reuse_or_run(args, package, lambda: in_subprocess(
+            "export", args, model=model, package=package, variant=variant, group_size=args.group_size), f"exporting {variant}")
         engines[f"edge-sdk {variant.replace(':', ' ')}"] = {"kind": "package", "package": package, "variant": variant}
     if args.optimum_python:
         for weights in ("fp32", "int8", "int4"):
             package = args.out / f"optimum-openvino-{weights}"
-            print(f"optimum-cli export {weights} ...", file=sys.stderr)
-            exports[f"optimum:{weights}"] = export_optimum(args, model, weights, package)
+            exports[f"optimum:{weights}"] = reuse_or_run(
+                args, package, lambda: export_optimum(args, model, weights, package), f"optimum-cli export {weights}")
             engines[f"optimum-intel openvino {weights}"] = {"kind": "optimum", "package": package, "python": args.optimum_python}
 
+    accuracy = {v: accuracy_of(args, v) for v in args.variants.split(",")}  # before the long part: fail early
     rounds: dict[str, list[dict]] = {name: [] for name in engines}
     for round_index in range(args.rounds):
         for name, engine in engines.items():
@@ -294,7 +309,7 @@ def main() -> None:
         variant = engines[name].get("variant")
         if variant:
             row["export"] = exports[variant]
-            row["accuracy"] = accuracy_of(args, variant)
+            row["accuracy"] = accuracy[variant]
         rows[name] = row
 
     def best(prefix: str, weights: str) -> tuple[str, float]:

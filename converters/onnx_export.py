@@ -30,7 +30,7 @@ log = logging.getLogger("edge_sdk")
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """Silence the exporter's progress prints and warnings; our own progress bar reports the step."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in loggers]
@@ -64,7 +64,7 @@ def export_onnx(
     """
     import torch
 
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         try:
             program = torch.onnx.export(
                 module,
@@ -84,7 +84,7 @@ def export_onnx(
             ) from e
     store_transposed_weights_once(program.model)
     _drop_trace_metadata(program.model)
-    with _quiet_exporter():
+    with quiet_exporter():
         program.save(str(path), external_data=True)
     del program
     _release_rewriter_state()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_sdk.converters.onnx_graph import save_with_external_data
+from edge_sdk.converters.graph_prepare import prepare_graph
+from edge_sdk.converters.onnx_graph import weight_layers
 from edge_sdk.converters.quantize import (
     DEFAULT_GROUP_SIZE,
     MIN_GROUP_SIZE,
@@ -20,7 +21,6 @@ from edge_sdk.converters.quantize import (
     CalibrationFeeds,
     QuantizationOptions,
     effective_group,
-    prepare_for_quantization,
 )
 from edge_sdk.errors import ExportError, InvalidInputError
 
@@ -35,11 +35,9 @@ def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, cal
     import onnx
     import openvino as ov
 
-    model_proto = onnx.load(str(src))
-    layers = prepare_for_quantization(model_proto)
     prepared = dst_xml.with_name(dst_xml.stem + ".prepared.onnx")
-    save_with_external_data(model_proto, prepared)
-    del model_proto
+    prepare_graph(src, prepared, untie=options.quantized)
+    layers = weight_layers(onnx.load(str(prepared), load_external_data=False))
     try:
         model = ov.convert_model(str(prepared))
     except Exception as e:

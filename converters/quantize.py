@@ -26,15 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_sdk.converters.onnx_graph import (
-    WeightLayer,
-    gemm_to_matmul,
-    materialize_constant_transposes,
-    merge_parallel_matmuls,
-    remove_unused_initializers,
-    save_with_external_data,
-    weight_layers,
-)
+from edge_sdk.converters.onnx_graph import WeightLayer, remove_unused_initializers, save_with_external_data, weight_layers
 from edge_sdk.errors import InvalidInputError
 
 log = logging.getLogger("edge_sdk")
@@ -164,20 +156,16 @@ def _nbits_block(in_channels: int, group: int) -> int:
     return block
 
 
-def prepare_for_quantization(model) -> list[WeightLayer]:
-    """Make every linear layer a MatMul with a constant weight (tied LM head, Gemm) and list them."""
-    materialize_constant_transposes(model)
-    gemm_to_matmul(model)
-    merge_parallel_matmuls(model)
-    return weight_layers(model)
-
-
 def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None) -> dict:
-    """Write the quantized (or fp16) version of graph ``src`` to ``dst``; return the recipe for the manifest."""
+    """Write the quantized (or fp16) version of graph ``src`` to ``dst``; return the recipe for the manifest.
+
+    ``src`` is a prepared graph (``graph_prepare.prepare_graph`` with ``untie``): every linear layer
+    a MatMul with a constant weight, the LM head included.
+    """
     import onnx
 
     model = onnx.load(str(src))
-    layers = prepare_for_quantization(model)
+    layers = weight_layers(model)
     if options.weights == "fp16":
         return _fp16(model, dst, options)
     if options.effective_mode == "weight-only":

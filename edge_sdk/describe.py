@@ -50,6 +50,11 @@ def render_manifest(package: Package, verified: bool):
         ("recipe", _recipe_line(precision.get("recipe"))),
         ("size", f"{_size(package.size_bytes)} in {len(m['files'])} files ({'checksums verified' if verified else 'not verified'})"),
     ]
+    for graph in m["graphs"]:
+        fusions = graph.get("fusions") or {}
+        if fusions.get("applied") or fusions.get("rejected"):
+            text = _fmt(fusions.get("applied") or {}) if fusions.get("applied") else f"none kept: {fusions['rejected']}"
+            rows.append((f"{graph['role']} fusions", text))
     for key in ("model", "generation"):
         if key in m:
             rows.append((key, _fmt({k: v for k, v in m[key].items()})))
