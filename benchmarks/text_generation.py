@@ -215,11 +215,18 @@ def export_optimum(args, model: Path, weights: str, out: Path) -> dict:
                "--weight-format", weights]
     if weights == "int4":
         command += ["--group-size", str(args.group_size)]
+    # Through a small wrapper process: RUSAGE_CHILDREN of this (long-lived) process is the maximum
+    # over every child it ever waited for, which would charge optimum-cli with our exports' peaks.
+    wrapper = ("import json, resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "sys.stderr.write(done.stderr); print(json.dumps({'rc': done.returncode, "
+               "'peak_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
     start = time.perf_counter()
-    done = subprocess.run(command + [str(out)], capture_output=True, text=True)
-    if done.returncode != 0:
+    done = subprocess.run([sys.executable, "-c", wrapper, *command, str(out)], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    report = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {"rc": done.returncode}
+    if report["rc"] != 0:
         raise SystemExit(f"optimum-cli failed:\n{done.stderr[-3000:]}")
-    return {"export_seconds": time.perf_counter() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e6}
+    return {"export_seconds": seconds, "peak_rss_mb": report["peak_kib"] * 1024 / 1e6}
 
 
 def reuse_or_run(args, package: Path, export, what: str) -> dict:
@@ -290,7 +297,8 @@ def main() -> None:
             package = args.out / f"optimum-openvino-{weights}"
             exports[f"optimum:{weights}"] = reuse_or_run(
                 args, package, lambda: export_optimum(args, model, weights, package), f"optimum-cli export {weights}")
-            engines[f"optimum-intel openvino {weights}"] = {"kind": "optimum", "package": package, "python": args.optimum_python}
+            engines[f"optimum-intel openvino {weights}"] = {"kind": "optimum", "package": package, "python": args.optimum_python,
+                                                            "export": f"optimum:{weights}"}
 
     accuracy = {v: accuracy_of(args, v) for v in args.variants.split(",")}  # before the long part: fail early
     rounds: dict[str, list[dict]] = {name: [] for name in engines}
@@ -310,6 +318,8 @@ def main() -> None:
         if variant:
             row["export"] = exports[variant]
             row["accuracy"] = accuracy[variant]
+        elif engines[name].get("export"):
+            row["export"] = exports[engines[name]["export"]]
         rows[name] = row
 
     def best(prefix: str, weights: str) -> tuple[str, float]:
@@ -357,8 +367,9 @@ def print_report(report: dict) -> None:
         kl_cell = f"{kl:.4f}" if kl is not None else "-"
         top1_cell = f"{top1:.1%}" if top1 is not None else "-"
         ppl_cell = f"{accuracy['perplexity']:.2f}" if "perplexity" in accuracy else "-"
+        package_cell = f"{r['package_mb']:.0f}" if "package_mb" in r else "-"
         print(f"| {name} | {r['first_token_ms']:.1f} | {r['decode_tokens_per_s']:.1f} [{rounds}] | {r['peak_rss_mb']:.0f} "
-              f"| {r.get('package_mb', float('nan')):.0f} | {export_cell} | {kl_cell} | {top1_cell} | {ppl_cell} |")
+              f"| {package_cell} | {export_cell} | {kl_cell} | {top1_cell} | {ppl_cell} |")
     print()
     for key, value in report["ratios"].items():
         print(f"{key}: {value:.2f}")

@@ -121,12 +121,18 @@ def export_causal_lm(model_dir: Path, spec: CausalLMSpec, staging: Path, options
         )
 
     with steps.step("measuring accuracy against FP32"):
-        accuracy = _measure_accuracy(
-            open_session(options.runtime, staging / graph["path"]),
-            open_session("onnxruntime", fp32_graph) if fp32_graph.exists() else None,
-            shapes, tokenizer, options,
-        )
+        # in a fresh process: this one still holds what building the graph left on its heap, and an
+        # OpenVINO model costs about twice its weights once compiled (3.5x FP32 weights in all, here)
+        request = {
+            "candidate": [options.runtime, str(staging / graph["path"])],
+            "reference": str(fp32_graph) if fp32_graph.exists() else None,
+            "shapes": shapes,
+            "tokenizer": str(staging / TOKENIZER_FILE),
+            "eval_data": str(options.eval_data) if options.eval_data else None,
+        }
+        accuracy = run_stage("edge_sdk.converters.causal_lm:accuracy_stage", request, staging / "accuracy-work", steps)
     shutil.rmtree(work)
+    shutil.rmtree(staging / "accuracy-work")
     return {
         "graphs": [graph],
         "runtime": {"name": options.runtime, "min_version": min_version},
@@ -149,18 +155,31 @@ def _activations(quantization) -> str:
     return {"dynamic": "int8 (dynamic)", "static": "int8 (static, calibrated)"}.get(quantization.effective_mode, "fp32")
 
 
-def _measure_accuracy(candidate, reference, shapes: dict, tokenizer, options) -> dict[str, Any]:
-    """Teacher-forced accuracy of the package's graph against the FP32 graph on held-back text."""
-    from edge_sdk.evaluation import BUNDLED_EVAL_TEXT, read_texts, text_accuracy, token_windows
-    from edge_sdk.runtimes.text_generation import sequence_logits
+def accuracy_stage(request: dict[str, Any], step) -> dict[str, Any]:
+    """Teacher-forced accuracy of the package's graph against the FP32 graph on held-back text.
 
-    source = options.eval_data or BUNDLED_EVAL_TEXT
-    tokens = [t for text in read_texts(source) for t in tokenizer.encode(text)]
-    windows = token_windows(tokens)
+    Runs in a child process (see ``stage``); the two sessions are opened one at a time.
+    """
+    from edge_sdk.evaluation import BUNDLED_EVAL_TEXT, read_texts, text_accuracy, token_windows
+    from edge_sdk.runtimes.backend import open_session
+    from edge_sdk.runtimes.text_generation import sequence_logits
+    from edge_sdk.runtimes.tokenizer import TextTokenizer
+
+    shapes = request["shapes"]
+    tokenizer = TextTokenizer.from_file(Path(request["tokenizer"]))
+    eval_data = request["eval_data"]
+    tokens = [t for text in read_texts(eval_data or BUNDLED_EVAL_TEXT) for t in tokenizer.encode(text)]
+
+    def opener(runtime: str, path: str):
+        def open_logits():
+            session = open_session(runtime, Path(path))
+            return lambda ids: sequence_logits(session, shapes, ids)
+
+        return open_logits
+
+    reference = request["reference"]
     result = text_accuracy(
-        lambda ids: sequence_logits(candidate, shapes, ids),
-        windows,
-        (lambda ids: sequence_logits(reference, shapes, ids)) if reference is not None else None,
+        opener(*request["candidate"]), token_windows(tokens), opener("onnxruntime", reference) if reference else None
     )
-    data = "bundled edge_sdk/data/eval.txt" if options.eval_data is None else str(options.eval_data)
-    return {"data": data, "reference": "FP32 ONNX graph" if reference is not None else None, **result.as_dict()}
+    data = "bundled edge_sdk/data/eval.txt" if eval_data is None else eval_data
+    return {"data": data, "reference": "FP32 ONNX graph" if reference else None, **result.as_dict()}

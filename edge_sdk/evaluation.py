@@ -7,7 +7,9 @@ perplexity of both.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -73,26 +75,44 @@ class TextAccuracy:
         return asdict(self)
 
 
-def text_accuracy(candidate: LogitsFn, windows: list[list[int]], reference: LogitsFn | None = None) -> TextAccuracy:
-    """Compare ``candidate`` with ``reference`` (if any) on each window of token ids."""
-    nll, ref_nll, kl, agree, count = 0.0, 0.0, 0.0, 0, 0
-    for ids in windows:
-        targets = np.asarray(ids[1:])
-        logp = log_softmax(candidate(ids)[:-1])
-        nll -= logp[np.arange(len(targets)), targets].sum()
-        if reference is not None:
-            ref_logp = log_softmax(reference(ids)[:-1])
-            ref_nll -= ref_logp[np.arange(len(targets)), targets].sum()
-            kl += (np.exp(ref_logp) * (ref_logp - logp)).sum()
-            agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
-        count += len(targets)
-    has_reference = reference is not None
+def text_accuracy(
+    open_candidate: Callable[[], LogitsFn],
+    windows: list[list[int]],
+    open_reference: Callable[[], LogitsFn] | None = None,
+) -> TextAccuracy:
+    """Compare the candidate with the reference (if any) on each window of token ids.
+
+    Both are opened on demand and one at a time: the reference's log-probabilities are spilled to
+    a temporary directory (one file per window, float32) and the reference is released before
+    the candidate is opened, so measuring accuracy never holds two models in memory.
+    """
+    count = sum(len(ids) - 1 for ids in windows)
+    nll, ref_nll, kl, agree = 0.0, 0.0, 0.0, 0
+    with tempfile.TemporaryDirectory(prefix="edge-sdk-eval-") as spill:
+        if open_reference is not None:
+            reference = open_reference()
+            for index, ids in enumerate(windows):
+                np.save(Path(spill) / f"{index}.npy", log_softmax(reference(ids)[:-1]).astype(np.float32))
+            del reference
+        candidate = open_candidate()
+        for index, ids in enumerate(windows):
+            targets = np.asarray(ids[1:])
+            rows = np.arange(len(targets))
+            logp = log_softmax(candidate(ids)[:-1])
+            nll -= logp[rows, targets].sum()
+            if open_reference is not None:
+                ref_logp = log_softmax(np.load(Path(spill) / f"{index}.npy"))  # renormalized in float64
+                ref_nll -= ref_logp[rows, targets].sum()
+                kl += (np.exp(ref_logp) * (ref_logp - logp)).sum()
+                agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
+    has_reference = open_reference is not None
     return TextAccuracy(
         windows=len(windows),
         tokens=count,
         perplexity=float(np.exp(nll / count)),
         reference_perplexity=float(np.exp(ref_nll / count)) if has_reference else None,
-        kl_divergence=float(kl / count) if has_reference else None,
+        # float32 spilling leaves ~1e-10 of noise: two equal models can come out a hair below zero
+        kl_divergence=max(float(kl / count), 0.0) if has_reference else None,
         top1_agreement=agree / count if has_reference else None,
     )
 
@@ -124,31 +144,31 @@ def evaluate_package(
         raise InvalidInputError(f"eval measures text-generation packages; {package} is {candidate.package.task}")
     tokens = [t for text in read_texts(data or BUNDLED_EVAL_TEXT) for t in candidate.tokenizer.encode(text)]
     windows = token_windows(tokens, max_windows=max_windows)
-    reference_fn, name = _reference_logits(candidate, reference, threads)
-    return text_accuracy(candidate.logits, windows, reference_fn), name
+    open_reference, name = _reference_opener(candidate, reference, threads)
+    return text_accuracy(lambda: candidate.logits, windows, open_reference), name
 
 
-def _reference_logits(candidate, reference, threads) -> tuple[LogitsFn | None, str | None]:
-    from edge_sdk.package import MANIFEST_NAME
+def _reference_opener(candidate, reference, threads) -> tuple[Callable[[], LogitsFn] | None, str | None]:
+    """How to open the reference (called only when the accuracy pass needs it) and its name."""
+    from edge_sdk.package import MANIFEST_NAME, Package
     from edge_sdk.runtimes import load
 
     if reference is None:
         source = Path(candidate.package.manifest.get("source", {}).get("model", ""))
         if not (source / "config.json").is_file():
             return None, None
-        try:
-            return _model_logits(source), str(source)
-        except ImportError:  # a device without the conversion stack: perplexity only
-            return None, None
+        if any(importlib.util.find_spec(name) is None for name in ("torch", "transformers")):
+            return None, None  # a device without the conversion stack: perplexity only
+        return (lambda: _model_logits(source)), str(source)
     path = Path(reference).expanduser()
     if (path / MANIFEST_NAME).is_file():
-        other = load(path, threads=threads)
-        vocab = (other.package.manifest["model"]["vocab_size"], candidate.package.manifest["model"]["vocab_size"])
+        other = Package.open(path, verify=False)  # checked now, loaded when the accuracy pass needs it
+        vocab = (other.manifest["model"]["vocab_size"], candidate.package.manifest["model"]["vocab_size"])
         if vocab[0] != vocab[1]:
             raise InvalidInputError(f"reference {path} has a vocabulary of {vocab[0]}, the package {vocab[1]}: not the same model")
-        return other.logits, str(path)
+        return (lambda: load(path, threads=threads).logits), str(path)
     if (path / "config.json").is_file():
-        return _model_logits(path), str(path)
+        return (lambda: _model_logits(path)), str(path)
     raise InvalidInputError(f"reference {path} is neither an edge-sdk package nor a Hugging Face model directory")
 
 

@@ -254,3 +254,46 @@ def test_eval_recomputes_accuracy_against_a_reference(package_of, tiny_package_d
     figures = json.loads(result.stdout)
     assert figures["tokens"] > 100 and figures["kl_divergence"] >= 0 and 0 <= figures["top1_agreement"] <= 1
     assert figures["tokens"] != recorded["tokens"]  # really measured on the new data
+
+
+def test_text_accuracy_opens_one_model_at_a_time_and_is_exact():
+    """The reference is released before the candidate opens; KL and agreement are computed exactly."""
+    from edge_sdk.evaluation import log_softmax, text_accuracy
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(50, 50)).astype(np.float32)
+    noisy = table + rng.normal(scale=0.3, size=table.shape).astype(np.float32)
+    alive = []
+
+    def opener(name, weights):
+        def open_logits():
+            assert not alive, f"{name} opened while {alive} is still open"
+            alive.append(name)
+            logits = lambda ids: weights[np.asarray(ids)]  # noqa: E731
+            return _Closing(logits, lambda: alive.remove(name))
+
+        return open_logits
+
+    windows = [list(rng.integers(0, 50, size=20)) for _ in range(3)]
+    same = text_accuracy(opener("candidate", table), windows, opener("reference", table))
+    assert same.kl_divergence == pytest.approx(0.0, abs=1e-9) and same.top1_agreement == 1.0 and same.tokens == 57
+    assert same.perplexity == pytest.approx(same.reference_perplexity)
+    alive.clear()
+    other = text_accuracy(opener("candidate", noisy), windows, opener("reference", table))
+    positions = np.concatenate([np.asarray(w[:-1]) for w in windows])
+    p, q = log_softmax(table[positions]), log_softmax(noisy[positions])
+    assert other.kl_divergence == pytest.approx(float((np.exp(p) * (p - q)).sum(-1).mean()), rel=1e-5)
+    assert other.top1_agreement == pytest.approx(float((p.argmax(-1) == q.argmax(-1)).mean()))
+
+
+class _Closing:
+    """A logits function that reports when it is garbage-collected (the model being released)."""
+
+    def __init__(self, fn, on_close):
+        self.fn, self.on_close = fn, on_close
+
+    def __call__(self, ids):
+        return self.fn(ids)
+
+    def __del__(self):
+        self.on_close()
