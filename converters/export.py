@@ -10,12 +10,14 @@ from edge_sdk.converters.causal_lm import export_causal_lm
 from edge_sdk.converters.quantize import QuantizationOptions
 from edge_sdk.converters.registry import lookup, supported_architectures
 from edge_sdk.converters.sources import read_config, resolve_model_dir, weights_sha256
+from edge_sdk.converters.whisper import export_whisper
+from edge_sdk.converters.whisper_sources import ARCHITECTURE as WHISPER, whisper_source_kind
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.package import staged_output, write_manifest
 from edge_sdk.progress import Steps
 
 # task -> exporter(model_dir, spec, staging, options, steps) -> manifest sections
-EXPORTERS = {"text-generation": export_causal_lm}
+EXPORTERS = {"text-generation": export_causal_lm, "speech-recognition": export_whisper}
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ def export(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Export ``model`` (a Hugging Face directory or hub id) to a package directory ``output``.
+    """Export ``model`` (a Hugging Face directory or hub id; for Whisper also an OpenAI ``.pt`` or a
+    CTranslate2 directory) to a package directory ``output``.
 
     The package is built in a staging directory beside ``output`` and moved into place only after
     the graph reproduced the PyTorch model; on failure nothing is left behind.
@@ -57,15 +60,21 @@ def export(
         export("HuggingFaceTB/SmolLM2-135M", "out/smollm")
     """
     options = options or ExportOptions()
-    model_dir = resolve_model_dir(str(model))
-    config = read_config(model_dir)
-    spec = lookup(config.get("architectures"), source=str(model))
+    path = Path(str(model)).expanduser()
+    kind = whisper_source_kind(path)  # an OpenAI .pt file or a CTranslate2 directory
+    if kind is not None:
+        model_dir, spec = path, lookup([WHISPER], source=str(model))
+        exporter = lambda *args: export_whisper(*args, kind=kind)  # noqa: E731
+    else:
+        model_dir = resolve_model_dir(str(model))
+        spec = lookup(read_config(model_dir).get("architectures"), source=str(model))
+        exporter = EXPORTERS[spec.task]
     if options.task is not None and options.task != spec.task:
         raise InvalidInputError(
             f"{model} is a {spec.task} model ({spec.architecture}); it cannot be exported as '{options.task}'"
         )
     with staged_output(output, overwrite) as staging, Steps(total=1, enabled=progress) as steps:
-        sections = EXPORTERS[spec.task](model_dir, spec, staging, options, steps)
+        sections = exporter(model_dir, spec, staging, options, steps)
         with steps.step("writing package"):
             source = {"model": str(model), "architecture": spec.architecture, "weights_sha256": weights_sha256(model_dir)}
             write_manifest(staging, {"task": spec.task, "source": source, **sections})

@@ -41,10 +41,18 @@ class CausalLMSpec:
         }
 
 
-ARCHITECTURES: dict[str, CausalLMSpec] = {}
+@dataclass(frozen=True)
+class SpeechSpec:
+    """An encoder-decoder speech recognizer (Whisper family); its shapes come from the export."""
+
+    architecture: str
+    task: str = "speech-recognition"
 
 
-def register(spec: CausalLMSpec) -> CausalLMSpec:
+ARCHITECTURES: dict[str, CausalLMSpec | SpeechSpec] = {}
+
+
+def register(spec):
     ARCHITECTURES[spec.architecture] = spec
     return spec
 
@@ -52,13 +60,14 @@ def register(spec: CausalLMSpec) -> CausalLMSpec:
 register(CausalLMSpec("GPT2LMHeadModel", num_kv_heads=None, head_dim=None))
 register(CausalLMSpec("LlamaForCausalLM"))  # also SmolLM, SmolLM2, TinyLlama, OpenLLaMA checkpoints
 register(CausalLMSpec("Qwen2ForCausalLM"))  # Qwen2 / Qwen2.5
+register(SpeechSpec("WhisperForConditionalGeneration"))  # also OpenAI .pt and CTranslate2 directories
 
 
 def supported_architectures(task: str | None = None) -> list[str]:
     return sorted(name for name, spec in ARCHITECTURES.items() if task is None or spec.task == task)
 
 
-def lookup(architectures: list[str] | None, source: str) -> CausalLMSpec:
+def lookup(architectures: list[str] | None, source: str):
     """The spec for a config's ``architectures`` list, or an error naming what is supported."""
     for name in architectures or []:
         if name in ARCHITECTURES:

@@ -54,6 +54,8 @@ def read_config(model_dir: Path) -> dict:
 
 def weights_sha256(model_dir: Path) -> str | None:
     """One sha256 over the model's weight files (name and content hash of each, sorted by name)."""
+    if model_dir.is_file():  # a single-file checkpoint (OpenAI whisper .pt)
+        return sha256_file(model_dir)
     files = sorted({p for pattern in _WEIGHT_PATTERNS for p in model_dir.glob(pattern) if p.is_file()})
     if not files:
         return None

@@ -125,3 +125,47 @@ def build_causal_lm(
         model.save_pretrained(output)
         tokenizer.save_pretrained(output)
     return output
+
+
+WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
+                    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+TINY_WHISPER = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                    encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80, max_source_positions=1500,
+                    max_target_positions=64, init_std=0.5)
+
+
+def build_whisper(output: str | os.PathLike, seed: int = 0, multilingual: bool = True) -> Path:
+    """Save a seeded random-weight ``WhisperForConditionalGeneration`` with Whisper's special tokens
+    (two languages, transcribe/translate, timestamps <|0.00|> .. <|30.00|>) on a trained BPE."""
+    import torch
+    from tokenizers import AddedToken
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from edge_sdk.converters.causal_lm_torch import quiet_transformers
+
+    output = Path(output)
+    backend = train_tokenizer(256, add_bos=False).backend_tokenizer
+    # Whisper's order: the special tokens follow the text vocabulary, end of text first
+    backend.add_special_tokens([AddedToken(t, special=True) for t in WHISPER_SPECIALS])
+    backend.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=False) for i in range(1501)])
+    ids = {t: backend.token_to_id(t) for t in WHISPER_SPECIALS}
+    torch.manual_seed(seed)
+    config = WhisperConfig(vocab_size=backend.get_vocab_size(), decoder_start_token_id=ids["<|startoftranscript|>"],
+                           eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                           bos_token_id=ids["<|endoftext|>"], **TINY_WHISPER)
+    with quiet_transformers():
+        model = WhisperForConditionalGeneration(config).eval()
+    gen = model.generation_config
+    gen.decoder_start_token_id = ids["<|startoftranscript|>"]
+    gen.eos_token_id = gen.pad_token_id = ids["<|endoftext|>"]
+    gen.no_timestamps_token_id = ids["<|notimestamps|>"]
+    gen.is_multilingual = multilingual
+    gen.lang_to_id = {"<|en|>": ids["<|en|>"], "<|de|>": ids["<|de|>"]}
+    gen.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
+    gen.suppress_tokens = [ids["<|startoflm|>"], ids["<|startofprev|>"]]
+    gen.begin_suppress_tokens = [backend.token_to_id("Ġ"), ids["<|endoftext|>"]]
+    gen.max_initial_timestamp_index = 50
+    gen.max_length = config.max_target_positions
+    model.save_pretrained(output)
+    backend.save(str(output / "tokenizer.json"))
+    return output

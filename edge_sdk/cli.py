@@ -127,7 +127,10 @@ def export(model: str, output: str, task, runtime, weights, quant_mode, group_si
     click.echo(f"Wrote {package.task} package {path} ({package.runtime}, {precision}, {_megabytes(package.size_bytes)})")
     for figure in figures:
         click.echo(f"  {figure}")
-    click.echo(f"Try it: edge-sdk generate {path} \"Hello\"")
+    if package.task == "speech-recognition":
+        click.echo(f"Try it: edge-sdk transcribe {path} audio.wav")
+    else:
+        click.echo(f"Try it: edge-sdk generate {path} \"Hello\"")
 
 
 def _export_options(**fields):
@@ -218,18 +221,25 @@ def generate(package: str, prompt: str, threads: int | None, stats: bool, **over
 @click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def evaluate(package: str, data: str | None, reference: str | None, windows: int, threads: int | None, as_json: bool) -> None:
-    """Measure PACKAGE's accuracy on held-back text against an FP32 reference.
+    """Measure PACKAGE's accuracy.
 
-    Prints the mean KL divergence of next-token distributions, top-1 agreement and the perplexity
-    of both. Without a reference (none given, source model not found) only perplexity is shown.
+    Text generation: on held-back text against an FP32 reference, the mean KL divergence of
+    next-token distributions, top-1 agreement and the perplexity of both (without a reference,
+    perplexity only). Speech recognition: --data is a directory of audio files with a
+    transcripts.tsv (file<TAB>text per line); prints WER, real-time factor and total time.
 
     \b
     Examples:
       edge-sdk eval out/smollm-int4 --data held-out.txt --reference out/smollm
       edge-sdk eval out/smollm-int4 --json
+      edge-sdk eval out/whisper-int8 --data speech/
     """
     from edge_sdk.evaluation import evaluate_package
+    from edge_sdk.package import Package
 
+    if Package.open(package, verify=False).task == "speech-recognition":
+        _evaluate_speech(package, data, threads, as_json)
+        return
     result, reference_name = evaluate_package(package, data, reference, windows, threads)
     if as_json:
         click.echo(json.dumps({"reference": reference_name, **result.as_dict()}, indent=2))
@@ -240,6 +250,107 @@ def evaluate(package: str, data: str | None, reference: str | None, windows: int
         click.echo(f"reference perplexity {result.reference_perplexity:.3f}")
         click.echo(f"KL divergence       {result.kl_divergence:.4g} nats/token")
         click.echo(f"top-1 agreement     {result.top1_agreement:.2%}")
+
+
+def _evaluate_speech(package: str, data: str | None, threads: int | None, as_json: bool) -> None:
+    import edge_sdk
+    from edge_sdk.errors import InvalidInputError
+    from edge_sdk.evaluation import evaluate_speech
+
+    if data is None:
+        raise InvalidInputError("speech packages need --data DIR: audio files and a transcripts.tsv (file<TAB>text)")
+    recognizer = edge_sdk.load(package, threads=threads)
+    with _progress_bar("Transcribing", "utterances") as advance:
+        result = evaluate_speech(recognizer, data, progress=advance)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    click.echo(f"{result.utterances} utterances, {result.audio_seconds:.1f} s of audio")
+    click.echo(f"WER                 {result.wer:.2f}%")
+    click.echo(f"real-time factor    {result.real_time_factor:.4f}")
+    click.echo(f"total time          {result.total_seconds:.2f} s (features {result.features_seconds:.2f}, "
+               f"encoder {result.encoder_seconds:.2f}, decoder {result.decoder_seconds:.2f})")
+
+
+class _progress_bar:
+    """A rich progress bar on stderr; ``advance(done, total)`` moves it."""
+
+    def __init__(self, title: str, unit: str, enabled: bool = True):
+        self.title, self.unit = title, unit
+        self.enabled = enabled and sys.stderr.isatty()  # a log file gets no bar
+        self._progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda done, total: None
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn(self.title), BarColumn(), TextColumn("{task.fields[label]}"),
+                                  TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._progress.__enter__()
+        task = self._progress.add_task(self.title, total=None, label="")
+
+        def advance(done, total):
+            self._progress.update(task, completed=done, total=total, label=f"{done:.0f}/{total:.0f} {self.unit}")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+
+@main.command()
+@click.argument("package", type=click.Path())
+@click.argument("audio", nargs=-1, required=True, type=click.Path())
+@click.option("-f", "--format", "fmt", type=click.Choice(["txt", "srt", "vtt", "json"]), default="txt", show_default=True,
+              help="Output format.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Write <audio name>.<format> files here instead of printing.")
+@click.option("--language", default=None, help="Language code for multilingual models (default: detected).")
+@click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe", show_default=True)
+@click.option("--timestamps/--no-timestamps", default=True, show_default=True, help="Segment times from Whisper's timestamp tokens.")
+@click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def transcribe(package: str, audio: tuple[str, ...], fmt: str, output_dir, language, task, timestamps, threads, quiet) -> None:
+    """Transcribe AUDIO files (any sample rate, mono or stereo; WAV, FLAC, OGG, MP3 ...) with a
+    speech-recognition PACKAGE, offline.
+
+    \b
+    Examples:
+      edge-sdk transcribe out/whisper-int8 meeting.wav
+      edge-sdk transcribe out/whisper-int8 a.wav b.flac -f srt -o subtitles/
+      edge-sdk transcribe out/whisper-small talk.mp3 --language de --task translate -f json
+    """
+    import edge_sdk
+    from edge_sdk.errors import InvalidInputError
+
+    recognizer = edge_sdk.load(package, threads=threads)
+    if not hasattr(recognizer, "transcribe"):
+        raise InvalidInputError(f"{package} is a {recognizer.package.task} package; transcribe needs a speech-recognition package")
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    for path in audio:
+        with _progress_bar(f"Transcribing {Path(path).name}", "s", enabled=not quiet) as advance:
+            result = recognizer.transcribe(path, language=language, task=task, timestamps=timestamps, progress=advance)
+        rendered = {
+            "txt": lambda: result.text + "\n",
+            "srt": result.to_srt,
+            "vtt": result.to_vtt,
+            "json": lambda: json.dumps({"file": path, **result.as_dict()}, indent=2) + "\n",
+        }[fmt]()
+        if output_dir is None:
+            if len(audio) > 1 and fmt == "txt":
+                rendered = f"{path}: {rendered}"
+            click.echo(rendered, nl=False)
+        else:
+            target = Path(output_dir) / f"{Path(path).stem}.{fmt}"
+            temporary = target.with_name(target.name + ".partial")
+            temporary.write_text(rendered, encoding="utf-8")
+            temporary.replace(target)  # never a half-written file under the final name
+            if not quiet:
+                click.echo(f"wrote {target}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

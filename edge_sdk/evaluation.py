@@ -176,3 +176,78 @@ def _model_logits(model_dir: Path) -> LogitsFn:
     from edge_sdk.converters.causal_lm_torch import model_logits
 
     return model_logits(model_dir)
+
+
+# ------------------------------------------------------------------ speech
+
+
+@dataclass(frozen=True)
+class SpeechAccuracy:
+    """Word error rate and speed of a speech package on a directory of WAVs with transcripts."""
+
+    utterances: int
+    wer: float  # percent, lower-cased, punctuation stripped (jiwer)
+    audio_seconds: float
+    total_seconds: float  # transcribing all utterances (model load excluded)
+    real_time_factor: float  # total_seconds / audio_seconds
+    features_seconds: float
+    encoder_seconds: float
+    decoder_seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalize_transcript(text: str) -> str:
+    """Lower-case, punctuation (but apostrophes) to spaces, single spaces: what WER compares."""
+    import re
+
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def read_transcripts(directory: Path) -> list[tuple[Path, str]]:
+    """``transcripts.tsv`` of ``directory``: one ``file<TAB>text`` line per utterance."""
+    directory = Path(directory).expanduser()
+    table = directory / "transcripts.tsv"
+    if not directory.is_dir() or not table.is_file():
+        raise InvalidInputError(f"{directory} must be a directory holding transcripts.tsv (file<TAB>text per line) and the audio files")
+    pairs = []
+    for number, line in enumerate(table.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, tab, text = line.partition("\t")
+        if not tab:
+            raise InvalidInputError(f"{table} line {number} has no TAB between the file name and the text")
+        path = directory / name.strip()
+        if not path.is_file():
+            raise InvalidInputError(f"{table} line {number}: {path} does not exist")
+        pairs.append((path, text.strip()))
+    if not pairs:
+        raise InvalidInputError(f"{table} lists no utterances")
+    return pairs
+
+
+def evaluate_speech(recognizer, directory: str | os.PathLike, progress=None) -> SpeechAccuracy:
+    """WER and real-time factor of a loaded ``SpeechRecognizer`` on ``directory`` (see ``read_transcripts``)."""
+    import jiwer
+
+    pairs = read_transcripts(Path(directory))
+    references, hypotheses = [], []
+    totals = dict(audio=0.0, total=0.0, features=0.0, encoder=0.0, decoder=0.0)
+    for index, (path, text) in enumerate(pairs):
+        result = recognizer.transcribe(path)
+        references.append(normalize_transcript(text))
+        hypotheses.append(normalize_transcript(result.text))
+        stats = result.stats
+        for key, value in (("audio", stats.audio_seconds), ("total", stats.total_seconds), ("features", stats.features_seconds),
+                           ("encoder", stats.encoder_seconds), ("decoder", stats.decoder_seconds)):
+            totals[key] += value
+        if progress is not None:
+            progress(index + 1, len(pairs))
+    scored = [(r, h) for r, h in zip(references, hypotheses) if r]
+    error = jiwer.wer([r for r, _ in scored], [h for _, h in scored]) if scored else 0.0
+    return SpeechAccuracy(
+        utterances=len(pairs), wer=100 * error, audio_seconds=totals["audio"], total_seconds=totals["total"],
+        real_time_factor=totals["total"] / totals["audio"] if totals["audio"] else 0.0,
+        features_seconds=totals["features"], encoder_seconds=totals["encoder"], decoder_seconds=totals["decoder"],
+    )

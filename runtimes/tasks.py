@@ -5,7 +5,7 @@ from __future__ import annotations
 from edge_sdk.runtimes.registry import LazyRegistry
 
 TASKS = LazyRegistry(
-    {"text-generation": "edge_sdk.runtimes.text_generation"},
+    {"text-generation": "edge_sdk.runtimes.text_generation", "speech-recognition": "edge_sdk.runtimes.speech"},
     unknown="package task '{name}' is not supported by this edge-sdk (supported: {available}); upgrade edge-sdk",
 )
 register_task = TASKS.register

@@ -1,0 +1,113 @@
+"""Whisper-family speech recognizers -> an edge package: encoder and decoder graphs, tokenizer,
+mel filter bank and decoding facts (see ``whisper_torch`` for the graphs' inputs and outputs).
+
+The PyTorch part (loading any of the three source layouts, export, validation) runs in a child
+process; the package's graphs (another runtime or precision) are derived here from the FP32 ones
+through the same generic ``target.build_graph`` the text path uses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk.converters.whisper_torch import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    MEL_FILE,
+    N_FRAMES,
+    TOKENIZER_FILE,
+    encoder_outputs,
+)
+from edge_sdk.errors import InvalidInputError
+
+TASK = "speech-recognition"
+
+
+def _encoder_probe(n_mels: int):
+    features = np.random.default_rng(1).normal(scale=0.5, size=(1, n_mels, N_FRAMES)).astype(np.float32)
+
+    def run(session) -> np.ndarray:
+        return session.run({"input_features": features})["cross.0.key"]
+
+    return run
+
+
+def _decoder_probe(shapes: dict, decoding: dict):
+    rng = np.random.default_rng(2)
+    layers, heads, head_dim = shapes["num_layers"], shapes["num_heads"], shapes["head_dim"]
+    cross = {name: rng.normal(size=(1, heads, shapes["source_positions"], head_dim)).astype(np.float32)
+             for name in encoder_outputs(layers)}
+    prompt = np.array([[decoding["sot"], decoding["no_timestamps"], 1, 2]], np.int64)
+
+    def run(session) -> np.ndarray:
+        empty = {f"past.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32) for i in range(layers) for kv in ("key", "value")}
+        out = session.run({"input_ids": prompt, **empty, **cross})
+        first = out["logits"][:, -1]
+        past = {f"past.{i}.{kv}": out[f"present.{i}.{kv}"] for i in range(layers) for kv in ("key", "value")}
+        out = session.run({"input_ids": np.array([[3]], np.int64), **past, **cross})
+        return np.concatenate([first, out["logits"][:, -1]])
+
+    return run
+
+
+def export_whisper(source: Path, spec, staging: Path, options, steps, kind: str = "huggingface") -> dict[str, Any]:
+    from edge_sdk.converters.stage import run_stage
+    from edge_sdk.converters.target import build_graph
+
+    quantization = options.quantization
+    if quantization.effective_mode == "static":
+        raise InvalidInputError(
+            "static (calibrated) quantization is not available for speech packages yet; "
+            "use --quant-mode weight-only (default) or dynamic"
+        )
+    steps.expect(5)
+    work = staging / "fp32-work"
+    request = {"source": str(source), "kind": kind, "work": str(work), "atol": options.atol}
+    exported = run_stage("edge_sdk.converters.whisper_torch:export_fp32", request, work, steps)
+    shapes, decoding = exported["shapes"], exported["decoding"]
+    for name in (TOKENIZER_FILE, MEL_FILE):
+        os.replace(work / name, staging / name)
+
+    graphs, recipes, versions = [], {}, []
+    with steps.step(f"building the {options.runtime} {quantization.weights} graphs"):
+        for role, fp32, probe in (
+            ("encoder", work / ENCODER_FILE, _encoder_probe(shapes["n_mels"])),
+            ("decoder", work / DECODER_FILE, _decoder_probe(shapes, decoding)),
+        ):
+            graph, recipe, min_version = build_graph(fp32, staging, role, options.runtime, quantization, None, probe)
+            graphs.append(graph)
+            recipes[role] = recipe
+            versions.append(min_version)
+    shutil.rmtree(work)
+    recipe = None if all(r is None for r in recipes.values()) else recipes
+    return {
+        "graphs": graphs,
+        "runtime": {"name": options.runtime, "min_version": max(versions, key=_version_key)},
+        "precision": {"weights": quantization.weights, "activations": _activations(quantization), "recipe": recipe},
+        "tokenizer": {"path": TOKENIZER_FILE},
+        "features": {"mel_filters": MEL_FILE, "n_mels": shapes["n_mels"], "sample_rate": decoding["sample_rate"],
+                     "n_fft": decoding["n_fft"], "hop_length": decoding["hop_length"], "chunk_seconds": decoding["chunk_seconds"]},
+        "model": {"architecture": spec.architecture, "model_type": "whisper", "source_format": kind, **shapes},
+        "decoding": decoding,
+        "accuracy": {
+            "reference": "transformers PyTorch FP32",
+            "max_abs_diff": exported["max_abs_diff"],
+            "atol": options.atol,
+            "inputs": exported["validation_inputs"],
+            "note": "max_abs_diff is of the FP32 ONNX graphs; `edge-sdk eval PKG --data DIR` measures WER",
+        },
+    }
+
+
+def _activations(quantization) -> str:
+    return {"dynamic": "int8 (dynamic)"}.get(quantization.effective_mode, "fp32")
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+

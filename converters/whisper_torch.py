@@ -1,0 +1,324 @@
+"""The PyTorch side of a Whisper export (runs in the export's child process; see ``stage``).
+
+Two graphs, both with flat tensor inputs and outputs:
+
+    encoder  input_features (batch, n_mels, 3000) float32
+             -> cross.{i}.key / cross.{i}.value (batch, heads, 1500, head_dim) for each decoder layer:
+                the cross-attention keys/values, computed once per 30-second window
+    decoder  input_ids (batch, sequence) int64
+             past.{i}.key / past.{i}.value (batch, heads, past_sequence, head_dim)
+             cross.{i}.key / cross.{i}.value
+             -> logits (batch, sequence, vocab), present.{i}.key / present.{i}.value
+
+The decoder step is written out here over the model's own modules (layer norms, projections,
+MLP): transformers' cache classes do not export, and a flat step is what the runtime drives.
+Positions come from the past length, so prefill (the prompt) and decode use one graph.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk.converters.validate import Comparison
+from edge_sdk.converters.whisper_sources import hf_weights_from_ctranslate2, hf_weights_from_openai
+from edge_sdk.errors import ModelLoadError
+
+ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE, MEL_FILE = "encoder.onnx", "decoder.onnx", "tokenizer.json", "mel_filters.npy"
+N_SAMPLES, N_FRAMES = 480000, 3000  # 30 s at 16 kHz; 10 ms frames
+
+
+def encoder_outputs(layers: int) -> list[str]:
+    return [f"cross.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def decoder_inputs(layers: int) -> list[str]:
+    return ["input_ids", *(f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")), *encoder_outputs(layers)]
+
+
+def decoder_outputs(layers: int) -> list[str]:
+    return ["logits", *(f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value"))]
+
+
+# ------------------------------------------------------------------ loading
+
+def load_whisper(source: str, kind: str):
+    """(model, tokenizer.json path, CTranslate2 decoding config or {}) for a source of ``kind``."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from edge_sdk.converters.causal_lm_torch import quiet_transformers
+
+    path = Path(source)
+    if kind == "huggingface":
+        with quiet_transformers():
+            model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+        raw = path / "generation_config.json"
+        if raw.is_file():  # Whisper's own fields (lang_to_id, is_multilingual, no_timestamps_token_id ...):
+            import json  # transformers 5 drops keys GenerationConfig does not declare
+
+            for key, value in json.loads(raw.read_text(encoding="utf-8")).items():
+                if getattr(model.generation_config, key, None) is None:
+                    setattr(model.generation_config, key, value)
+        return model, _hf_tokenizer(path), {}
+    if kind == "ctranslate2":
+        config, weights, ct2_config = hf_weights_from_ctranslate2(path)
+        tokenizer = path / TOKENIZER_FILE
+    elif kind == "openai":
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
+            raise ModelLoadError(f"{path} is not an OpenAI whisper checkpoint (no 'dims' and 'model_state_dict')")
+        state = {k: v.float().numpy() for k, v in checkpoint["model_state_dict"].items()}
+        config, weights = hf_weights_from_openai(dict(checkpoint["dims"]), state)
+        ct2_config, tokenizer = {}, path.with_name(TOKENIZER_FILE)
+    else:
+        raise ModelLoadError(f"unknown Whisper source kind {kind}")
+    if not tokenizer.is_file():
+        raise ModelLoadError(
+            f"no {TOKENIZER_FILE} beside {path}; put the model's Hugging Face tokenizer.json there "
+            "(e.g. from openai/whisper-tiny.en) and export again"
+        )
+    from tokenizers import Tokenizer
+
+    special = Tokenizer.from_file(str(tokenizer))
+    eot, sot = special.token_to_id("<|endoftext|>"), special.token_to_id("<|startoftranscript|>")
+    if eot is None or sot is None:
+        raise ModelLoadError(f"{tokenizer} lacks Whisper's special tokens (<|endoftext|>, <|startoftranscript|>)")
+    config.update(pad_token_id=eot, eos_token_id=eot, bos_token_id=eot, decoder_start_token_id=sot)
+    with quiet_transformers():
+        model = WhisperForConditionalGeneration(WhisperConfig(**config)).eval()
+    state = {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for name, value in weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "proj_out.weight"]  # tied to the token embedding
+    if missing or unexpected:
+        raise ModelLoadError(f"{path}: weights do not fit a Whisper model (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    if config.get("tie_word_embeddings", True):
+        model.tie_weights()
+    _set_generation_config(model, decoding_config(model, tokenizer, ct2_config))
+    return model, tokenizer, ct2_config
+
+
+def _set_generation_config(model, decoding: dict) -> None:
+    """Give a model built from a converted checkpoint the generation config the original had, so
+    ``model.generate`` (the reference of our tests and benchmarks) decodes by Whisper's rules."""
+    gen = model.generation_config
+    gen.decoder_start_token_id = decoding["sot"]
+    gen.eos_token_id = gen.pad_token_id = decoding["eot"]
+    gen.no_timestamps_token_id = decoding["no_timestamps"]
+    gen.suppress_tokens = decoding["suppress_tokens"]
+    gen.begin_suppress_tokens = decoding["begin_suppress_tokens"]
+    gen.is_multilingual = decoding["multilingual"]
+    gen.max_initial_timestamp_index = int(round(decoding["max_initial_timestamp"] / decoding["time_precision"]))
+    gen.max_length = decoding["max_target_positions"]
+    if decoding["multilingual"]:
+        gen.lang_to_id = {f"<|{code}|>": token for code, token in decoding["languages"].items()}
+        gen.task_to_id = {"transcribe": decoding["transcribe"], "translate": decoding["translate"]}
+
+
+def _hf_tokenizer(model_dir: Path) -> Path:
+    if (model_dir / TOKENIZER_FILE).is_file():
+        return model_dir / TOKENIZER_FILE
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # slow files (vocab.json + merges.txt) -> fast
+    converted = model_dir / ".edge-sdk-tokenizer.json"
+    tokenizer.backend_tokenizer.save(str(converted))
+    return converted
+
+
+# ------------------------------------------------------------------ decoding facts
+
+def decoding_config(model, tokenizer_path: Path, ct2_config: dict) -> dict[str, Any]:
+    """Special token ids, suppression lists and limits the runtime's decoder needs."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    gen = getattr(model, "generation_config", None)
+
+    def token(text: str) -> int | None:
+        return tokenizer.token_to_id(text)
+
+    eot = token("<|endoftext|>")
+    sot = token("<|startoftranscript|>")
+    no_timestamps = token("<|notimestamps|>")
+    if None in (eot, sot, no_timestamps):
+        raise ModelLoadError(f"{tokenizer_path} lacks Whisper's special tokens (<|startoftranscript|>, <|notimestamps|>)")
+    translate, transcribe = token("<|translate|>"), token("<|transcribe|>")
+    vocab = int(model.config.vocab_size)
+    declared = getattr(gen, "is_multilingual", None) if gen is not None else None
+    multilingual = bool(declared) if declared is not None else vocab >= 51865  # OpenAI's rule
+    languages = {}
+    if multilingual and translate is not None:
+        for token_id in range(sot + 1, translate):
+            text = tokenizer.id_to_token(token_id)
+            if text and text.startswith("<|") and text.endswith("|>"):
+                languages[text[2:-2]] = token_id
+
+    def listed(name: str, ct2_name: str) -> list[int]:
+        value = getattr(gen, name, None) if gen is not None else None
+        if value is None:
+            value = ct2_config.get(ct2_name)
+        return sorted({int(v) for v in value or [] if int(v) >= 0})
+
+    suppress = listed("suppress_tokens", "suppress_ids")
+    begin_suppress = listed("begin_suppress_tokens", "suppress_ids_begin")
+    if not begin_suppress:
+        space = token("Ġ")
+        begin_suppress = [t for t in (space, eot) if t is not None]
+    return {
+        "eot": eot, "sot": sot, "no_timestamps": no_timestamps, "timestamp_begin": no_timestamps + 1,
+        "transcribe": transcribe, "translate": translate,
+        "no_speech": token("<|nospeech|>") or token("<|nocaptions|>"),
+        "start_of_prev": token("<|startofprev|>"),
+        "multilingual": multilingual, "languages": languages,
+        "suppress_tokens": suppress, "begin_suppress_tokens": begin_suppress,
+        "max_target_positions": int(model.config.max_target_positions),
+        "max_initial_timestamp": 1.0, "time_precision": 0.02, "n_mels": int(model.config.num_mel_bins),
+        "sample_rate": 16000, "chunk_seconds": 30, "hop_length": 160, "n_fft": 400,
+    }
+
+
+# ------------------------------------------------------------------ graphs
+
+def _modules(model, layers: int):
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = model.model.encoder
+            self.layers = model.model.decoder.layers
+            self.heads = model.config.decoder_attention_heads
+
+        def forward(self, input_features):
+            hidden = self.encoder(input_features).last_hidden_state
+            batch, frames, width = hidden.shape
+            outputs = []
+            for layer in self.layers:
+                for proj in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj):
+                    outputs.append(proj(hidden).view(batch, frames, self.heads, width // self.heads).transpose(1, 2))
+            return tuple(outputs)
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = model.model.decoder
+            self.head = model.proj_out
+            self.heads = model.config.decoder_attention_heads
+
+        def _split(self, x):
+            batch, length, width = x.shape
+            return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+
+        def forward(self, input_ids, *caches):
+            past, cross = caches[: 2 * layers], caches[2 * layers :]
+            past_length = past[0].shape[2]
+            length = input_ids.shape[1]
+            positions = self.decoder.embed_positions.weight[past_length : past_length + length]
+            hidden = self.decoder.embed_tokens(input_ids) + positions
+            # query i sits at position past_length + i and sees keys 0 .. past_length + i
+            keys_at = torch.arange(past_length + length)
+            visible = keys_at[None, :] <= (torch.arange(length) + past_length)[:, None]
+            presents = []
+            for i, layer in enumerate(self.decoder.layers):
+                attn = layer.self_attn
+                x = layer.self_attn_layer_norm(hidden)
+                q = self._split(attn.q_proj(x) * attn.scaling)
+                k = torch.cat([past[2 * i], self._split(attn.k_proj(x))], dim=2)
+                v = torch.cat([past[2 * i + 1], self._split(attn.v_proj(x))], dim=2)
+                presents += [k, v]
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=1.0)
+                hidden = hidden + attn.out_proj(out.transpose(1, 2).flatten(2))
+                cross_attn = layer.encoder_attn
+                x = layer.encoder_attn_layer_norm(hidden)
+                q = self._split(cross_attn.q_proj(x) * cross_attn.scaling)
+                out = torch.nn.functional.scaled_dot_product_attention(q, cross[2 * i], cross[2 * i + 1], scale=1.0)
+                hidden = hidden + cross_attn.out_proj(out.transpose(1, 2).flatten(2))
+                x = layer.final_layer_norm(hidden)
+                hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+            hidden = self.decoder.layer_norm(hidden)
+            return (self.head(hidden), *presents)
+
+    return Encoder().eval(), Decoder().eval()
+
+
+def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
+    """Child-process entry: load the Whisper source, export encoder and decoder, validate them."""
+    import torch
+
+    from edge_sdk.converters.onnx_export import export_onnx
+    from edge_sdk.runtimes.backend import open_session
+
+    work = Path(request["work"])
+    step("loading model")
+    model, tokenizer_path, ct2_config = load_whisper(request["source"], request["kind"])
+    config = model.config
+    layers, heads = config.decoder_layers, config.decoder_attention_heads
+    head_dim = config.d_model // heads
+    decoding = decoding_config(model, tokenizer_path, ct2_config)
+    encoder, decoder = _modules(model, layers)
+
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(scale=0.5, size=(1, config.num_mel_bins, N_FRAMES)).astype(np.float32))
+    prompt = [decoding["sot"], decoding["no_timestamps"]] if not decoding["multilingual"] else [
+        decoding["sot"], next(iter(decoding["languages"].values()), decoding["sot"]), decoding["transcribe"], decoding["no_timestamps"]]
+    tokens = prompt + [int(t) for t in rng.integers(0, min(decoding["eot"], config.vocab_size), size=4)]
+    with torch.inference_mode():
+        reference = model(input_features=features, decoder_input_ids=torch.tensor([tokens])).logits[0].numpy()
+
+    step("exporting to ONNX (torch.export)")
+    batch, seq, past = (torch.export.Dim(n) for n in ("batch", "sequence", "past_sequence"))
+    # traced at batch 2: a dimension traced at size 1 is specialized to 1
+    traced = features.repeat(2, 1, 1)
+    export_onnx(encoder, (traced,), work / ENCODER_FILE, input_names=["input_features"],
+                output_names=encoder_outputs(layers), dynamic_shapes=({0: batch},))
+    with torch.inference_mode():
+        cross = encoder(traced)
+    trace = (torch.zeros(2, 3, dtype=torch.int64), *(torch.zeros(2, heads, 2, head_dim) for _ in range(2 * layers)),
+             *(c.clone() for c in cross))
+    dynamic = ({0: batch, 1: seq}, (*({0: batch, 2: past} for _ in range(2 * layers)), *({0: batch} for _ in range(2 * layers))))
+    export_onnx(decoder, trace, work / DECODER_FILE, input_names=decoder_inputs(layers),
+                output_names=decoder_outputs(layers), dynamic_shapes=dynamic)
+    Path(work / TOKENIZER_FILE).write_bytes(Path(tokenizer_path).read_bytes())
+    np.save(work / MEL_FILE, _mel_filters(config.num_mel_bins))
+    del encoder, decoder, model, cross
+    gc.collect()
+
+    step("validating against PyTorch")
+    comparison = Comparison(atol=request["atol"])
+    encoder_session = open_session("onnxruntime", work / ENCODER_FILE)
+    cross = encoder_session.run({"input_features": features.numpy()})
+    cross_feeds = {name: cross[name] for name in encoder_outputs(layers)}
+    del encoder_session
+    session = open_session("onnxruntime", work / DECODER_FILE)
+    empty = {f"past.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32) for i in range(layers) for kv in ("key", "value")}
+    split = len(prompt)
+    out = session.run({"input_ids": np.array([tokens[:split]], np.int64), **empty, **cross_feeds})
+    comparison.check("prefill: logits", out["logits"][0], reference[:split])
+    for position in range(split, len(tokens)):  # then one token at a time
+        past_feeds = {f"past.{i}.{kv}": out[f"present.{i}.{kv}"] for i in range(layers) for kv in ("key", "value")}
+        out = session.run({"input_ids": np.array([[tokens[position]]], np.int64), **past_feeds, **cross_feeds})
+        comparison.check(f"decode {position - split + 1}: logits", out["logits"][0], reference[position : position + 1])
+    comparison.raise_if_failed("the exported Whisper graphs do not reproduce the PyTorch model")
+    return {
+        "shapes": {"num_layers": layers, "num_heads": heads, "head_dim": head_dim, "d_model": config.d_model,
+                   "vocab_size": config.vocab_size, "n_mels": config.num_mel_bins,
+                   "encoder_layers": config.encoder_layers, "source_positions": config.max_source_positions},
+        "decoding": decoding,
+        "max_abs_diff": comparison.max_diffs(),
+        "validation_inputs": f"random 30 s features, prompt prefill + {len(tokens) - split} decode steps",
+    }
+
+
+def _mel_filters(n_mels: int) -> np.ndarray:
+    """transformers' Whisper mel filter bank (Slaney scale and norm), (n_mels, 201) float32."""
+    from transformers import WhisperFeatureExtractor
+
+    return np.asarray(WhisperFeatureExtractor(feature_size=n_mels).mel_filters.T, dtype=np.float32)

