@@ -50,7 +50,7 @@ class QuantizationOptions:
     sym: bool = False  # symmetric quantization (no zero points); default asymmetric, as optimum-cli
     accuracy_level: int = 4  # ONNX Runtime MatMulNBits compute: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8
     ratio: float = 1.0  # OpenVINO int4: share of layers in 4 bits, the rest INT8 (NNCF's ratio)
-    calibration: Path | None = None  # text file or directory of text files, for static quantization
+    calibration: Path | None = None  # static quantization: text (file or directory) or audio files, by task
     num_samples: int = 32  # calibration samples drawn from that data
 
     def __post_init__(self):
@@ -77,7 +77,8 @@ class QuantizationOptions:
         if self.effective_mode == "static" and self.calibration is None:
             raise InvalidInputError(
                 "static quantization calibrates activations on real inputs and needs calibration data: "
-                "pass --calibration PATH (a text file or a directory of .txt files)"
+                "pass --calibration PATH (text models: a text file or a directory of .txt files; "
+                "speech models: an audio file or a directory of audio files)"
             )
         if self.calibration is not None and not Path(self.calibration).exists():
             raise InvalidInputError(f"calibration data {self.calibration} does not exist")

@@ -60,11 +60,6 @@ def export_whisper(source: Path, spec, staging: Path, options, steps, kind: str 
     from edge_sdk.converters.target import build_graph
 
     quantization = options.quantization
-    if quantization.effective_mode == "static":
-        raise InvalidInputError(
-            "static (calibrated) quantization is not available for speech packages yet; "
-            "use --quant-mode weight-only (default) or dynamic"
-        )
     steps.expect(5)
     work = staging / "fp32-work"
     request = {"source": str(source), "kind": kind, "work": str(work), "atol": options.atol}
@@ -73,13 +68,18 @@ def export_whisper(source: Path, spec, staging: Path, options, steps, kind: str 
     for name in (TOKENIZER_FILE, MEL_FILE):
         os.replace(work / name, staging / name)
 
+    feeds: dict[str, list] = {}
+    if quantization.effective_mode == "static":
+        with steps.step("recording calibration inputs from audio"):
+            feeds = _calibration_feeds(work, staging / MEL_FILE, shapes, decoding, quantization)
     graphs, recipes, versions = [], {}, []
     with steps.step(f"building the {options.runtime} {quantization.weights} graphs"):
         for role, fp32, probe in (
             ("encoder", work / ENCODER_FILE, _encoder_probe(shapes["n_mels"])),
             ("decoder", work / DECODER_FILE, _decoder_probe(shapes, decoding)),
         ):
-            graph, recipe, min_version = build_graph(fp32, staging, role, options.runtime, quantization, None, probe)
+            calibration = (lambda role=role: feeds.pop(role)) if feeds else None
+            graph, recipe, min_version = build_graph(fp32, staging, role, options.runtime, quantization, calibration, probe)
             graphs.append(graph)
             recipes[role] = recipe
             versions.append(min_version)
@@ -105,7 +105,55 @@ def export_whisper(source: Path, spec, staging: Path, options, steps, kind: str 
 
 
 def _activations(quantization) -> str:
-    return {"dynamic": "int8 (dynamic)"}.get(quantization.effective_mode, "fp32")
+    return {"dynamic": "int8 (dynamic)", "static": "int8 (static, calibrated)"}.get(quantization.effective_mode, "fp32")
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
+_CALIBRATION_DECODE_STEPS = 3
+
+
+def _calibration_feeds(work: Path, mel_file: Path, shapes: dict, decoding: dict, quantization) -> dict[str, list]:
+    """Encoder and decoder inputs recorded on real audio: one 30-second window per file (the
+    first), then the decoder's prompt prefill and a few greedy decode steps on it, so that the
+    decoder is calibrated on decode steps too. Files are taken in sorted order, at most
+    ``num_samples`` of them."""
+    from edge_sdk.runtimes.audio import AudioSource, log_mel
+    from edge_sdk.runtimes.backend import open_session
+
+    root = Path(quantization.calibration)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES) if root.is_dir() else [root]
+    files = files[: quantization.num_samples]
+    if not files:
+        raise InvalidInputError(f"{root} holds no audio files ({', '.join(AUDIO_SUFFIXES)}) to calibrate on")
+    filters = np.load(mel_file, allow_pickle=False)
+    window = int(decoding["chunk_seconds"]) * decoding["sample_rate"]
+    encoder = open_session("onnxruntime", work / ENCODER_FILE)
+    encoder_feeds, windows = [], []
+    for path in files:
+        source = AudioSource.open(path)
+        features = log_mel(source.read(0, window), filters, window)[None]
+        source.close()
+        encoder_feeds.append({"input_features": features})
+        windows.append(encoder.run({"input_features": features}))
+    del encoder
+    layers, heads, head_dim = shapes["num_layers"], shapes["num_heads"], shapes["head_dim"]
+    decoder = open_session("onnxruntime", work / DECODER_FILE)
+    prompt = [decoding["sot"]]
+    if decoding["multilingual"] and decoding["languages"]:
+        prompt += [decoding["languages"].get("en", next(iter(decoding["languages"].values()))), decoding["transcribe"]]
+    decoder_feeds = []
+    for cross in windows:  # the cross keys/values of a window are shared by its feeds, not copied
+        cross = {name: cross[name] for name in encoder_outputs(layers)}
+        feed = {"input_ids": np.array([prompt], np.int64),
+                **{f"past.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32) for i in range(layers) for kv in ("key", "value")},
+                **cross}
+        for _ in range(1 + _CALIBRATION_DECODE_STEPS):
+            decoder_feeds.append(feed)
+            out = decoder.run(feed)
+            token = int(np.argmax(out["logits"][0, -1]))
+            feed = {"input_ids": np.array([[token]], np.int64),
+                    **{f"past.{i}.{kv}": out[f"present.{i}.{kv}"] for i in range(layers) for kv in ("key", "value")}, **cross}
+    return {"encoder": encoder_feeds, "decoder": decoder_feeds}
 
 
 def _version_key(version: str) -> tuple:

@@ -425,3 +425,34 @@ def test_cli_transcribe_formats_and_eval_on_a_directory(whisper_packages, clips,
     (data / "transcripts.tsv").write_text("no-tab-here\n")
     done = runner.invoke(main, ["eval", package, "--data", str(data)])
     assert done.exit_code == 1 and "no TAB" in done.output
+
+
+@pytest.mark.parametrize("runtime, mode", [("onnxruntime", "dynamic"), ("onnxruntime", "static"), ("openvino", "static")])
+def test_activation_quantization_of_speech_packages(runtime, mode, tiny_whisper, clips, tmp_path):
+    """Static INT8 calibrates on audio: the encoder on each file's window, the decoder on prefill and decode steps."""
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for path, _ in clips[:3]:
+        shutil.copy(path, calibration / path.name)
+    options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(
+        weights="int8", mode=mode, calibration=calibration if mode == "static" else None))
+    package = export(tiny_whisper, tmp_path / "pkg", options, progress=False)
+    asr = edge_sdk.load(package, threads=1)
+    manifest = asr.package.manifest
+    assert manifest["precision"]["activations"].startswith("int8")
+    if mode == "static" and runtime == "onnxruntime":
+        recipes = manifest["precision"]["recipe"]
+        assert recipes["encoder"]["calibration_feeds"] == 3 and recipes["decoder"]["calibration_feeds"] == 3 * 4
+    result = asr.transcribe(clips[0][0], language="en")
+    assert result.stats.windows == 1 and result.stats.tokens > 0
+
+
+def test_static_speech_quantization_without_audio_is_a_clear_error(tiny_whisper, tmp_path):
+    with pytest.raises(InvalidInputError, match="needs calibration data"):
+        ExportOptions(quantization=QuantizationOptions(weights="int8", mode="static"))
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("not audio")
+    options = ExportOptions(quantization=QuantizationOptions(weights="int8", mode="static", calibration=tmp_path / "texts"))
+    with pytest.raises(InvalidInputError, match="holds no audio files"):
+        export(tiny_whisper, tmp_path / "pkg", options, progress=False)
+    assert not (tmp_path / "pkg").exists()
