@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_sdk.converters.causal_lm import export_causal_lm
+from edge_sdk.converters.diffusion import diffusion_source, export_unet
 from edge_sdk.converters.quantize import QuantizationOptions
 from edge_sdk.converters.registry import lookup, supported_architectures
 from edge_sdk.converters.sources import read_config, resolve_model_dir, weights_sha256
@@ -17,7 +18,7 @@ from edge_sdk.package import staged_output, write_manifest
 from edge_sdk.progress import Steps
 
 # task -> exporter(model_dir, spec, staging, options, steps) -> manifest sections
-EXPORTERS = {"text-generation": export_causal_lm, "speech-recognition": export_whisper}
+EXPORTERS = {"text-generation": export_causal_lm, "speech-recognition": export_whisper, "image-generation": export_unet}
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,11 @@ def export(
     options = options or ExportOptions()
     path = Path(str(model)).expanduser()
     kind = whisper_source_kind(path)  # an OpenAI .pt file or a CTranslate2 directory
-    if kind is not None:
+    diffusion = diffusion_source(path)  # a diffusers pipeline or UNet directory
+    if diffusion is not None:
+        (model_dir, scheduler_file), spec = diffusion, lookup(["UNet2DModel"], source=str(model))
+        exporter = lambda *args: export_unet(*args, scheduler_file=scheduler_file)  # noqa: E731
+    elif kind is not None:
         model_dir, spec = path, lookup([WHISPER], source=str(model))
         exporter = lambda *args: export_whisper(*args, kind=kind)  # noqa: E731
     else:

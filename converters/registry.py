@@ -42,14 +42,14 @@ class CausalLMSpec:
 
 
 @dataclass(frozen=True)
-class SpeechSpec:
-    """An encoder-decoder speech recognizer (Whisper family); its shapes come from the export."""
+class ModelSpec:
+    """A model whose shapes come from its own exporter (Whisper, diffusion UNets)."""
 
     architecture: str
-    task: str = "speech-recognition"
+    task: str
 
 
-ARCHITECTURES: dict[str, CausalLMSpec | SpeechSpec] = {}
+ARCHITECTURES: dict[str, CausalLMSpec | ModelSpec] = {}
 
 
 def register(spec):
@@ -60,7 +60,8 @@ def register(spec):
 register(CausalLMSpec("GPT2LMHeadModel", num_kv_heads=None, head_dim=None))
 register(CausalLMSpec("LlamaForCausalLM"))  # also SmolLM, SmolLM2, TinyLlama, OpenLLaMA checkpoints
 register(CausalLMSpec("Qwen2ForCausalLM"))  # Qwen2 / Qwen2.5
-register(SpeechSpec("WhisperForConditionalGeneration"))  # also OpenAI .pt and CTranslate2 directories
+register(ModelSpec("WhisperForConditionalGeneration", task="speech-recognition"))  # also OpenAI .pt and CTranslate2
+register(ModelSpec("UNet2DModel", task="image-generation"))  # diffusers, unconditional
 
 
 def supported_architectures(task: str | None = None) -> list[str]:

@@ -169,3 +169,21 @@ def build_whisper(output: str | os.PathLike, seed: int = 0, multilingual: bool =
     model.save_pretrained(output)
     backend.save(str(output / "tokenizer.json"))
     return output
+
+
+TINY_UNET = dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                 norm_num_groups=8, attention_head_dim=8)
+
+
+def build_unet(output: str | os.PathLike, seed: int = 0, config_overrides: dict | None = None,
+               scheduler: dict | None = None) -> Path:
+    """Save a seeded random ``UNet2DModel`` as a diffusers DDPM pipeline directory (unet/ + scheduler/)."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    output = Path(output)
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**{**TINY_UNET, **(config_overrides or {})}).eval()
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**(scheduler or {"num_train_timesteps": 1000}))).save_pretrained(output)
+    return output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -129,6 +130,8 @@ def export(model: str, output: str, task, runtime, weights, quant_mode, group_si
         click.echo(f"  {figure}")
     if package.task == "speech-recognition":
         click.echo(f"Try it: edge-sdk transcribe {path} audio.wav")
+    elif package.task == "image-generation":
+        click.echo(f"Try it: edge-sdk sample {path} -o grid.png")
     else:
         click.echo(f"Try it: edge-sdk generate {path} \"Hello\"")
 
@@ -351,6 +354,51 @@ def transcribe(package: str, audio: tuple[str, ...], fmt: str, output_dir, langu
             temporary.replace(target)  # never a half-written file under the final name
             if not quiet:
                 click.echo(f"wrote {target}", err=True)
+
+
+@main.command()
+@click.argument("package", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file for the grid of images.")
+@click.option("-n", "--num", "num_images", type=int, default=8, show_default=True, help="Images to generate.")
+@click.option("-s", "--steps", type=int, default=50, show_default=True, help="Denoising steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial and step noise.")
+@click.option("--scheduler", type=click.Choice(["ddpm", "ddim"]), default="ddim", show_default=True)
+@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM stochasticity (0: deterministic).")
+@click.option("--individual", is_flag=True, help="Also write each image as OUTPUT-<i>.png.")
+@click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def sample(package, output, num_images, steps, seed, scheduler, eta, individual, threads, quiet) -> None:
+    """Generate images with an image-generation PACKAGE and write them as a PNG grid.
+
+    \b
+    Examples:
+      edge-sdk sample out/digits -o grid.png
+      edge-sdk sample out/digits-int8 -o grid.png -n 16 --steps 100 --scheduler ddpm --seed 3
+    """
+    import edge_sdk
+    from edge_sdk.errors import InvalidInputError
+    from edge_sdk.runtimes.images import image_grid, write_png
+
+    target = Path(output).expanduser()
+    if not target.parent.is_dir():
+        raise InvalidInputError(f"cannot write {target}: directory {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise InvalidInputError(f"cannot write {target}: directory {target.parent} is not writable")
+    generator = edge_sdk.load(package, threads=threads)
+    if not hasattr(generator, "sample"):
+        raise InvalidInputError(f"{package} is a {generator.package.task} package; sample needs an image-generation package")
+    with _progress_bar("Sampling", "steps", enabled=not quiet) as advance:
+        images = generator.sample(num_images=num_images, steps=steps, seed=seed, scheduler=scheduler, eta=eta, progress=advance)
+    write_png(image_grid(images), target)
+    written = [target]
+    if individual:
+        for index, image in enumerate(images):
+            path = target.with_name(f"{target.stem}-{index}.png")
+            write_png(image, path)
+            written.append(path)
+    stats = generator.last_stats
+    click.echo(f"wrote {', '.join(str(p) for p in written[:3])}{' ...' if len(written) > 3 else ''} "
+               f"({num_images} images, {stats.steps} steps, {stats.seconds_per_step * 1e3:.1f} ms per step)")
 
 
 if __name__ == "__main__":  # pragma: no cover

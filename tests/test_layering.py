@@ -70,8 +70,8 @@ def test_runtimes_and_devices_source_never_import_the_conversion_stack():
 
 
 def test_every_registered_architecture_has_a_tiny_test_model():
-    from edge_sdk.converters.tiny import TINY_WHISPER
+    from edge_sdk.converters.tiny import TINY_UNET, TINY_WHISPER
 
-    tiny = set(TINY_CONFIGS) | ({"WhisperForConditionalGeneration"} if TINY_WHISPER else set())
+    tiny = set(TINY_CONFIGS) | ({"WhisperForConditionalGeneration"} if TINY_WHISPER else set()) | ({"UNet2DModel"} if TINY_UNET else set())
     missing = set(supported_architectures()) - tiny
     assert not missing, f"registered without a tiny test model (add one to converters/tiny.py): {missing}"

@@ -1,0 +1,99 @@
+"""Diffusion UNets (diffusers ``UNet2DModel``) -> an edge package: the UNet graph plus its scheduler config.
+
+Sources: a diffusers pipeline directory (``model_index.json`` with ``unet/`` and ``scheduler/``), or a
+UNet directory (``config.json`` with ``"_class_name": "UNet2DModel"``) with its scheduler config in
+``scheduler_config.json`` beside it or in ``../scheduler/``. The UNet runs in the engine; the DDPM /
+DDIM loop runs in numpy (``runtimes/schedulers.py``).
+
+    graph  unet  sample (batch, channels, height, width) float32, timestep (batch,) int64
+                 -> noise (batch, channels, height, width): the model's prediction (epsilon, v or x0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk.errors import ModelLoadError
+
+TASK = "image-generation"
+UNET_FILE = "unet.onnx"
+SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+                  "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset", "variance_type", "set_alpha_to_one")
+
+
+def diffusion_source(path: Path) -> tuple[Path, Path] | None:
+    """(unet directory, scheduler config file) when ``path`` is a diffusers UNet2DModel source."""
+    if not path.is_dir():
+        return None
+    if (path / "model_index.json").is_file():
+        unet, scheduler = path / "unet", path / "scheduler" / "scheduler_config.json"
+    elif (path / "config.json").is_file():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if config.get("_class_name") not in ("UNet2DModel", "UNet2DConditionModel"):
+            return None
+        unet = path
+        beside, sibling = path / "scheduler_config.json", path.parent / "scheduler" / "scheduler_config.json"
+        scheduler = beside if beside.is_file() else sibling
+    else:
+        return None
+    if not (unet / "config.json").is_file():
+        raise ModelLoadError(f"{path} is a diffusers pipeline without a unet/ directory; edge-sdk exports its UNet")
+    class_name = json.loads((unet / "config.json").read_text(encoding="utf-8")).get("_class_name")
+    if class_name != "UNet2DModel":
+        raise ModelLoadError(f"{unet} holds a {class_name}; edge-sdk exports unconditional UNet2DModel checkpoints so far")
+    if not scheduler.is_file():
+        raise ModelLoadError(f"no scheduler config for {unet}: put scheduler_config.json beside it (or in ../scheduler/)")
+    return unet, scheduler
+
+
+def export_unet(source: Path, spec, staging: Path, options, steps, scheduler_file: Path | None = None) -> dict[str, Any]:
+    from edge_sdk.converters.stage import run_stage
+    from edge_sdk.converters.target import build_graph
+
+    steps.expect(5)
+    work = staging / "fp32-work"
+    request = {"unet": str(source), "work": str(work), "atol": options.atol}
+    exported = run_stage("edge_sdk.converters.diffusion_torch:export_fp32", request, work, steps)
+    scheduler = json.loads(Path(scheduler_file).read_text(encoding="utf-8"))
+    scheduler = {key: scheduler[key] for key in SCHEDULER_KEYS if key in scheduler}
+    shapes = exported["shapes"]
+    probe_sample = np.random.default_rng(3).standard_normal((1, shapes["channels"], *shapes["sample_size"])).astype(np.float32)
+
+    def probe(session) -> np.ndarray:
+        return session.run({"sample": probe_sample, "timestep": np.array([500], np.int64)})["noise"]
+
+    quantization = options.quantization
+    if quantization.effective_mode == "static":
+        from edge_sdk.errors import InvalidInputError
+
+        raise InvalidInputError("static quantization of diffusion UNets (calibrated along sampling trajectories) is not built yet; "
+                                "use --quant-mode weight-only or dynamic")
+    with steps.step(f"building the {options.runtime} {quantization.weights} graph"):
+        graph, recipe, min_version = build_graph(work / UNET_FILE, staging, "unet", options.runtime, quantization, None, probe)
+    shutil.rmtree(work)
+    return {
+        "graphs": [graph],
+        "runtime": {"name": options.runtime, "min_version": min_version},
+        "precision": {"weights": quantization.weights, "activations": "int8 (dynamic)" if quantization.effective_mode == "dynamic" else "fp32",
+                      "recipe": recipe},
+        "model": {"architecture": spec.architecture, **shapes},
+        "scheduler": scheduler,
+        "accuracy": {"reference": "diffusers PyTorch FP32", "max_abs_diff": exported["max_abs_diff"], "atol": options.atol,
+                     "inputs": exported["validation_inputs"]},
+    }
+
+
+def scheduler_of(path: str | os.PathLike) -> Path:
+    found = diffusion_source(Path(path))
+    if found is None:
+        raise ModelLoadError(f"{path} is not a diffusers UNet2DModel directory")
+    return found[1]

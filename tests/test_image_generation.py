@@ -1,0 +1,114 @@
+"""Diffusion UNet packages: export, torch-free DDPM/DDIM sampling, parity with diffusers pipelines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edge_sdk
+from edge_sdk.converters.export import ExportOptions, export
+from edge_sdk.converters.quantize import QuantizationOptions
+from edge_sdk.errors import InvalidInputError
+
+
+@pytest.fixture(scope="session")
+def tiny_unet(tmp_path_factory):
+    from edge_sdk.converters.tiny import build_unet
+
+    return build_unet(tmp_path_factory.mktemp("unet") / "pipeline", seed=0)
+
+
+@pytest.fixture(scope="session")
+def unet_package(tiny_unet, tmp_path_factory):
+    return export(tiny_unet, tmp_path_factory.mktemp("unet-pkg") / "fp32", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_fp32_package_matches_diffusers_pipeline(kind, tiny_unet, unet_package):
+    import torch
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(tiny_unet / "unet")
+    config = json.loads((tiny_unet / "scheduler" / "scheduler_config.json").read_text())
+    if kind == "ddpm":
+        pipeline = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(config))
+        steps, call = 20, {}
+    else:
+        pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(config))
+        steps, call = 20, {"eta": 0.0}
+    pipeline.set_progress_bar_config(disable=True)
+    generator, twin = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    expected = pipeline(batch_size=2, generator=generator, num_inference_steps=steps, output_type="np", **call).images
+    # the same draws: the initial noise, then (DDPM) each step's noise, from a twin generator
+    shape = (2, 3, 16, 16)
+    noise = torch.randn(shape, generator=twin).numpy()
+    generated = edge_sdk.load(unet_package).sample(
+        num_images=2, steps=steps, scheduler=kind, noise=noise, output="float",
+        step_noise=lambda s: torch.randn(s, generator=twin).numpy())
+    assert generated.shape == expected.shape == (2, 16, 16, 3)
+    assert np.abs(generated - expected).mean() < 1e-3
+
+
+def test_sample_returns_uint8_images_and_refuses_bad_arguments(unet_package):
+    gen = edge_sdk.load(unet_package)
+    images = gen.sample(num_images=3, steps=5, seed=1, scheduler="ddim")
+    assert images.dtype == np.uint8 and images.shape == (3, 16, 16, 3)
+    assert np.array_equal(images, gen.sample(num_images=3, steps=5, seed=1, scheduler="ddim"))  # seeded
+    assert gen.last_stats.steps == 5 and gen.last_stats.seconds_per_step > 0
+    with pytest.raises(InvalidInputError, match="between 1 and the model's 1000 training timesteps"):
+        gen.sample(steps=1001)
+    for bad in (0, -2):
+        with pytest.raises(InvalidInputError, match="number of images must be >= 1"):
+            gen.sample(num_images=bad)
+    with pytest.raises(InvalidInputError, match="unknown scheduler"):
+        gen.sample(scheduler="euler")
+    with pytest.raises(InvalidInputError, match="noise must have shape"):
+        gen.sample(num_images=2, noise=np.zeros((1, 3, 16, 16)))
+
+
+@pytest.mark.parametrize("runtime, weights, mode", [("onnxruntime", "int8", None), ("onnxruntime", "int8", "dynamic"),
+                                                    ("openvino", "fp32", None), ("openvino", "int8", None)])
+def test_runtimes_and_precisions_sample(runtime, weights, mode, tiny_unet, unet_package, tmp_path):
+    options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights, mode=mode))
+    package = export(tiny_unet, tmp_path / "pkg", options, progress=False)
+    gen = edge_sdk.load(package, threads=1)
+    images = gen.sample(num_images=2, steps=4, seed=0, scheduler="ddim", output="float")
+    reference = edge_sdk.load(unet_package).sample(num_images=2, steps=4, seed=0, scheduler="ddim", output="float")
+    assert images.shape == reference.shape and np.isfinite(images).all()
+    if weights == "fp32":
+        assert np.abs(images - reference).mean() < 1e-3
+
+
+def test_sampling_imports_no_torch(unet_package):
+    code = (f"import sys, edge_sdk; x = edge_sdk.load({str(unet_package)!r}).sample(num_images=1, steps=3); "
+            "assert x.shape == (1, 16, 16, 3); bad = [m for m in ('torch', 'diffusers') if m in sys.modules]; assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_cli_sample_writes_a_png_grid_and_refuses_bad_arguments(unet_package, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edge_sdk.cli import main
+
+    runner = CliRunner()
+    done = runner.invoke(main, ["sample", str(unet_package), "-o", str(tmp_path / "grid.png"), "-n", "4", "--steps", "3",
+                                "--individual", "-q"])
+    assert done.exit_code == 0, done.output
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (2 * 16 + 2, 2 * 16 + 2) and grid.mode == "RGB"
+    assert Image.open(tmp_path / "grid-3.png").size == (16, 16)
+    (tmp_path / "a-file").write_text("x")
+    for args, message in [(["-o", str(tmp_path / "a-file" / "g.png")], "does not exist"),
+                          (["-o", str(tmp_path / "g.png"), "-n", "0"], "number of images must be >= 1"),
+                          (["-o", str(tmp_path / "g.png"), "-n", "-3"], "number of images must be >= 1"),
+                          (["-o", str(tmp_path / "g.png"), "--steps", "1001"], "training timesteps")]:
+        done = runner.invoke(main, ["sample", str(unet_package), "-q", *args])
+        assert done.exit_code == 1 and message in done.output, done.output
+        assert len(done.output.strip().splitlines()) == 1
+    assert not (tmp_path / "g.png").exists()
