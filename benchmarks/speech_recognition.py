@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from edge_sdk.evaluation import normalize_transcript
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -51,12 +53,6 @@ VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int4,openvino:fp32,ope
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
-
-
-def normalize(text: str) -> str:
-    import re
-
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
 # ---------------------------------------------------------------- workers (each in its own process)
@@ -197,14 +193,6 @@ def _to_16k(path: Path) -> None:
     soundfile.write(str(path), audio, 16000, subtype="PCM_16")
 
 
-def machine() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = next((l for l in info.splitlines() if l.startswith("flags")), "")
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in flags]
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "isa": isa}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/speech-recognition"))
@@ -230,7 +218,7 @@ def main() -> None:
     args.data = args.out / "data"
     synthesize(args.data)
     clips = _clips(args.data)
-    references = [normalize(text) for _, text in clips]
+    references = [normalize_transcript(text) for _, text in clips]
 
     rows: dict[str, dict] = {}
     print("PyTorch eager fp32 ...", file=sys.stderr)
@@ -251,7 +239,7 @@ def main() -> None:
                                                                    model=args.model, compute_type=compute_type)
     audio_seconds = sum(__import__("soundfile").info(path).duration for path, _ in clips)
     for row in rows.values():
-        row["wer"] = 100 * jiwer.wer(references, [normalize(t) or "<empty>" for t in row["texts"]])
+        row["wer"] = 100 * jiwer.wer(references, [normalize_transcript(t) or "<empty>" for t in row["texts"]])
         row["real_time_factor"] = row["total_seconds"] / audio_seconds
     agreement = None
     if "faster-whisper float32" in rows:
@@ -259,7 +247,7 @@ def main() -> None:
         torch_row = rows["PyTorch eager fp32 (transformers, converted)"]
         agreement = {}
         for key in ("texts", "texts_on_faster_whisper_features"):
-            same = [normalize(a) == normalize(b) for a, b in zip(torch_row[key], fw_texts)]
+            same = [normalize_transcript(a) == normalize_transcript(b) for a, b in zip(torch_row[key], fw_texts)]
             agreement["transformers features" if key == "texts" else "faster-whisper features"] = sum(same) / len(same)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "threads": args.threads, "utterances": len(clips),
               "audio_seconds": audio_seconds, "voices": VOICES, "rows": rows,

@@ -25,13 +25,14 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 
 PROMPT_TOKENS, NEW_TOKENS = 32, 64
 DEFAULT_VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int4,openvino:fp32,openvino:int8,openvino:int4"
@@ -187,14 +188,6 @@ def in_subprocess(kind: str, args, python: str | None = None, **fields) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def machine() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = next((l for l in info.splitlines() if l.startswith("flags")), "")
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in flags]
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version()}
 
 
 def versions() -> dict:

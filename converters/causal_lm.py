@@ -101,7 +101,6 @@ def export_causal_lm(model_dir: Path, spec: CausalLMSpec, staging: Path, options
     """
     from edge_sdk.converters.stage import run_stage
     from edge_sdk.converters.target import build_graph
-    from edge_sdk.runtimes.backend import open_session
     from edge_sdk.runtimes.tokenizer import TextTokenizer
 
     steps.expect(5)
@@ -136,7 +135,7 @@ def export_causal_lm(model_dir: Path, spec: CausalLMSpec, staging: Path, options
     return {
         "graphs": [graph],
         "runtime": {"name": options.runtime, "min_version": min_version},
-        "precision": {"weights": quantization.weights, "activations": _activations(quantization), "recipe": recipe},
+        "precision": {"weights": quantization.weights, "activations": quantization.activations, "recipe": recipe},
         "tokenizer": {"path": TOKENIZER_FILE},
         "model": {"architecture": spec.architecture, "model_type": exported["model_type"], **shapes, "kv_dtype": "float32"},
         "generation": exported["generation"],
@@ -149,10 +148,6 @@ def export_causal_lm(model_dir: Path, spec: CausalLMSpec, staging: Path, options
             "eval": accuracy,
         },
     }
-
-
-def _activations(quantization) -> str:
-    return {"dynamic": "int8 (dynamic)", "static": "int8 (static, calibrated)"}.get(quantization.effective_mode, "fp32")
 
 
 def accuracy_stage(request: dict[str, Any], step) -> dict[str, Any]:

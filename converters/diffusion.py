@@ -12,7 +12,6 @@ DDIM loop runs in numpy (``runtimes/schedulers.py``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import numpy as np
 
 from edge_sdk.errors import ModelLoadError
 
-TASK = "image-generation"
 UNET_FILE = "unet.onnx"
 SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
                   "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset", "variance_type", "set_alpha_to_one")
@@ -83,17 +81,10 @@ def export_unet(source: Path, spec, staging: Path, options, steps, scheduler_fil
     return {
         "graphs": [graph],
         "runtime": {"name": options.runtime, "min_version": min_version},
-        "precision": {"weights": quantization.weights, "activations": "int8 (dynamic)" if quantization.effective_mode == "dynamic" else "fp32",
-                      "recipe": recipe},
+        "precision": {"weights": quantization.weights, "activations": quantization.activations, "recipe": recipe},
         "model": {"architecture": spec.architecture, **shapes},
         "scheduler": scheduler,
         "accuracy": {"reference": "diffusers PyTorch FP32", "max_abs_diff": exported["max_abs_diff"], "atol": options.atol,
                      "inputs": exported["validation_inputs"]},
     }
 
-
-def scheduler_of(path: str | os.PathLike) -> Path:
-    found = diffusion_source(Path(path))
-    if found is None:
-        raise ModelLoadError(f"{path} is not a diffusers UNet2DModel directory")
-    return found[1]

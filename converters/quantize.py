@@ -53,6 +53,11 @@ class QuantizationOptions:
     calibration: Path | None = None  # static quantization: text (file or directory) or audio files, by task
     num_samples: int = 32  # calibration samples drawn from that data
 
+    @property
+    def activations(self) -> str:
+        """How activations run, for the manifest: fp32, or int8 dynamic / static."""
+        return {"dynamic": "int8 (dynamic)", "static": "int8 (static, calibrated)"}.get(self.effective_mode, "fp32")
+
     def __post_init__(self):
         if self.weights not in WEIGHTS:
             raise InvalidInputError(f"unknown --weights '{self.weights}'; valid: {', '.join(WEIGHTS)}")

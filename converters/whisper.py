@@ -24,8 +24,7 @@ from edge_sdk.converters.whisper_torch import (
     encoder_outputs,
 )
 from edge_sdk.errors import InvalidInputError
-
-TASK = "speech-recognition"
+from edge_sdk.runtimes.backend import version_tuple
 
 
 def _encoder_probe(n_mels: int):
@@ -87,8 +86,8 @@ def export_whisper(source: Path, spec, staging: Path, options, steps, kind: str 
     recipe = None if all(r is None for r in recipes.values()) else recipes
     return {
         "graphs": graphs,
-        "runtime": {"name": options.runtime, "min_version": max(versions, key=_version_key)},
-        "precision": {"weights": quantization.weights, "activations": _activations(quantization), "recipe": recipe},
+        "runtime": {"name": options.runtime, "min_version": max(versions, key=version_tuple)},
+        "precision": {"weights": quantization.weights, "activations": quantization.activations, "recipe": recipe},
         "tokenizer": {"path": TOKENIZER_FILE},
         "features": {"mel_filters": MEL_FILE, "n_mels": shapes["n_mels"], "sample_rate": decoding["sample_rate"],
                      "n_fft": decoding["n_fft"], "hop_length": decoding["hop_length"], "chunk_seconds": decoding["chunk_seconds"]},
@@ -102,10 +101,6 @@ def export_whisper(source: Path, spec, staging: Path, options, steps, kind: str 
             "note": "max_abs_diff is of the FP32 ONNX graphs; `edge-sdk eval PKG --data DIR` measures WER",
         },
     }
-
-
-def _activations(quantization) -> str:
-    return {"dynamic": "int8 (dynamic)", "static": "int8 (static, calibrated)"}.get(quantization.effective_mode, "fp32")
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
@@ -154,8 +149,3 @@ def _calibration_feeds(work: Path, mel_file: Path, shapes: dict, decoding: dict,
             feed = {"input_ids": np.array([[token]], np.int64),
                     **{f"past.{i}.{kv}": out[f"present.{i}.{kv}"] for i in range(layers) for kv in ("key", "value")}, **cross}
     return {"encoder": encoder_feeds, "decoder": decoder_feeds}
-
-
-def _version_key(version: str) -> tuple:
-    return tuple(int(part) for part in version.split(".") if part.isdigit())
-

@@ -48,7 +48,7 @@ def available_backends() -> list[str]:
     return BACKENDS.names()
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for part in version.split("+")[0].split("."):
         digits = "".join(ch for ch in part if ch.isdigit())
@@ -66,7 +66,7 @@ def open_session(runtime: str, path: Path, threads: int | None = None, min_versi
     """
     backend = BACKENDS.get(runtime)
     installed = backend.engine_version()
-    if min_version and _version_tuple(installed) < _version_tuple(min_version):
+    if min_version and version_tuple(installed) < version_tuple(min_version):
         raise PackageError(
             f"this package needs {runtime} >= {min_version}, but {installed} is installed; "
             f"upgrade it with: pip install -U {runtime}"

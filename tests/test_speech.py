@@ -7,7 +7,6 @@ CTranslate2 form; speech comes from espeak-ng, generated here.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import struct
 import subprocess
@@ -20,6 +19,7 @@ import edge_sdk
 from edge_sdk.converters.export import ExportOptions, export
 from edge_sdk.converters.quantize import QuantizationOptions
 from edge_sdk.errors import InvalidInputError
+from edge_sdk.evaluation import normalize_transcript
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -39,14 +39,10 @@ def espeak(text: str, path: Path, voice: str = "en-us", speed: int = 150) -> Pat
     return path
 
 
-def normalize(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
-
-
 def wer(references: list[str], hypotheses: list[str]) -> float:
     import jiwer
 
-    return 100 * jiwer.wer([normalize(r) for r in references], [normalize(h) or "<empty>" for h in hypotheses])
+    return 100 * jiwer.wer([normalize_transcript(r) for r in references], [normalize_transcript(h) or "<empty>" for h in hypotheses])
 
 
 @pytest.fixture(scope="session")
