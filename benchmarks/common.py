@@ -13,3 +13,36 @@ def machine() -> dict:
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in flags]
     model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
     return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), in MB.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak over fork + exec, so a
+    worker started by a process that had held a big model reported the parent's peak (measured:
+    every diffusion package showed the orchestrator's 590 MB).
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+
+
+def run_worker(script: str, kind: str, threads: int, fields: dict, python: str | None = None) -> dict:
+    """Run ``script --worker KIND --threads N --<field> value ...`` in a fresh process (its own
+    engine, its own peak memory) and return the JSON its last stdout line holds."""
+    import json
+    import subprocess
+    import sys
+
+    command = [python or sys.executable, script, "--worker", kind, "--threads", str(threads)]
+    for name, value in fields.items():
+        if value is not None:
+            command += [f"--{name.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import machine  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from common import machine, peak_rss_mb, run_worker  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from edge_sdk.evaluation import normalize_transcript
 
 SENTENCES = [
@@ -49,10 +47,6 @@ SENTENCES = [
 ]
 VOICES = ["en-us", "en", "en-us+f3"]  # American, British, a female American variant
 VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int4,openvino:fp32,openvino:int8,openvino:int4"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 # ---------------------------------------------------------------- workers (each in its own process)
@@ -157,14 +151,7 @@ WORKERS = {"package": worker_package, "torch": worker_torch, "faster-whisper": w
 # ---------------------------------------------------------------- orchestration
 
 def in_subprocess(kind: str, args, python: str | None = None, **fields) -> dict:
-    command = [python or sys.executable, __file__, "--worker", kind, "--threads", str(args.threads), "--data", str(args.data)]
-    for name, value in fields.items():
-        command += [f"--{name.replace('_', '-')}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, kind, args.threads, {"data": args.data, **fields}, python)
 
 
 def synthesize(data: Path) -> None:

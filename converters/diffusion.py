@@ -70,13 +70,16 @@ def export_unet(source: Path, spec, staging: Path, options, steps, scheduler_fil
         return session.run({"sample": probe_sample, "timestep": np.array([500], np.int64)})["noise"]
 
     quantization = options.quantization
+    calibration = calibrated = None
     if quantization.effective_mode == "static":
-        from edge_sdk.errors import InvalidInputError
-
-        raise InvalidInputError("static quantization of diffusion UNets (calibrated along sampling trajectories) is not built yet; "
-                                "use --quant-mode weight-only or dynamic")
+        with steps.step("recording calibration inputs along sampling trajectories"):
+            feeds, calibrated = _calibration_feeds(work / UNET_FILE, shapes, scheduler, quantization.num_samples)
+        calibration = lambda: feeds  # noqa: E731
     with steps.step(f"building the {options.runtime} {quantization.weights} graph"):
-        graph, recipe, min_version = build_graph(work / UNET_FILE, staging, "unet", options.runtime, quantization, None, probe)
+        graph, recipe, min_version = build_graph(work / UNET_FILE, staging, "unet", options.runtime, quantization, calibration,
+                                                 probe, model_type="cnn")
+    if calibrated is not None:
+        recipe = {**recipe, "calibration": calibrated}
     shutil.rmtree(work)
     return {
         "graphs": [graph],
@@ -88,3 +91,35 @@ def export_unet(source: Path, spec, staging: Path, options, steps, scheduler_fil
                      "inputs": exported["validation_inputs"]},
     }
 
+
+
+_CALIBRATION_TRAJECTORIES = 4
+
+
+def _calibration_feeds(fp32: Path, shapes: dict, scheduler: dict, num_samples: int) -> tuple[list[dict], dict]:
+    """UNet inputs for static calibration, recorded along real sampling trajectories of the FP32
+    graph over the whole timestep range (activations at t=999 and t=0 differ by orders of
+    magnitude, so one timestep would not do).
+
+    A few trajectories are sampled together with DDIM in ``num_samples`` steps (the model's own
+    timestep spacing); feed i is trajectory i mod k at step i, so every feed has its own timestep
+    and every trajectory its share of them.
+    """
+    from edge_sdk.runtimes.backend import open_session
+    from edge_sdk.runtimes.schedulers import Scheduler
+
+    sampler = Scheduler.from_config(scheduler, "ddim")
+    steps = min(num_samples, sampler.train_steps)
+    k = min(_CALIBRATION_TRAJECTORIES, steps)
+    session = open_session("onnxruntime", fp32)
+    feeds: list[dict] = []
+
+    def unet(x: np.ndarray, t: int) -> np.ndarray:
+        feeds.append({"sample": x[len(feeds) % k][None].copy(), "timestep": np.array([t], np.int64)})
+        return session.run({"sample": x, "timestep": np.full(len(x), t, np.int64)})["noise"]
+
+    noise = np.random.default_rng(0).standard_normal((k, shapes["channels"], *shapes["sample_size"])).astype(np.float32)
+    sampler.denoise(unet, noise, steps, eta=0.0)
+    timesteps = [int(f["timestep"][0]) for f in feeds]
+    return feeds, {"source": "DDIM sampling trajectories of the FP32 model", "trajectories": k, "inputs": len(feeds),
+                   "timesteps": [min(timesteps), max(timesteps)]}

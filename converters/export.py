@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge_sdk.converters.causal_lm import export_causal_lm
 from edge_sdk.converters.diffusion import diffusion_source, export_unet
-from edge_sdk.converters.quantize import QuantizationOptions
+from edge_sdk.converters.quantize import SAMPLING, QuantizationOptions
 from edge_sdk.converters.registry import lookup, supported_architectures
 from edge_sdk.converters.sources import read_config, resolve_model_dir, weights_sha256
 from edge_sdk.converters.whisper import export_whisper
@@ -78,12 +78,26 @@ def export(
         raise InvalidInputError(
             f"{model} is a {spec.task} model ({spec.architecture}); it cannot be exported as '{options.task}'"
         )
+    _check_calibration(spec.task, options.quantization)
     with staged_output(output, overwrite) as staging, Steps(total=1, enabled=progress) as steps:
         sections = exporter(model_dir, spec, staging, options, steps)
         with steps.step("writing package"):
             source = {"model": str(model), "architecture": spec.architecture, "weights_sha256": weights_sha256(model_dir)}
             write_manifest(staging, {"task": spec.task, "source": source, **sections})
     return Path(output)
+
+
+def _check_calibration(task: str, quantization: QuantizationOptions) -> None:
+    """Diffusion UNets calibrate on their own sampling trajectories, the other tasks on data."""
+    if quantization.calibration is None:
+        return
+    if task == "image-generation" and not quantization.self_calibrated:
+        raise InvalidInputError(f"diffusion UNets calibrate on inputs recorded along their own sampling trajectories, "
+                                f"not on files: pass --calibration {SAMPLING} (--num-samples sets how many inputs)")
+    if task != "image-generation" and quantization.self_calibrated:
+        data = "audio files" if task == "speech-recognition" else "text"
+        raise InvalidInputError(f"--calibration {SAMPLING} is for diffusion models; a {task} model calibrates on {data}: "
+                                "pass a file or directory")
 
 
 __all__ = ["export", "ExportOptions", "supported_architectures"]

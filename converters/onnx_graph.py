@@ -24,10 +24,10 @@ class WeightLayer:
     """A layer whose weight is a constant matrix: the unit weight quantization works on."""
 
     node: str  # ONNX node name
-    op_type: str  # "MatMul" or "Gather"
+    op_type: str  # "MatMul", "Gather" or "Conv"
     weight: str  # initializer name
     kind: str  # module path with layer indices as "*", e.g. "model.layers.*.mlp.down_proj"
-    in_channels: int  # the axis quantization groups run along (K of a MatMul, hidden size of an embedding)
+    in_channels: int  # the axis quantization groups run along (K of a MatMul, hidden size of an embedding, C_in*kh*kw of a Conv)
     out_channels: int
     output: str  # name of the node's output tensor (engines may name the op after it)
 
@@ -55,8 +55,10 @@ def layer_kind_of(op_type: str, scopes: str | None) -> str:
     return _LAYER_INDEX.sub(".*", path)
 
 
-def weight_layers(model) -> list[WeightLayer]:
-    """Linear layers (MatMul, constant 2-D B) and embeddings (Gather, constant 2-D table) of ``model``."""
+def weight_layers(model, convolutions: bool = False) -> list[WeightLayer]:
+    """Linear layers (MatMul, constant 2-D B) and embeddings (Gather, constant 2-D table) of
+    ``model``; with ``convolutions``, also convolutions with a constant weight (CNNs such as
+    diffusion UNets, where they hold most of the weights and the compute)."""
     initializers = {i.name: i for i in model.graph.initializer}
     layers = []
     for node in model.graph.node:
@@ -69,6 +71,10 @@ def weight_layers(model) -> list[WeightLayer]:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             if len(dims) == 2 and axis == 0:
                 layers.append(WeightLayer(node.name, "Gather", node.input[0], layer_kind(node), dims[1], dims[0], node.output[0]))
+        elif convolutions and node.op_type == "Conv" and node.input[1] in initializers:
+            dims = list(initializers[node.input[1]].dims)  # (C_out, C_in / groups, kh, kw)
+            layers.append(WeightLayer(node.name, "Conv", node.input[1], layer_kind(node), int(np.prod(dims[1:])), dims[0],
+                                      node.output[0]))
     return layers
 
 

@@ -30,14 +30,15 @@ log = logging.getLogger("edge_sdk")
 _LOW_BIT_TYPES = {"u4": 4, "i4": 4, "nf4": 4, "u8": 8, "i8": 8}
 
 
-def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None) -> dict:
+def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None,
+                     model_type: str = "transformer") -> dict:
     """Convert ONNX graph ``src`` to ``dst_xml`` (+ .bin) in the precision ``options`` asks for."""
     import onnx
     import openvino as ov
 
     prepared = dst_xml.with_name(dst_xml.stem + ".prepared.onnx")
     prepare_graph(src, prepared, untie=options.quantized)
-    layers = weight_layers(onnx.load(str(prepared), load_external_data=False))
+    layers = weight_layers(onnx.load(str(prepared), load_external_data=False), convolutions=model_type == "cnn")
     try:
         # Core.read_model maps the ONNX weights file instead of copying it (convert_model copied it:
         # +0.97 GB against +0.08 GB on SmolLM2-135M), so the prepared file lives until save_model
@@ -116,6 +117,9 @@ def _quantize_static(model, options: QuantizationOptions, calibration: Calibrati
         raise InvalidInputError(f"no calibration samples could be made from {options.calibration}; give more text")
     try:
         quantized = nncf.quantize(
+            # the transformer model type for CNNs too: it quantizes convolutions, MatMuls and attention
+            # but not the residual Adds / Multiplies the default type adds; on the digits DDPM the
+            # default type gave 13.4 dB PSNR against FP32 samples, the transformer type 28.8 dB
             model, nncf.Dataset(feeds), subset_size=len(feeds), model_type=nncf.ModelType.TRANSFORMER,
             preset=nncf.QuantizationPreset.MIXED if not options.sym else nncf.QuantizationPreset.PERFORMANCE,
         )
@@ -133,7 +137,7 @@ def _weight_source(op):
     Returns (node, how): the low-bit Constant NNCF stored ("compressed"), a FakeQuantize of static
     quantization ("fake-quantized"), or (None, None) for a plain float weight.
     """
-    start = op.input(1 if op.get_type_name() == "MatMul" else 0).get_source_output().get_node()
+    start = op.input(0 if op.get_type_name() == "Gather" else 1).get_source_output().get_node()
     frontier, seen, stored = [start], set(), []
     while frontier:
         node = frontier.pop()
@@ -170,7 +174,7 @@ def summarize_openvino_layers(model, planned: dict) -> dict[str, dict]:
     """
     kinds: dict[str, dict] = {}
     for op in model.get_ordered_ops():
-        if op.get_type_name() not in ("MatMul", "Gather"):
+        if op.get_type_name() not in ("MatMul", "Gather", "Convolution"):
             continue
         name = op.get_friendly_name().split("/")[0]
         layer = planned.get(name)

@@ -38,6 +38,10 @@ PER_CHANNEL = -1
 MIN_GROUP_SIZE = 16  # MatMulNBits' smallest block
 DEFAULT_GROUP_SIZE = 128  # optimum-cli's default for int4
 CalibrationFeeds = Callable[[], list[dict[str, np.ndarray]]]
+# what a graph is made of, which decides the layers quantized: "transformer" (MatMul + Gather) or "cnn"
+# (Conv too; the model type NNCF is told)
+MODEL_TYPES = ("transformer", "cnn")
+SAMPLING = "sampling"  # --calibration value of diffusion models: record the model's own sampling trajectories
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class QuantizationOptions:
     sym: bool = False  # symmetric quantization (no zero points); default asymmetric, as optimum-cli
     accuracy_level: int = 4  # ONNX Runtime MatMulNBits compute: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8
     ratio: float = 1.0  # OpenVINO int4: share of layers in 4 bits, the rest INT8 (NNCF's ratio)
-    calibration: Path | None = None  # static quantization: text (file or directory) or audio files, by task
+    calibration: Path | None = None  # static: text (file or directory), audio files, or "sampling" (diffusion), by task
     num_samples: int = 32  # calibration samples drawn from that data
 
     @property
@@ -83,9 +87,10 @@ class QuantizationOptions:
             raise InvalidInputError(
                 "static quantization calibrates activations on real inputs and needs calibration data: "
                 "pass --calibration PATH (text models: a text file or a directory of .txt files; "
-                "speech models: an audio file or a directory of audio files)"
+                "speech models: an audio file or a directory of audio files; diffusion UNets: --calibration "
+                f"{SAMPLING}, which records the model's own sampling trajectories)"
             )
-        if self.calibration is not None and not Path(self.calibration).exists():
+        if self.calibration is not None and not self.self_calibrated and not Path(self.calibration).exists():
             raise InvalidInputError(f"calibration data {self.calibration} does not exist")
         if not 0 < self.ratio <= 1:
             raise InvalidInputError(f"--ratio must be in (0, 1], got {self.ratio}")
@@ -93,6 +98,11 @@ class QuantizationOptions:
             raise InvalidInputError(f"--accuracy-level must be 0..4, got {self.accuracy_level}")
         if self.num_samples < 1:
             raise InvalidInputError(f"--num-samples must be >= 1, got {self.num_samples}")
+
+    @property
+    def self_calibrated(self) -> bool:
+        """--calibration sampling: calibration inputs come from the model's own sampling (diffusion)."""
+        return self.calibration is not None and str(self.calibration) == SAMPLING
 
     @property
     def effective_mode(self) -> str | None:
@@ -162,16 +172,19 @@ def _nbits_block(in_channels: int, group: int) -> int:
     return block
 
 
-def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None) -> dict:
+def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None,
+                  model_type: str = "transformer") -> dict:
     """Write the quantized (or fp16) version of graph ``src`` to ``dst``; return the recipe for the manifest.
 
     ``src`` is a prepared graph (``graph_prepare.prepare_graph`` with ``untie``): every linear layer
-    a MatMul with a constant weight, the LM head included.
+    a MatMul with a constant weight, the LM head included. ``model_type`` "cnn" quantizes the
+    convolutions too in dynamic and static modes; weight-only leaves them FP32 (ONNX Runtime has
+    no weight-only convolution kernel).
     """
     import onnx
 
     model = onnx.load(str(src))
-    layers = weight_layers(model)
+    layers = weight_layers(model, convolutions=model_type == "cnn")
     if options.weights == "fp16":
         return _fp16(model, dst, options)
     if options.effective_mode == "weight-only":
@@ -305,7 +318,8 @@ def _dynamic(src: Path, layers: list[WeightLayer], dst: Path, options: Quantizat
 
     quantize_dynamic(
         str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=True,
-        op_types_to_quantize=["MatMul", "Gather"], nodes_to_quantize=[layer.node for layer in layers],
+        op_types_to_quantize=sorted({"MatMul", "Gather"} | {layer.op_type for layer in layers}),
+        nodes_to_quantize=[layer.node for layer in layers],
         extra_options={"MatMulConstBOnly": True},
     )
     return _recipe(options, "onnxruntime.quantization.quantize_dynamic (int8 weights per channel, int8 activations at run time)", dst, layers)
@@ -330,7 +344,8 @@ def _static(src: Path, layers, dst: Path, options: QuantizationOptions, calibrat
     quantize_static(
         str(src), str(dst), _FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=["MatMul"], nodes_to_quantize=[layer.node for layer in layers if layer.op_type == "MatMul"],
+        op_types_to_quantize=sorted({"MatMul"} | {layer.op_type for layer in layers if layer.op_type == "Conv"}),
+        nodes_to_quantize=[layer.node for layer in layers if layer.op_type in ("MatMul", "Conv")],
         use_external_data_format=True, extra_options={"WeightSymmetric": True, "ActivationSymmetric": options.sym},
     )
     recipe = _recipe(options, "onnxruntime.quantization.quantize_static (QDQ, int8 weights per channel, uint8 activations, MinMax)", dst, layers)
@@ -362,6 +377,7 @@ def summarize_onnx_layers(model, planned: dict[str, WeightLayer]) -> dict[str, d
 
     kinds: dict[str, dict] = {}
     names = {layer.node for layer in planned.values()}
+    dequantized = {output for node in model.graph.node if node.op_type == "DequantizeLinear" for output in node.output}
     for node in model.graph.node:
         # quantizers name their nodes after the original ("node_linear_1" -> "node_linear_1_Q4"); the
         # longest matching original wins, so "node_linear_1_Q4" is not taken for "node_linear"
@@ -371,11 +387,15 @@ def summarize_onnx_layers(model, planned: dict[str, WeightLayer]) -> dict[str, d
             continue
         layer = planned[source]
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        bits = attributes.get("bits", 8 if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMul") else None)
         entry = {"op": node.op_type, "in_channels": layer.in_channels}
         if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
-            block = attributes["block_size"]
-            entry.update(bits=bits, group_size=effective_group(block, layer.in_channels))
+            entry.update(bits=attributes["bits"], group_size=effective_group(attributes["block_size"], layer.in_channels))
+        elif node.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"):
+            entry.update(bits=8)
+        elif len(node.input) > 1 and node.input[1] in dequantized:  # static QDQ: the weight through DequantizeLinear
+            entry.update(bits=8)
+        else:
+            entry.update(bits=None)  # float weights
         summary = kinds.setdefault(layer.kind, {**entry, "count": 0})
         summary["count"] += 1
     return kinds

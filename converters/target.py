@@ -35,17 +35,19 @@ def build_graph(
     options: QuantizationOptions,
     calibration: CalibrationFeeds | None = None,
     probe: Probe | None = None,
+    model_type: str = "transformer",
 ) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Write graph ``role`` into ``staging``; return (manifest graph entry, recipe or None, minimum engine version).
 
     ``fp32`` is the validated FP32 ONNX graph (with ``<fp32>.data`` beside it); it is moved, not
-    copied, when the package is FP32 ONNX Runtime.
+    copied, when the package is FP32 ONNX Runtime. ``model_type`` ("transformer" or "cnn", see
+    ``quantize.MODEL_TYPES``) decides which layers quantization covers.
     """
     if runtime == "openvino":
         from edge_sdk.converters.openvino_convert import describe_openvino, onnx_to_openvino
 
         xml = staging / f"{role}.xml"
-        recipe = onnx_to_openvino(fp32, xml, options, calibration)
+        recipe = onnx_to_openvino(fp32, xml, options, calibration, model_type)
         entry = {"role": role, "path": xml.name, **describe_openvino(xml), "external_data": [xml.with_suffix(".bin").name]}
         return entry, recipe, MIN_OPENVINO
 
@@ -63,7 +65,7 @@ def build_graph(
         for source in (fused, fused.with_name(fused.name + ".data")):
             os.replace(source, staging / source.name)
     else:
-        recipe = quantize_onnx(fused, path, options, calibration)
+        recipe = quantize_onnx(fused, path, options, calibration, model_type)
     shutil.rmtree(fused.parent)
     entry = {"role": role, "path": path.name, **describe_graph(path), "fusions": fusions}
     entry["external_data"] = sorted(p.name for p in staging.glob(f"{path.name}.data*"))

@@ -80,8 +80,8 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @click.option("--quant-mode", type=click.Choice(MODES), default=None, help="int8: weight-only (default), dynamic or static (calibrated) activations.")
 @click.option("--group-size", type=int, default=None, help="Weights per scale along input channels (power of two >= 16; -1 per-channel) [128].")
 @click.option("--sym/--asym", default=False, show_default=True, help="Symmetric (no zero points) or asymmetric quantization.")
-@click.option("--calibration", type=click.Path(), default=None, help="Text file or directory of .txt files for --quant-mode static.")
-@click.option("--num-samples", type=int, default=32, show_default=True, help="Calibration samples drawn from --calibration.")
+@click.option("--calibration", type=click.Path(), default=None, help="Data for --quant-mode static: text file/dir (LLMs), audio file/dir (speech), 'sampling' (diffusion).")
+@click.option("--num-samples", type=int, default=32, show_default=True, help="Calibration samples (windows, audio files, or UNet inputs).")
 @click.option("--accuracy-level", type=int, default=4, show_default=True, help="ONNX Runtime MatMulNBits compute type (4: int8).")
 @click.option("--ratio", type=float, default=1.0, show_default=True, help="OpenVINO int4: share of layers in 4 bits (rest INT8).")
 @click.option("--eval-data", type=click.Path(), default=None, help="Held-back text for the accuracy figures [bundled text].")
@@ -102,6 +102,7 @@ def export(model: str, output: str, task, runtime, weights, quant_mode, group_si
       edge-sdk export ./SmolLM2-135M -o out/smollm-int4 --weights int4 --group-size 64
       edge-sdk export ./SmolLM2-135M -o out/smollm-ov --runtime openvino --weights int8
       edge-sdk export ./SmolLM2-135M -o out/smollm-static --weights int8 --quant-mode static --calibration texts/
+      edge-sdk export ./ddpm-digits -o out/digits-static --weights int8 --quant-mode static --calibration sampling
     """
     import edge_sdk
     from edge_sdk.converters.quantize import QuantizationOptions
@@ -221,27 +222,38 @@ def generate(package: str, prompt: str, threads: int | None, stats: bool, **over
 @click.option("--reference", type=click.Path(), default=None,
               help="FP32 package (or model directory) to compare with [the package's source model, if found].")
 @click.option("--windows", type=int, default=16, show_default=True, help="Text windows of 128 tokens to evaluate at most.")
+@click.option("-n", "--num", type=int, default=32, show_default=True, help="Image generation: images to sample.")
+@click.option("--steps", type=int, default=50, show_default=True, help="Image generation: DDIM steps.")
+@click.option("--digits", is_flag=True, help="Image generation: judge the images with a classifier of real digits.")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def evaluate(package: str, data: str | None, reference: str | None, windows: int, threads: int | None, as_json: bool) -> None:
+def evaluate(package: str, data: str | None, reference: str | None, windows: int, num: int, steps: int, digits: bool,
+             threads: int | None, as_json: bool) -> None:
     """Measure PACKAGE's accuracy.
 
     Text generation: on held-back text against an FP32 reference, the mean KL divergence of
     next-token distributions, top-1 agreement and the perplexity of both (without a reference,
     perplexity only). Speech recognition: --data is a directory of audio files with a
     transcripts.tsv (file<TAB>text per line); prints WER, real-time factor and total time.
+    Image generation: samples --num images with --reference (an FP32 package) from the same
+    noise and prints the PSNR between them; --digits adds a digit classifier's verdict.
 
     \b
     Examples:
       edge-sdk eval out/smollm-int4 --data held-out.txt --reference out/smollm
       edge-sdk eval out/smollm-int4 --json
       edge-sdk eval out/whisper-int8 --data speech/
+      edge-sdk eval out/digits-static --reference out/digits-fp32 --digits
     """
     from edge_sdk.evaluation import evaluate_package
     from edge_sdk.package import Package
 
-    if Package.open(package, verify=False).task == "speech-recognition":
+    task = Package.open(package, verify=False).task
+    if task == "speech-recognition":
         _evaluate_speech(package, data, threads, as_json)
+        return
+    if task == "image-generation":
+        _evaluate_images(package, reference, num, steps, digits, threads, as_json)
         return
     result, reference_name = evaluate_package(package, data, reference, windows, threads)
     if as_json:
@@ -273,6 +285,28 @@ def _evaluate_speech(package: str, data: str | None, threads: int | None, as_jso
     click.echo(f"real-time factor    {result.real_time_factor:.4f}")
     click.echo(f"total time          {result.total_seconds:.2f} s (features {result.features_seconds:.2f}, "
                f"encoder {result.encoder_seconds:.2f}, decoder {result.decoder_seconds:.2f})")
+
+
+def _evaluate_images(package: str, reference: str | None, num: int, steps: int, digits: bool, threads, as_json: bool) -> None:
+    import edge_sdk
+    from edge_sdk.errors import InvalidInputError
+    from edge_sdk.evaluation import evaluate_images
+
+    candidate = edge_sdk.load(package, threads=threads)
+    other = edge_sdk.load(reference, threads=threads) if reference else None
+    if other is not None and other.package.task != "image-generation":
+        raise InvalidInputError(f"--reference {reference} is a {other.package.task} package; pass the FP32 image-generation package")
+    result = evaluate_images(candidate, other, num_images=num, steps=steps, judge_digits=digits)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    click.echo(f"{result.images} images, DDIM {result.steps} steps; reference: {reference or 'none'}")
+    if result.psnr_db is not None:
+        click.echo(f"PSNR vs reference   {result.psnr_db:.2f} dB (mean |difference| {result.mean_abs_diff:.2f} of 255)")
+    click.echo(f"UNet time per step  {result.seconds_per_step * 1e3:.1f} ms (batch of {result.images})")
+    for label, quality in (("digits", result.digits), ("reference digits", result.reference_digits)):
+        if quality is not None:
+            click.echo(f"{label + ':':19} classifier confidence {quality.confidence:.1f}%, {quality.coverage}/10 classes")
 
 
 class _progress_bar:

@@ -83,7 +83,7 @@ class ImageGenerator:
         if output not in ("uint8", "float"):
             raise InvalidInputError(f"output must be 'uint8' or 'float', got {output!r}")
         sampler = Scheduler.from_config(self._scheduler_config, scheduler)
-        timesteps = sampler.timesteps(steps)
+        sampler.timesteps(steps)  # validates steps before any work
         shape = (num_images, int(self._model["channels"]), *self._model["sample_size"])
         rng = np.random.default_rng(seed)
         if noise is None:
@@ -94,17 +94,16 @@ class ImageGenerator:
                 raise InvalidInputError(f"noise must have shape {shape}, got {x.shape}")
         draw = step_noise or (lambda s: rng.standard_normal(s).astype(np.float32))
         stats = SamplingStats(images=num_images)
-        start = time.perf_counter()
-        for index, t in enumerate(timesteps):
+
+        def unet(sample, t):
             t0 = time.perf_counter()
-            prediction = self.unet(x, int(t))
+            prediction = self.unet(sample, t)
             stats.unet_seconds += time.perf_counter() - t0
-            needs_noise = (scheduler == "ddpm" and t > 0) or (scheduler == "ddim" and eta > 0)
-            x = sampler.step(prediction, int(t), x, previous=sampler.previous_of(timesteps, index), eta=eta,
-                             noise=draw(shape) if needs_noise else None)
             stats.steps += 1
-            if progress is not None:
-                progress(index + 1, len(timesteps))
+            return prediction
+
+        start = time.perf_counter()
+        x = sampler.denoise(unet, x, steps, eta=eta, draw=draw, progress=progress)
         stats.total_seconds = time.perf_counter() - start
         self.last_stats = stats
         images = np.clip(x / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)

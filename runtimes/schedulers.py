@@ -9,9 +9,7 @@ variance_type (fixed_small, fixed_large), for DDIM set_alpha_to_one.
 Example::
 
     scheduler = Scheduler.from_config(config, "ddim")
-    timesteps = scheduler.timesteps(50)
-    for t in timesteps:
-        sample = scheduler.step(unet(sample, t), t, sample, eta=0.0)
+    images = scheduler.denoise(unet, noise, steps=50)   # unet(x, t) -> the model's prediction
 """
 
 from __future__ import annotations
@@ -120,6 +118,25 @@ class Scheduler:
         if sigma > 0 and noise is not None:
             out = out + sigma * noise
         return out.astype(np.float32)
+
+    def denoise(self, unet, sample: np.ndarray, steps: int, *, eta: float = 0.0, draw=None, progress=None) -> np.ndarray:
+        """The reverse process from ``sample`` (noise, (N, C, H, W)) in ``steps`` steps.
+
+        ``unet(x, t)`` returns the model's prediction for ``x`` at timestep ``t``; ``draw(shape)``
+        the standard normal noise DDPM (or DDIM with eta > 0) adds at each step; ``progress(done,
+        total)`` is called after each step.
+        """
+        timesteps = self.timesteps(steps)
+        stochastic = (self.kind == "ddpm") or eta > 0
+        if stochastic and draw is None:
+            raise InvalidInputError(f"{self.kind} with eta={eta} adds noise at each step: pass draw(shape)")
+        for index, t in enumerate(timesteps):
+            prediction = unet(sample, int(t))
+            noise = draw(sample.shape) if stochastic and (self.kind == "ddim" or t > 0) else None
+            sample = self.step(prediction, int(t), sample, previous=self.previous_of(timesteps, index), eta=eta, noise=noise)
+            if progress is not None:
+                progress(index + 1, len(timesteps))
+        return sample
 
     def previous_of(self, timesteps: np.ndarray, index: int) -> int:
         """The timestep after ``timesteps[index]``: DDPM walks the list, DDIM steps by train/steps."""

@@ -71,16 +71,39 @@ def test_sample_returns_uint8_images_and_refuses_bad_arguments(unet_package):
 
 
 @pytest.mark.parametrize("runtime, weights, mode", [("onnxruntime", "int8", None), ("onnxruntime", "int8", "dynamic"),
-                                                    ("openvino", "fp32", None), ("openvino", "int8", None)])
+                                                    ("onnxruntime", "int8", "static"), ("openvino", "fp32", None),
+                                                    ("openvino", "int8", None), ("openvino", "int8", "static")])
 def test_runtimes_and_precisions_sample(runtime, weights, mode, tiny_unet, unet_package, tmp_path):
-    options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights, mode=mode))
-    package = export(tiny_unet, tmp_path / "pkg", options, progress=False)
+    calibration = "sampling" if mode == "static" else None
+    quantization = QuantizationOptions(weights=weights, mode=mode, calibration=calibration, num_samples=12)
+    package = export(tiny_unet, tmp_path / "pkg", ExportOptions(runtime=runtime, quantization=quantization), progress=False)
+    recipe = json.loads((package / "manifest.json").read_text())["precision"]["recipe"] or {"layers": {}}
+    convolutions = [v for v in recipe["layers"].values() if v["op"] in ("Conv", "ConvInteger", "Convolution")]
+    if weights == "int8":  # the convolutions (most of a UNet) are 8-bit, except ONNX Runtime weight-only (no such kernel)
+        assert convolutions and {v["bits"] for v in convolutions} == ({None} if (runtime, mode) == ("onnxruntime", None) else {8})
+    if mode == "static":  # calibrated along trajectories that span the timestep range, recorded in the manifest
+        calibrated = recipe["calibration"]
+        assert calibrated["inputs"] == 12 and calibrated["trajectories"] == 4
+        assert calibrated["timesteps"][0] < 100 and calibrated["timesteps"][1] > 800
     gen = edge_sdk.load(package, threads=1)
     images = gen.sample(num_images=2, steps=4, seed=0, scheduler="ddim", output="float")
     reference = edge_sdk.load(unet_package).sample(num_images=2, steps=4, seed=0, scheduler="ddim", output="float")
     assert images.shape == reference.shape and np.isfinite(images).all()
     if weights == "fp32":
         assert np.abs(images - reference).mean() < 1e-3
+
+
+def test_static_int8_needs_sampling_calibration(tiny_unet, tiny_model_dir, tmp_path):
+    with pytest.raises(InvalidInputError, match="needs calibration data.*--calibration sampling"):
+        QuantizationOptions(weights="int8", mode="static")
+    (tmp_path / "texts.txt").write_text("some text")
+    static = QuantizationOptions(weights="int8", mode="static", calibration=tmp_path / "texts.txt")
+    with pytest.raises(InvalidInputError, match="own sampling trajectories.*--calibration sampling"):
+        export(tiny_unet, tmp_path / "pkg", ExportOptions(quantization=static), progress=False)
+    sampling = QuantizationOptions(weights="int8", mode="static", calibration="sampling")
+    with pytest.raises(InvalidInputError, match="is for diffusion models; a text-generation model calibrates on text"):
+        export(tiny_model_dir("LlamaForCausalLM"), tmp_path / "pkg", ExportOptions(quantization=sampling), progress=False)
+    assert not (tmp_path / "pkg").exists()
 
 
 def test_sampling_imports_no_torch(unet_package):
@@ -112,3 +135,40 @@ def test_cli_sample_writes_a_png_grid_and_refuses_bad_arguments(unet_package, tm
         assert done.exit_code == 1 and message in done.output, done.output
         assert len(done.output.strip().splitlines()) == 1
     assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_eval_compares_images_from_the_same_noise(unet_package, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_sdk.cli import main
+    from edge_sdk.evaluation import psnr
+
+    runner = CliRunner()
+    done = runner.invoke(main, ["eval", str(unet_package), "--reference", str(unet_package), "-n", "2", "--steps", "3", "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.output)
+    assert result["images"] == 2 and result["psnr_db"] == float("inf") and result["mean_abs_diff"] == 0.0
+    done = runner.invoke(main, ["eval", str(unet_package), "-n", "2", "--steps", "3", "--digits"])  # RGB, not digits
+    assert done.exit_code == 1 and "single-channel" in done.output and len(done.output.strip().splitlines()) == 1
+    a = np.zeros((2, 4, 4, 1), np.uint8)
+    assert psnr(a, a + 1) == pytest.approx(48.13, abs=0.01)  # 10 log10(255^2 / 1)
+
+
+def test_train_ddpm_writes_a_pipeline_that_exports_and_the_digits_judge_separates_digits_from_noise(tmp_path):
+    from edge_sdk.converters.training import DDPMTrainingOptions, train_ddpm
+    from edge_sdk.evaluation import DigitsJudge, digits
+
+    images, labels = digits()
+    assert images.shape == (1797, 16, 16) and 0.0 <= images.min() and images.max() <= 1.0 and set(labels) == set(range(10))
+    config = dict(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                  norm_num_groups=8)
+    report = train_ddpm(tmp_path / "ddpm", images[:64], config, DDPMTrainingOptions(steps=3, batch_size=8, max_seconds=None))
+    assert report["steps"] == 3 and np.isfinite(report["loss_last_50"])
+    package = export(tmp_path / "ddpm", tmp_path / "pkg", progress=False)
+    samples = edge_sdk.load(package).sample(num_images=2, steps=3, scheduler="ddim")
+    assert samples.shape == (2, 16, 16, 1)
+    judge = DigitsJudge()
+    real = judge.judge((images[-200:, ..., None] * 255).round().astype(np.uint8))
+    noise = judge.judge(np.random.default_rng(0).integers(0, 256, (200, 16, 16, 1), dtype=np.uint8))
+    assert judge.held_out_accuracy > 95 and real.coverage == 10 and real.confidence > noise.confidence + 20
