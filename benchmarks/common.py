@@ -15,19 +15,12 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version()}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM), in MB.
-
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak over fork + exec, so a
-    worker started by a process that had held a big model reported the parent's peak (measured:
-    every diffusion package showed the orchestrator's 590 MB).
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / 1e6
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+try:
+    from edge_sdk.devices.bench import peak_rss_mb  # VmHWM: ru_maxrss would carry a parent's peak over fork + exec
+except ImportError:  # a peer's venv (faster-whisper) runs our worker without edge-sdk installed
+    def peak_rss_mb() -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) * 1024 / 1e6
 
 
 def run_worker(script: str, kind: str, threads: int, fields: dict, python: str | None = None) -> dict:

@@ -30,6 +30,7 @@ class ExportOptions:
     quantization: QuantizationOptions = field(default_factory=QuantizationOptions)  # weights precision and recipe
     atol: float = 1e-3  # largest |ONNX - PyTorch| accepted on logits and cache at validation (FP32 graph)
     eval_data: Path | None = None  # held-back text for the accuracy figures; None: the bundled text
+    device: DeviceTarget | None = None  # the device profile the package is made for (see ``options_for_device``)
 
     def __post_init__(self):
         if self.task is not None and self.task not in EXPORTERS:
@@ -39,6 +40,62 @@ class ExportOptions:
         self.quantization.check_runtime(self.runtime)
         if self.eval_data is not None and not Path(self.eval_data).exists():
             raise InvalidInputError(f"evaluation data {self.eval_data} does not exist")
+        if self.device is not None and self.device.static_shapes and self.runtime != "openvino":
+            raise InvalidInputError(f"static shapes (for {self.device.name}'s NPU) are built for OpenVINO; use --runtime openvino")
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    """What a device profile decided for a package (recorded in its manifest as ``device``)."""
+
+    name: str
+    threads: int  # the runtime's default thread count for this package
+    static_shapes: dict[str, int] | None = None  # symbolic dim -> size, for NPUs (batch, sequence, past_sequence, ...)
+
+    def as_manifest(self, options: "ExportOptions") -> dict:
+        return {"name": self.name, "threads": self.threads, "static_shapes": self.static_shapes,
+                "chosen": {"runtime": options.runtime, "weights": options.quantization.weights,
+                           "sym": options.quantization.sym}}
+
+
+STATIC_PROMPT_LENGTH = 64  # NPU graphs: tokens per call
+STATIC_CACHE_LENGTH = 384  # NPU graphs: KV-cache positions (prompt + cache = 448, Whisper's decoder limit)
+
+
+def options_for_device(profile: str | os.PathLike, runtime: str | None = None, weights: str | None = None,
+                       static_prompt_length: int = STATIC_PROMPT_LENGTH, static_cache_length: int = STATIC_CACHE_LENGTH,
+                       **fields) -> ExportOptions:
+    """ExportOptions chosen by a device profile: its preferred runtime and first precision (both
+    overridable), its thread count as the package's default; for a profile with an NPU that needs
+    static shapes, OpenVINO graphs with batch 1, ``static_prompt_length`` tokens per call and
+    ``static_cache_length`` cache positions, and symmetric INT4 when the NPU asks for it.
+    ``fields``: the other ExportOptions fields; ``quantization`` fields go in ``quantization_fields``.
+
+    Example::
+
+        options = options_for_device("raspberry-pi-5")   # onnxruntime, int8, 4 threads
+    """
+    from edge_sdk.devices.profiles import load_profile
+
+    device = load_profile(profile)
+    static = None
+    if device.npu is not None and device.npu.static_shapes:
+        if runtime not in (None, "openvino"):
+            raise InvalidInputError(f"{device.name}'s NPU runs OpenVINO graphs; drop --runtime {runtime} (or pick a CPU profile)")
+        runtime = "openvino"
+        for name, value in (("--static-prompt-length", static_prompt_length), ("--static-cache-length", static_cache_length)):
+            if value < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {value}")
+        static = {"batch": 1, "sequence": static_prompt_length, "past_sequence": static_cache_length,
+                  "total_sequence": static_prompt_length + static_cache_length}
+    runtime = runtime or device.preferred_runtime
+    weights = weights or device.precisions[0]
+    quantization_fields = dict(fields.pop("quantization_fields", {}) or {})
+    if device.npu is not None and weights == "int4" and "int4-sym" in device.npu.weights:
+        quantization_fields["sym"] = True
+    quantization = QuantizationOptions(weights=weights, **quantization_fields)
+    return ExportOptions(runtime=runtime, quantization=quantization,
+                         device=DeviceTarget(device.name, device.cpu.threads, static), **fields)
 
 
 def export(
@@ -81,8 +138,16 @@ def export(
     _check_calibration(spec.task, options.quantization)
     with staged_output(output, overwrite) as staging, Steps(total=1, enabled=progress) as steps:
         sections = exporter(model_dir, spec, staging, options, steps)
+        source = {"model": str(model), "architecture": spec.architecture, "weights_sha256": weights_sha256(model_dir)}
+        if options.device is not None:
+            sections["device"] = options.device.as_manifest(options)
+        if options.device is not None and options.device.static_shapes:
+            from edge_sdk.converters.openvino_convert import make_static
+
+            with steps.step(f"fixing shapes for {options.device.name} and compiling them"):
+                for graph in sections["graphs"]:
+                    graph.update(make_static(staging / graph["path"], graph, options.device.static_shapes))
         with steps.step("writing package"):
-            source = {"model": str(model), "architecture": spec.architecture, "weights_sha256": weights_sha256(model_dir)}
             write_manifest(staging, {"task": spec.task, "source": source, **sections})
     return Path(output)
 
@@ -100,4 +165,4 @@ def _check_calibration(task: str, quantization: QuantizationOptions) -> None:
                                 "pass a file or directory")
 
 
-__all__ = ["export", "ExportOptions", "supported_architectures"]
+__all__ = ["export", "ExportOptions", "DeviceTarget", "options_for_device", "supported_architectures"]

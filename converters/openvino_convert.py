@@ -8,6 +8,7 @@ compressed model.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -195,14 +196,57 @@ def summarize_openvino_layers(model, planned: dict) -> dict[str, dict]:
     return kinds
 
 
-def describe_openvino(xml: Path) -> dict:
-    """Inputs and outputs of a saved IR as manifest entries (name, dtype, shape; None for dynamic axes)."""
+def describe_openvino(xml: Path, names: dict[str, list] | None = None) -> dict:
+    """Inputs and outputs of a saved IR as manifest entries (name, dtype, shape). A dynamic axis is
+    shown by its name in ``names`` (the ONNX graph's shapes by tensor name: "batch", "sequence",
+    ...), else None; the IR itself does not keep the names."""
     import openvino as ov
 
     model = ov.Core().read_model(str(xml))
+    names = names or {}
 
     def entry(port) -> dict:
-        shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-        return {"name": port.get_any_name(), "dtype": port.get_element_type().to_dtype().name, "shape": shape}
+        name = port.get_any_name()
+        symbolic = names.get(name) or []
+        shape = [d.get_length() if d.is_static else (symbolic[i] if i < len(symbolic) and isinstance(symbolic[i], str) else None)
+                 for i, d in enumerate(port.get_partial_shape())]
+        return {"name": name, "dtype": port.get_element_type().to_dtype().name, "shape": shape}
 
     return {"inputs": [entry(p) for p in model.inputs], "outputs": [entry(p) for p in model.outputs]}
+
+
+def make_static(xml: Path, graph: dict, sizes: dict[str, int]) -> dict:
+    """Fix every dynamic axis of the IR ``xml`` to ``sizes[axis name]`` (names from the manifest
+    entry ``graph``), check that it compiles on the CPU device with those shapes, and save it in
+    place. Returns the new manifest entry's inputs/outputs."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    by_name = {entry["name"]: entry["shape"] for entry in graph["inputs"]}
+    shapes = {}
+    for port in model.inputs:
+        name = port.get_any_name()
+        static = []
+        for i, dim in enumerate(port.get_partial_shape()):
+            if dim.is_static:
+                static.append(dim.get_length())
+                continue
+            axis = (by_name.get(name) or [None] * (i + 1))[i]
+            if axis not in sizes:
+                raise ExportError(f"cannot make input {name} of {xml.name} static: its axis {i} ({axis or 'unnamed'}) has no "
+                                  f"size; known axes: {', '.join(sorted(sizes))}")
+            static.append(int(sizes[axis]))
+        shapes[name] = ov.PartialShape(static)
+    try:
+        model.reshape(shapes)
+        core.compile_model(model, "CPU")  # the check: these shapes compile
+    except Exception as e:
+        raise ExportError(f"the static-shape graph {xml.name} does not compile on the CPU device ({type(e).__name__}: {e}); "
+                          "try other --static-prompt-length / --static-cache-length") from e
+    temporary = xml.with_name(xml.stem + ".static.xml")
+    ov.save_model(model, str(temporary), compress_to_fp16=False)
+    del model
+    os.replace(temporary, xml)
+    os.replace(temporary.with_suffix(".bin"), xml.with_suffix(".bin"))
+    return describe_openvino(xml)

@@ -47,8 +47,9 @@ def build_graph(
         from edge_sdk.converters.openvino_convert import describe_openvino, onnx_to_openvino
 
         xml = staging / f"{role}.xml"
+        names = {e["name"]: e["shape"] for e in describe_graph(fp32)["inputs"]}  # before fp32 is consumed
         recipe = onnx_to_openvino(fp32, xml, options, calibration, model_type)
-        entry = {"role": role, "path": xml.name, **describe_openvino(xml), "external_data": [xml.with_suffix(".bin").name]}
+        entry = {"role": role, "path": xml.name, **describe_openvino(xml, names), "external_data": [xml.with_suffix(".bin").name]}
         return entry, recipe, MIN_OPENVINO
 
     path = staging / f"{role}.onnx"

@@ -75,8 +75,11 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Package directory to write.")
 @click.option("--task", default=None, help="Task of the package, e.g. text-generation (default: from the architecture).")
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True, help="Engine the package runs on.")
-@click.option("--weights", type=click.Choice(WEIGHTS), default="fp32", show_default=True, help="Precision of the weights.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None, help="Engine the package runs on [onnxruntime, or the --device's].")
+@click.option("--weights", type=click.Choice(WEIGHTS), default=None, help="Precision of the weights [fp32, or the --device's].")
+@click.option("--device", default=None, help="Device profile (name or .toml) choosing runtime, precision and threads.")
+@click.option("--static-prompt-length", type=int, default=64, show_default=True, help="NPU profiles: tokens per call (static).")
+@click.option("--static-cache-length", type=int, default=384, show_default=True, help="NPU profiles: KV-cache positions (static).")
 @click.option("--quant-mode", type=click.Choice(MODES), default=None, help="int8: weight-only (default), dynamic or static (calibrated) activations.")
 @click.option("--group-size", type=int, default=None, help="Weights per scale along input channels (power of two >= 16; -1 per-channel) [128].")
 @click.option("--sym/--asym", default=False, show_default=True, help="Symmetric (no zero points) or asymmetric quantization.")
@@ -88,8 +91,9 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it already holds a package.")
 @click.option("--atol", type=float, default=1e-3, show_default=True, help="Largest |ONNX - PyTorch| accepted at validation.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def export(model: str, output: str, task, runtime, weights, quant_mode, group_size, sym, calibration, num_samples,
-           accuracy_level, ratio, eval_data, overwrite: bool, atol: float, quiet: bool) -> None:
+def export(model: str, output: str, task, runtime, weights, device, static_prompt_length, static_cache_length, quant_mode,
+           group_size, sym, calibration, num_samples, accuracy_level, ratio, eval_data, overwrite: bool, atol: float,
+           quiet: bool) -> None:
     """Export MODEL (a Hugging Face directory or hub id) to an edge package.
 
     The FP32 graph is validated against the PyTorch model; quantized packages are derived from it
@@ -103,16 +107,28 @@ def export(model: str, output: str, task, runtime, weights, quant_mode, group_si
       edge-sdk export ./SmolLM2-135M -o out/smollm-ov --runtime openvino --weights int8
       edge-sdk export ./SmolLM2-135M -o out/smollm-static --weights int8 --quant-mode static --calibration texts/
       edge-sdk export ./ddpm-digits -o out/digits-static --weights int8 --quant-mode static --calibration sampling
+      edge-sdk export ./SmolLM2-135M -o out/smollm-pi5 --device raspberry-pi-5
+      edge-sdk export ./SmolLM2-135M -o out/smollm-npu --device intel-core-ultra-npu --static-prompt-length 128
     """
     import edge_sdk
+    from edge_sdk.converters.export import options_for_device
     from edge_sdk.converters.quantize import QuantizationOptions
 
-    quantization = QuantizationOptions(
-        weights=weights, mode=quant_mode, group_size=group_size, sym=sym, accuracy_level=accuracy_level,
-        ratio=ratio, calibration=Path(calibration) if calibration else None, num_samples=num_samples,
-    )
-    options = _export_options(task=task, runtime=runtime, quantization=quantization, atol=atol,
-                              eval_data=Path(eval_data) if eval_data else None)
+    quantization_fields = dict(mode=quant_mode, group_size=group_size, accuracy_level=accuracy_level, ratio=ratio,
+                               calibration=Path(calibration) if calibration else None, num_samples=num_samples)
+    if sym:
+        quantization_fields["sym"] = True
+    common = dict(task=task, atol=atol, eval_data=Path(eval_data) if eval_data else None)
+    if device:
+        options = options_for_device(device, runtime=runtime, weights=weights, static_prompt_length=static_prompt_length,
+                                     static_cache_length=static_cache_length, quantization_fields=quantization_fields, **common)
+        chosen = options.device
+        click.echo(f"{chosen.name}: runtime {options.runtime}, weights {options.quantization.weights}"
+                   f"{' (symmetric)' if options.quantization.sym else ''}, {chosen.threads} threads"
+                   + (f", static shapes {chosen.static_shapes}" if chosen.static_shapes else "") + " (from the profile)", err=True)
+    else:
+        quantization = QuantizationOptions(weights=weights or "fp32", **quantization_fields)
+        options = _export_options(runtime=runtime or "onnxruntime", quantization=quantization, **common)
     path = edge_sdk.export(model, output, options, overwrite=overwrite, progress=not quiet)
     from edge_sdk.package import Package
 
@@ -129,7 +145,11 @@ def export(model: str, output: str, task, runtime, weights, quant_mode, group_si
     click.echo(f"Wrote {package.task} package {path} ({package.runtime}, {precision}, {_megabytes(package.size_bytes)})")
     for figure in figures:
         click.echo(f"  {figure}")
-    if package.task == "speech-recognition":
+    device = package.manifest.get("device") or {}
+    if device.get("static_shapes") and package.task != "image-generation":
+        click.echo(f"Static shapes for {device['name']}: compiled on the CPU device to check; copy it to the device "
+                   "(edge-sdk's runtime runs dynamic-shape packages of this task so far)")
+    elif package.task == "speech-recognition":
         click.echo(f"Try it: edge-sdk transcribe {path} audio.wav")
     elif package.task == "image-generation":
         click.echo(f"Try it: edge-sdk sample {path} -o grid.png")
@@ -433,6 +453,133 @@ def sample(package, output, num_images, steps, seed, scheduler, eta, individual,
     stats = generator.last_stats
     click.echo(f"wrote {', '.join(str(p) for p in written[:3])}{' ...' if len(written) > 3 else ''} "
                f"({num_images} images, {stats.steps} steps, {stats.seconds_per_step * 1e3:.1f} ms per step)")
+
+
+@main.group()
+def devices() -> None:
+    """Device profiles: the shipped ones, one in detail, or this machine.
+
+    \b
+    Examples:
+      edge-sdk devices list
+      edge-sdk devices show raspberry-pi-5
+      edge-sdk devices detect --save my-laptop.toml
+    """
+
+
+@devices.command("list")
+def devices_list() -> None:
+    """List the shipped device profiles."""
+    from edge_sdk.devices.profiles import load_profile, shipped_profiles
+
+    for name in shipped_profiles():
+        profile = load_profile(name)
+        npu = f", NPU {profile.npu.device}" if profile.npu else ""
+        click.echo(f"{name:22} {profile.cpu.cores} cores {profile.cpu.clock_ghz:g} GHz, {profile.memory.ram_gb:g} GB{npu} — "
+                   f"{profile.description}")
+
+
+@devices.command("show")
+@click.argument("profile")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+def devices_show(profile: str, as_json: bool) -> None:
+    """Show PROFILE (a shipped name or a .toml file) as TOML, or JSON."""
+    from edge_sdk.devices.profiles import load_profile
+
+    loaded = load_profile(profile)
+    click.echo(json.dumps(loaded.as_dict(), indent=2) if as_json else loaded.to_toml().rstrip())
+
+
+@devices.command("detect")
+@click.option("--save", type=click.Path(dir_okay=False), default=None, help="Write the profile to this TOML file (edit it freely).")
+@click.option("--name", default="this-machine", show_default=True, help="Name of the saved profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+def devices_detect(save: str | None, name: str, as_json: bool) -> None:
+    """Detect this machine: cores, ISA flags, RAM, clock and a measured memory bandwidth (~0.5 s)."""
+    import dataclasses
+
+    from edge_sdk.devices.profiles import detect
+    from edge_sdk.errors import InvalidInputError
+
+    profile = dataclasses.replace(detect(), name=name)
+    text = profile.to_toml()
+    if save:
+        target = Path(save).expanduser()
+        if not target.parent.is_dir():
+            raise InvalidInputError(f"cannot write {target}: directory {target.parent} does not exist")
+        temporary = target.with_name(target.name + ".partial")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(target)
+        click.echo(f"wrote {target}", err=True)
+    click.echo(json.dumps(profile.as_dict(), indent=2) if as_json else text.rstrip())
+
+
+@main.command()
+@click.argument("packages", nargs=-1, required=True, type=click.Path())
+@click.option("--device", default=None, help="Device profile (name or .toml file) to judge against [this machine].")
+@click.option("--threads", type=int, default=None, help="Engine threads [the profile's, at most this machine's cores].")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Warm-up runs before measuring.")
+@click.option("--min-runs", type=int, default=10, show_default=True, help="Measure at least this many runs ...")
+@click.option("--min-seconds", type=float, default=5.0, show_default=True, help="... and for at least this long.")
+@click.option("--prompt-tokens", type=int, default=32, show_default=True, help="Text: prompt length.")
+@click.option("--new-tokens", type=int, default=32, show_default=True, help="Text: tokens generated per run.")
+@click.option("--audio", type=click.Path(), default=None, help="Speech: audio file to transcribe [a bundled 7.8 s sentence].")
+@click.option("--steps", type=int, default=10, show_default=True, help="Image generation: DDIM steps per run.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
+@click.option("--report", type=click.Path(file_okay=False), default=None, help="Write bench.json, bench.md and bench.png here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+def bench(packages, device, threads, warmup, min_runs, min_seconds, prompt_tokens, new_tokens, audio, steps, json_out,
+          report, quiet) -> None:
+    """Measure PACKAGES: load time, latency p50/p90/p99, task figures, peak memory, size; and
+    whether each fits a device profile (PASS/FAIL with the reason).
+
+    Each package runs in a fresh process. With --device naming another machine, the figures are
+    measured here and also projected to it (labelled "projected"; the model is printed).
+
+    \b
+    Examples:
+      edge-sdk bench out/smollm-int8 out/smollm-int4
+      edge-sdk bench out/whisper-int8 --device raspberry-pi-5 --report reports/pi5
+      edge-sdk bench out/digits-static --steps 20 --min-runs 20 --json bench.json
+    """
+    from edge_sdk.devices.bench import BenchOptions, bench as run_bench
+    from edge_sdk.devices.report import markdown, write_json, write_reports
+
+    options = BenchOptions(threads=threads, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
+                           prompt_tokens=prompt_tokens, new_tokens=new_tokens, audio=audio, steps=steps)
+    for path in filter(None, (json_out,)):
+        if not Path(path).expanduser().parent.is_dir():
+            from edge_sdk.errors import InvalidInputError
+
+            raise InvalidInputError(f"cannot write {path}: its directory does not exist")
+    progress = None if quiet else (lambda package: click.echo(f"measuring {package} ...", err=True))
+    result = run_bench(list(packages), options, device=device, progress=progress)
+    click.echo(markdown(result), nl=False)
+    if json_out:
+        write_json(result, Path(json_out).expanduser())
+    if report:
+        for path in write_reports(result, Path(report)):
+            click.echo(f"wrote {path}", err=True)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Keep the packages here [a temporary directory].")
+@click.option("--threads", type=int, default=None, help="Engine threads [one per physical core].")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def quickstart(out, threads, as_json) -> None:
+    """The whole journey in one offline command, on the bundled Whisper tiny.en: export FP32 and
+    INT8 packages, transcribe a synthesized sentence, benchmark both here, and say whether they fit
+    a Raspberry Pi 4 and 5 (projected). About 2 minutes on 2 cores.
+
+    \b
+    Examples:
+      edge-sdk quickstart
+      edge-sdk quickstart --out out/quickstart
+    """
+    from edge_sdk.quickstart import run, table
+
+    result = run(Path(out) if out else None, threads=threads, say=lambda line: click.echo(line, err=True))
+    click.echo(json.dumps(result, indent=2) if as_json else table(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from edge_sdk.errors import PackageError
 from edge_sdk.package import Package
 from edge_sdk.runtimes.tasks import available_tasks, runtime_class
 
@@ -14,8 +15,9 @@ from edge_sdk.runtimes.tasks import available_tasks, runtime_class
 def load(path: str | os.PathLike, threads: int | None = None, verify: bool = True):
     """Open a package and return the runtime object for its task (e.g. a ``TextGenerator``).
 
-    ``threads`` sets the engine's intra-op threads (None: one per physical core). ``verify``
-    checks every file's sha256 against the manifest first.
+    ``threads`` sets the engine's intra-op threads (None: the device profile's count if the package
+    was exported for one, else one per physical core). ``verify`` checks every file's sha256
+    against the manifest first.
 
     Example::
 
@@ -23,6 +25,14 @@ def load(path: str | os.PathLike, threads: int | None = None, verify: bool = Tru
         print(lm.generate("Hello", max_new_tokens=8).text)
     """
     package = Package.open(path, verify=verify)
+    device = package.manifest.get("device") or {}
+    if device.get("static_shapes") and package.task != "image-generation":
+        raise PackageError(
+            f"{path} has static shapes for {device['name']}'s NPU (tokens per call and cache length fixed); edge-sdk's "
+            f"runtime runs dynamic-shape {package.task} packages so far: export without --device {device['name']} "
+            "(or with a CPU profile) to run it here")
+    if threads is None:
+        threads = device.get("threads")
     return runtime_class(package.task)(package, threads=threads)
 
 

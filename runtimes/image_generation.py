@@ -45,6 +45,8 @@ class ImageGenerator:
         self._scheduler_config = manifest["scheduler"]
         self._session = open_session(package.runtime, package.graph_path("unet"), threads, manifest["runtime"].get("min_version"))
         self.last_stats: SamplingStats | None = None
+        batch = package.graph("unet")["inputs"][0]["shape"][0]
+        self._one_at_a_time = batch == 1  # a static-shape (NPU) graph takes one image per call
 
     @property
     def train_steps(self) -> int:
@@ -52,8 +54,11 @@ class ImageGenerator:
 
     def unet(self, sample: np.ndarray, timestep: int) -> np.ndarray:
         """One model evaluation: the prediction for ``sample`` (N, C, H, W) at ``timestep``."""
+        sample = np.ascontiguousarray(sample, np.float32)
+        if self._one_at_a_time and len(sample) > 1:
+            return np.concatenate([self.unet(one[None], timestep) for one in sample])
         t = np.full(len(sample), int(timestep), dtype=np.int64)
-        return self._session.run({"sample": np.ascontiguousarray(sample, np.float32), "timestep": t})["noise"]
+        return self._session.run({"sample": sample, "timestep": t})["noise"]
 
     def sample(
         self,

