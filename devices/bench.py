@@ -253,7 +253,12 @@ def fit(result: dict, profile: DeviceProfile, figures: dict) -> dict[str, Any]:
 
 
 def is_this_machine(profile: DeviceProfile, host: DeviceProfile) -> bool:
-    return profile.name == host.name
+    """The profile describes this host (same CPU shape and RAM within 5%): figures need no projection."""
+    if profile is host:
+        return True
+    same_cpu = ((profile.cpu.architecture, profile.cpu.cores, profile.cpu.simd_bits) ==
+                (host.cpu.architecture, host.cpu.cores, host.cpu.simd_bits) and abs(profile.cpu.clock_ghz - host.cpu.clock_ghz) < 0.05)
+    return same_cpu and abs(profile.memory.ram_gb - host.memory.ram_gb) <= 0.05 * host.memory.ram_gb
 
 
 def bench(packages: list[str], options: BenchOptions | None = None, device: str | None = None,
