@@ -144,6 +144,12 @@ def export(
         if options.device is not None and options.device.static_shapes:
             from edge_sdk.converters.openvino_convert import make_static
 
+            model_info = sections.get("model", {})
+            limit = model_info.get("max_positions") or (sections.get("decoding") or {}).get("max_target_positions")
+            total = options.device.static_shapes["total_sequence"]
+            if limit and total > limit:
+                raise InvalidInputError(f"--static-prompt-length + --static-cache-length = {total} positions, but the model "
+                                        f"has {limit}; lower them")
             with steps.step(f"fixing shapes for {options.device.name} and compiling them"):
                 for graph in sections["graphs"]:
                     graph.update(make_static(staging / graph["path"], graph, options.device.static_shapes))

@@ -102,7 +102,7 @@ class QuantizationOptions:
     @property
     def self_calibrated(self) -> bool:
         """--calibration sampling: calibration inputs come from the model's own sampling (diffusion)."""
-        return self.calibration is not None and str(self.calibration) == SAMPLING
+        return self.calibration is not None and str(self.calibration) == SAMPLING and not Path(SAMPLING).exists()
 
     @property
     def effective_mode(self) -> str | None:

@@ -57,6 +57,8 @@ class BenchOptions:
             minimum = 0 if name == "warmup" else 1
             if getattr(self, name) < minimum:
                 raise InvalidInputError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
+        if self.new_tokens < 2:
+            raise InvalidInputError(f"--new-tokens must be >= 2 (decode speed needs a step after the first token), got {self.new_tokens}")
         if self.min_seconds < 0:
             raise InvalidInputError(f"--min-seconds must be >= 0, got {self.min_seconds}")
         if self.threads is not None and self.threads < 1:
@@ -300,8 +302,14 @@ def _in_fresh_process(package: str, options: BenchOptions, threads: int) -> dict
     if done.returncode != 0 or not lines:
         error = next((l for l in reversed(done.stderr.strip().splitlines()) if l.startswith("edge-sdk-error: ")), None)
         if error:
-            raise InvalidInputError(error[len("edge-sdk-error: "):])
-        raise EdgeSDKError(f"benchmarking {package} failed: {done.stderr.strip()[-1500:]}")
+            import edge_sdk.errors
+
+            kind, _, message = error[len("edge-sdk-error: "):].partition(": ")
+            cls = getattr(edge_sdk.errors, kind, None)
+            raise (cls if isinstance(cls, type) and issubclass(cls, EdgeSDKError) else EdgeSDKError)(message)
+        last = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise EdgeSDKError(f"benchmarking {package} failed in its worker process: {last[0][:300]} "
+                           "(run the package with edge-sdk --debug to see the traceback)")
     return json.loads(lines[-1])
 
 
@@ -310,7 +318,7 @@ def _worker(request: str) -> int:
     try:
         result = measure_package(request["package"], BenchOptions(**request["options"]), request["threads"])
     except EdgeSDKError as e:
-        print(f"edge-sdk-error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"edge-sdk-error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(json.dumps(result))
     return 0

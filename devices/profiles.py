@@ -34,6 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 PROFILE_DIR = Path(__file__).parent
 RUNTIMES = ("onnxruntime", "openvino")
+ARCHITECTURES = ("x86_64", "aarch64", "armv7l")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 BANDWIDTH_SOURCES = ("spec", "measured")
 
@@ -147,7 +148,7 @@ def parse_profile(data: dict, source: str = "<profile>") -> DeviceProfile:
     """Validate a profile's TOML data; every error names the field (``cpu.cores``) and the file."""
     reader = _Reader(data, source)
     cpu = CPU(
-        architecture=reader.choice("cpu.architecture", ("x86_64", "aarch64")),
+        architecture=reader.choice("cpu.architecture", ARCHITECTURES),
         cores=reader.number("cpu.cores", int, minimum=1),
         threads=reader.number("cpu.threads", int, minimum=1),
         clock_ghz=reader.number("cpu.clock_ghz", float, minimum=0.1),
@@ -164,6 +165,8 @@ def parse_profile(data: dict, source: str = "<profile>") -> DeviceProfile:
         npu = NPU(device=reader.string("npu.device"), static_shapes=reader.boolean("npu.static_shapes"),
                   weights=tuple(reader.strings("npu.weights")))
     precisions = reader.strings("runtime.precisions")
+    if not precisions:
+        raise ProfileError(f"{source}: runtime.precisions is empty; list the precisions to use, best first (e.g. [\"int8\"])")
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ProfileError(f"{source}: runtime.precisions has {precision!r}; valid: {', '.join(PRECISIONS)}")
@@ -244,12 +247,14 @@ def detect(bandwidth_seconds: float = 0.5) -> DeviceProfile:
     flags = set(flags_line.split(":", 1)[1].split()) if ":" in flags_line else set()
     isa = [f for f in _ISA_FLAGS if f in flags]
     machine = platform.machine().lower()
-    architecture = "aarch64" if machine in ("aarch64", "arm64") else "x86_64"
+    architecture = "aarch64" if machine in ("aarch64", "arm64") else "armv7l" if machine.startswith("arm") else "x86_64"
+    if architecture == "armv7l" and "neon" in flags:
+        isa = ["neon"] + [f for f in isa if f != "neon"]
     if architecture == "aarch64" and "asimd" in flags:
         isa = ["neon"] + [f for f in isa if f != "asimd"]
     simd = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
-    logical = os.cpu_count() or 1
-    cores = _physical_cores(info) or logical
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = min(_physical_cores(info) or logical, logical)  # a container's CPU set caps what we may use
     ram_gb = _ram_gb()
     name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor() or machine)
     return DeviceProfile(

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from edge_sdk.devices.bench import TASK_METRIC
+from edge_sdk.package import _umask
 
 _METRIC_LABELS = {"decode_tokens_per_s": "decode tok/s", "real_time_factor": "real-time factor",
                   "seconds_per_step": "s/step"}
@@ -99,6 +100,21 @@ def plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def check_report_target(directory: Path) -> None:
+    """Raise now if ``write_reports`` could not write to ``directory`` (no matplotlib, no parent)."""
+    from edge_sdk.errors import InvalidInputError, missing_extra
+
+    directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise InvalidInputError(f"--report {directory} is a file; pass a directory")
+    if not directory.exists() and not directory.parent.is_dir():
+        raise InvalidInputError(f"cannot create {directory}: directory {directory.parent} does not exist")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise missing_extra("matplotlib", "report", "plotting bench reports")
+
+
 def write_reports(report: dict, directory: Path) -> list[Path]:
     """bench.json, bench.md and bench.png in ``directory`` (created), each written atomically."""
     directory = Path(directory).expanduser()
@@ -120,6 +136,7 @@ def _atomic(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

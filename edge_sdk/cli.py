@@ -321,7 +321,9 @@ def _evaluate_images(package: str, reference: str | None, num: int, steps: int, 
         click.echo(json.dumps(result.as_dict(), indent=2))
         return
     click.echo(f"{result.images} images, DDIM {result.steps} steps; reference: {reference or 'none'}")
-    if result.psnr_db is not None:
+    if result.identical:
+        click.echo("images identical to the reference's")
+    elif result.psnr_db is not None:
         click.echo(f"PSNR vs reference   {result.psnr_db:.2f} dB (mean |difference| {result.mean_abs_diff:.2f} of 255)")
     click.echo(f"UNet time per step  {result.seconds_per_step * 1e3:.1f} ms (batch of {result.images})")
     for label, quality in (("digits", result.digits), ("reference digits", result.reference_digits)):
@@ -508,8 +510,11 @@ def devices_detect(save: str | None, name: str, as_json: bool) -> None:
         if not target.parent.is_dir():
             raise InvalidInputError(f"cannot write {target}: directory {target.parent} does not exist")
         temporary = target.with_name(target.name + ".partial")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(target)
+        try:
+            temporary.write_text(text, encoding="utf-8")
+            temporary.replace(target)
+        finally:
+            temporary.unlink(missing_ok=True)
         click.echo(f"wrote {target}", err=True)
     click.echo(json.dumps(profile.as_dict(), indent=2) if as_json else text.rstrip())
 
@@ -547,11 +552,13 @@ def bench(packages, device, threads, warmup, min_runs, min_seconds, prompt_token
 
     options = BenchOptions(threads=threads, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
                            prompt_tokens=prompt_tokens, new_tokens=new_tokens, audio=audio, steps=steps)
-    for path in filter(None, (json_out,)):
-        if not Path(path).expanduser().parent.is_dir():
-            from edge_sdk.errors import InvalidInputError
+    from edge_sdk.devices.report import check_report_target
+    from edge_sdk.errors import InvalidInputError
 
-            raise InvalidInputError(f"cannot write {path}: its directory does not exist")
+    if json_out and not Path(json_out).expanduser().parent.is_dir():
+        raise InvalidInputError(f"cannot write {json_out}: its directory does not exist")
+    if report:
+        check_report_target(Path(report))  # before minutes of measuring, not after
     progress = None if quiet else (lambda package: click.echo(f"measuring {package} ...", err=True))
     result = run_bench(list(packages), options, device=device, progress=progress)
     click.echo(markdown(result), nl=False)

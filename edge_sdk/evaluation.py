@@ -333,8 +333,9 @@ class ImageFidelity:
     images: int
     steps: int
     scheduler: str
-    psnr_db: float | None  # None without a reference; inf when identical
+    psnr_db: float | None  # None without a reference or when identical (see ``identical``)
     mean_abs_diff: float | None  # in [0, 255]
+    identical: bool | None  # the images equal the reference's bit for bit (PSNR infinite)
     seconds_per_step: float  # the candidate's UNet time per step (the whole batch)
     digits: DigitsQuality | None = None
     reference_digits: DigitsQuality | None = None
@@ -357,7 +358,8 @@ def evaluate_images(candidate, reference=None, num_images: int = 32, steps: int 
     judge = DigitsJudge() if judge_digits else None
     return ImageFidelity(
         images=num_images, steps=steps, scheduler=scheduler,
-        psnr_db=psnr(images, others) if others is not None else None,
+        psnr_db=None if others is None or np.array_equal(images, others) else psnr(images, others),
+        identical=None if others is None else bool(np.array_equal(images, others)),
         mean_abs_diff=float(np.abs(images.astype(np.float64) - others).mean()) if others is not None else None,
         seconds_per_step=seconds_per_step,
         digits=judge.judge(images) if judge else None,

@@ -31,8 +31,9 @@ def load(path: str | os.PathLike, threads: int | None = None, verify: bool = Tru
             f"{path} has static shapes for {device['name']}'s NPU (tokens per call and cache length fixed); edge-sdk's "
             f"runtime runs dynamic-shape {package.task} packages so far: export without --device {device['name']} "
             "(or with a CPU profile) to run it here")
-    if threads is None:
-        threads = device.get("threads")
+    if threads is None and device.get("threads"):
+        # the profile's count, but never more than this machine can run at once
+        threads = min(int(device["threads"]), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     return runtime_class(package.task)(package, threads=threads)
 
 

@@ -58,7 +58,7 @@ def test_a_malformed_profile_names_the_field(edit, field, tmp_path):
 
 def test_detect_returns_plausible_values_and_saves_an_editable_profile(tmp_path):
     here = detect(bandwidth_seconds=0.1)
-    assert 1 <= here.cpu.cores <= here.cpu.threads * 2 and here.cpu.cores <= (os.cpu_count() or 1)
+    assert 1 <= here.cpu.cores <= len(os.sched_getaffinity(0)) and here.cpu.threads == here.cpu.cores
     assert here.cpu.simd_bits in (128, 256, 512) and here.cpu.clock_ghz > 0.1
     meminfo_gb = int(Path("/proc/meminfo").read_text().split()[1]) * 1024 / 1e9
     assert abs(here.memory.ram_gb - meminfo_gb) < 0.2
@@ -94,7 +94,11 @@ def test_too_big_for_the_budget_fails_and_projections_are_labelled(text_package,
     data["name"], data["memory"]["ram_gb"], data["budgets"]["max_ram_share"] = "tiny-board", 0.1, 0.05  # 5 MB
     tiny = tmp_path / "tiny-board.toml"
     tiny.write_text(parse_profile(data).to_toml())
-    report = bench([str(text_package)], BenchOptions(min_runs=3, min_seconds=0, new_tokens=4, threads=1), device=str(tiny))
+    import dataclasses
+
+    here = detect(bandwidth_seconds=0.1)  # a fixed host shape, so that the projection's direction does not depend on the machine
+    host = dataclasses.replace(here, cpu=dataclasses.replace(here.cpu, clock_ghz=3.0, simd_bits=512))
+    report = bench([str(text_package)], BenchOptions(min_runs=3, min_seconds=0, new_tokens=4, threads=1), device=str(tiny), host=host)
     row = report["packages"][0]
     assert row["fit"]["verdict"] == "FAIL" and "peak memory" in row["fit"]["reason"] and "> budget 5 MB" in row["fit"]["reason"]
     assert report["device"] == {"name": "tiny-board", "source": str(tiny), "projected": True}
@@ -122,7 +126,9 @@ def test_cli_bench_prints_a_table_and_refuses_bad_input_in_one_line(text_package
     assert "| package |" in done.output and json.loads((tmp_path / "b.json").read_text())["packages"][0]["runs"] >= 2
     for args, message in [([str(tmp_path / "nope")], "does not exist"),
                           ([str(text_package), "--device", "pi-9"], "unknown device profile"),
-                          ([str(text_package), "--min-runs", "0"], "--min-runs must be >= 1")]:
+                          ([str(text_package), "--min-runs", "0"], "--min-runs must be >= 1"),
+                          ([str(text_package), "--new-tokens", "1"], "--new-tokens must be >= 2"),
+                          ([str(text_package), "--report", str(tmp_path / "no" / "dir")], "does not exist")]:
         done = runner.invoke(main, ["bench", *args, "-q"])
         assert done.exit_code == 1 and message in done.output, done.output
         assert len(done.output.strip().splitlines()) == 1
@@ -164,6 +170,10 @@ def test_npu_export_has_only_static_shapes_that_compile(tiny_model_dir, tmp_path
     assert inputs["input_ids"] == [1, 8] and inputs["attention_mask"] == [1, 32] and inputs["past_key_values.0.key"][2] == 24
     with pytest.raises(PackageError, match="static shapes for intel-core-ultra-npu's NPU"):
         edge_sdk.load(lm)
+    too_long = options_for_device("intel-core-ultra-npu", static_prompt_length=200, static_cache_length=100)
+    with pytest.raises(Exception, match="300 positions, but the model has 256"):
+        export(tiny_model_dir("LlamaForCausalLM"), tmp_path / "too-long", too_long, progress=False)
+    assert not (tmp_path / "too-long").exists()
     images = edge_sdk.load(unet).sample(num_images=3, steps=2, scheduler="ddim")  # batch-1 graph, one image per call
     assert images.shape == (3, 16, 16, 3)
 
@@ -175,7 +185,7 @@ def test_quickstart_table_on_the_bundled_whisper(whisper_packages, monkeypatch):
     result = quickstart.run(packages=whisper_packages, say=lambda line: None)
     assert result["audio_origin"].startswith("the WAV shipped")
     fp32, int8 = result["rows"]
-    assert fp32["wer_vs_fp32"] == 0.0 and 0.0 <= int8["wer_vs_fp32"] < 50 and int8["size_mb"] < fp32["size_mb"]
+    assert 0.0 <= int8["wer_vs_fp32"] < 50 and int8["size_mb"] < fp32["size_mb"]
     assert "raspberry pi" in fp32["transcript"].lower()
     for row in result["rows"]:
         assert row["real_time_factor"] > 0 and set(row["fit"]) == {"raspberry-pi-4", "raspberry-pi-5"}
