@@ -58,9 +58,11 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
     \b
     Examples:
-      edge-sdk export ./my-hf-model -o out/lm
+      edge-sdk quickstart                                   # the whole journey, offline, ~1 minute
+      edge-sdk export ./my-hf-model -o out/lm --device raspberry-pi-5
       edge-sdk inspect out/lm
       edge-sdk generate out/lm "Once upon a time" --max-new-tokens 32
+      edge-sdk bench out/lm --device raspberry-pi-4 --report reports/
     """
     ctx.meta[_DEBUG_KEY] = debug
     if not debug:  # libraries' deprecation notices are for their developers, not for CLI users
@@ -576,7 +578,7 @@ def bench(packages, device, threads, warmup, min_runs, min_seconds, prompt_token
 def quickstart(out, threads, as_json) -> None:
     """The whole journey in one offline command, on the bundled Whisper tiny.en: export FP32 and
     INT8 packages, transcribe a synthesized sentence, benchmark both here, and say whether they fit
-    a Raspberry Pi 4 and 5 (projected). About 2 minutes on 2 cores.
+    a Raspberry Pi 4 and 5 (projected). About 40 seconds on 2 cores.
 
     \b
     Examples:
