@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.errors import InvalidInputError
+from edge_sdk.runtimes.backend import usable_cpus
 
 try:
     import tomllib
@@ -253,7 +254,7 @@ def detect(bandwidth_seconds: float = 0.5) -> DeviceProfile:
     if architecture == "aarch64" and "asimd" in flags:
         isa = ["neon"] + [f for f in isa if f != "asimd"]
     simd = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    logical = usable_cpus()
     cores = min(_physical_cores(info) or logical, logical)  # a container's CPU set caps what we may use
     ram_gb = _ram_gb()
     name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor() or machine)

@@ -7,12 +7,10 @@ figures are never replaced by them.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from edge_sdk.devices.bench import TASK_METRIC
-from edge_sdk.package import _umask
+from edge_sdk.package import write_atomically
 
 _METRIC_LABELS = {"decode_tokens_per_s": "decode tok/s", "real_time_factor": "real-time factor",
                   "seconds_per_step": "s/step"}
@@ -96,7 +94,7 @@ def plot(report: dict, path: Path) -> None:
     right.set_title("; ".join(sorted(set(labels))))
     right.legend()
     figure.tight_layout()
-    _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)
 
 
@@ -121,23 +119,10 @@ def write_reports(report: dict, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = [directory / "bench.json", directory / "bench.md", directory / "bench.png"]
     write_json(report, written[0])
-    _atomic(written[1], lambda tmp: Path(tmp).write_text(markdown(report), encoding="utf-8"))
+    write_atomically(written[1], lambda tmp: tmp.write_text(markdown(report), encoding="utf-8"))
     plot(report, written[2])
     return written
 
 
 def write_json(report: dict, path: Path) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))

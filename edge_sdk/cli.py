@@ -18,6 +18,7 @@ import click
 from edge_sdk._version import __version__
 from edge_sdk.converters.quantize import MODES, RUNTIMES, WEIGHTS
 from edge_sdk.errors import EdgeSDKError
+from edge_sdk.package import write_atomically
 
 _DEBUG_KEY = "edge_sdk.debug"
 
@@ -406,10 +407,8 @@ def transcribe(package: str, audio: tuple[str, ...], fmt: str, output_dir, langu
                 rendered = f"{path}: {rendered}"
             click.echo(rendered, nl=False)
         else:
-            target = Path(output_dir) / f"{Path(path).stem}.{fmt}"
-            temporary = target.with_name(target.name + ".partial")
-            temporary.write_text(rendered, encoding="utf-8")
-            temporary.replace(target)  # never a half-written file under the final name
+            target = write_atomically(Path(output_dir) / f"{Path(path).stem}.{fmt}",
+                                      lambda tmp: tmp.write_text(rendered, encoding="utf-8"))
             if not quiet:
                 click.echo(f"wrote {target}", err=True)
 
@@ -511,12 +510,7 @@ def devices_detect(save: str | None, name: str, as_json: bool) -> None:
         target = Path(save).expanduser()
         if not target.parent.is_dir():
             raise InvalidInputError(f"cannot write {target}: directory {target.parent} does not exist")
-        temporary = target.with_name(target.name + ".partial")
-        try:
-            temporary.write_text(text, encoding="utf-8")
-            temporary.replace(target)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_atomically(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         click.echo(f"wrote {target}", err=True)
     click.echo(json.dumps(profile.as_dict(), indent=2) if as_json else text.rstrip())
 

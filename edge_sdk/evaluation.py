@@ -356,10 +356,11 @@ def evaluate_images(candidate, reference=None, num_images: int = 32, steps: int 
     seconds_per_step = candidate.last_stats.seconds_per_step
     others = reference.sample(num_images, steps, seed=seed, scheduler=scheduler, noise=noise) if reference else None
     judge = DigitsJudge() if judge_digits else None
+    identical = None if others is None else bool(np.array_equal(images, others))
     return ImageFidelity(
         images=num_images, steps=steps, scheduler=scheduler,
-        psnr_db=None if others is None or np.array_equal(images, others) else psnr(images, others),
-        identical=None if others is None else bool(np.array_equal(images, others)),
+        psnr_db=None if others is None or identical else psnr(images, others),
+        identical=identical,
         mean_abs_diff=float(np.abs(images.astype(np.float64) - others).mean()) if others is not None else None,
         seconds_per_step=seconds_per_step,
         digits=judge.judge(images) if judge else None,

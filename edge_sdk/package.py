@@ -210,13 +210,25 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         **manifest,
         "files": file_entries(root),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=root)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a package is meant to be shared
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(full, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, root / MANIFEST_NAME)
+    write_atomically(root / MANIFEST_NAME, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8"))
     return full
+
+
+def write_atomically(path: str | os.PathLike, write) -> Path:
+    """Call ``write(temporary_path)`` on a file beside ``path``, then rename it to ``path``: readers
+    never see a half-written file, and on failure nothing is left behind. The file gets the
+    ordinary permissions (0666 minus the umask), not mkstemp's private 0600."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(temporary, 0o666 & ~_umask())
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _umask() -> int:

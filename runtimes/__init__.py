@@ -9,6 +9,7 @@ import os
 
 from edge_sdk.errors import PackageError
 from edge_sdk.package import Package
+from edge_sdk.runtimes.backend import usable_cpus
 from edge_sdk.runtimes.tasks import available_tasks, runtime_class
 
 
@@ -33,7 +34,7 @@ def load(path: str | os.PathLike, threads: int | None = None, verify: bool = Tru
             "(or with a CPU profile) to run it here")
     if threads is None and device.get("threads"):
         # the profile's count, but never more than this machine can run at once
-        threads = min(int(device["threads"]), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        threads = min(int(device["threads"]), usable_cpus())
     return runtime_class(package.task)(package, threads=threads)
 
 

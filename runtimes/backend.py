@@ -9,6 +9,7 @@ only ever passed back to the same session.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Protocol
@@ -17,6 +18,11 @@ import numpy as np
 
 from edge_sdk.errors import PackageError
 from edge_sdk.runtimes.registry import LazyRegistry
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity set: a container's CPU limit included)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.errors import InvalidInputError
+from edge_sdk.package import write_atomically
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:
@@ -29,11 +30,7 @@ def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     array = image[..., 0] if image.shape[-1] == 1 else image
-    temporary = path.with_name(f".{path.name}.partial")
     try:
-        Image.fromarray(np.ascontiguousarray(array)).save(temporary, format="PNG")
-        os.replace(temporary, path)
+        return write_atomically(path, lambda tmp: Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG"))
     except OSError as e:
-        temporary.unlink(missing_ok=True)
         raise InvalidInputError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
