@@ -1,10 +1,16 @@
-"""What every benchmark reports about the machine it ran on."""
+"""What every benchmark shares: the machine it ran on, the harness's measuring functions, and one
+way to run a worker in a fresh process (``edge_sdk.worker``)."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import os
 import platform
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def machine() -> dict:
@@ -15,27 +21,44 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version()}
 
 
-try:
-    from edge_sdk.devices.bench import peak_rss_mb  # VmHWM: ru_maxrss would carry a parent's peak over fork + exec
-except ImportError:  # a peer's venv (faster-whisper) runs our worker without edge-sdk installed
-    def peak_rss_mb() -> float:
-        status = Path("/proc/self/status").read_text()
-        return int(status.split("VmHWM:")[1].split()[0]) * 1024 / 1e6
+def _by_path(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+try:  # the bench harness's own primitives (VmHWM peak memory, warm-up + min runs/seconds, percentiles)
+    from edge_sdk.devices.measure import peak_rss_mb, repeat, summarize
+except ImportError:  # a peer's venv (faster-whisper, optimum-intel) without edge-sdk: the same file, by path
+    _measure = _by_path("edge_sdk_measure", ROOT / "devices" / "measure.py")
+    peak_rss_mb, repeat, summarize = _measure.peak_rss_mb, _measure.repeat, _measure.summarize
 
 
 def run_worker(script: str, kind: str, threads: int, fields: dict, python: str | None = None) -> dict:
-    """Run ``script --worker KIND --threads N --<field> value ...`` in a fresh process (its own
-    engine, its own peak memory) and return the JSON its last stdout line holds."""
-    import json
-    import subprocess
-    import sys
+    """Run worker ``kind`` of ``script`` (its ``WORKERS[kind](args)``) in a fresh process (its own
+    engine, its own peak memory), under ``python`` if given, and return its result."""
+    try:
+        from edge_sdk import worker
+    except ImportError:  # not installed in this Python either: the module is stdlib-only at the top
+        worker = _by_path("edge_sdk_worker", ROOT / "edge_sdk" / "worker.py")
+    request = {"kind": kind, "threads": threads, **{k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()}}
+    try:
+        return worker.run(f"{Path(script).resolve()}:worker_entry", request, threads=threads, python=python,
+                          what=f"the {kind} worker")
+    except Exception as e:
+        raise SystemExit(f"{kind} worker failed: {e}") from None
 
-    command = [python or sys.executable, script, "--worker", kind, "--threads", str(threads)]
-    for name, value in fields.items():
-        if value is not None:
-            command += [f"--{name.replace('_', '-')}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+
+def dispatch(workers: dict, request: dict) -> dict:
+    """A script's ``worker_entry``: the worker ``request["kind"]`` on the request as argparse-style args."""
+    return workers[request["kind"]](argparse.Namespace(**request))
+
+
+def median_of(metrics: list[dict], key: str) -> float:
+    values = sorted(m[key] for m in metrics)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+__all__ = ["machine", "peak_rss_mb", "repeat", "summarize", "run_worker", "dispatch", "median_of", "sys"]

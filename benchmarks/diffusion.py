@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine, peak_rss_mb, run_worker  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from common import dispatch, machine, peak_rss_mb, run_worker  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 
 # google/ddpm-cifar10-32's unet/config.json
 CIFAR10_UNET = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(128, 256, 256, 256),
@@ -62,8 +62,7 @@ def worker_package(args) -> dict:
     start = time.perf_counter()
     gen = edge_sdk.load(args.package, threads=args.threads)
     load = time.perf_counter() - start
-    shape = (1, int(gen._model["channels"]), *gen._model["sample_size"])
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(gen.noise_shape(1)).astype(np.float32)
 
     def unet_once(t):
         t0 = time.perf_counter()
@@ -106,11 +105,10 @@ def worker_quality(args) -> dict:
     import edge_sdk
 
     gen = edge_sdk.load(args.package, threads=args.threads)
-    shape = (QUALITY_IMAGES, int(gen._model["channels"]), *gen._model["sample_size"])
-    noise = np.random.default_rng(1234).standard_normal(shape).astype(np.float32)
+    noise = np.random.default_rng(1234).standard_normal(gen.noise_shape(QUALITY_IMAGES)).astype(np.float32)
     images = gen.sample(QUALITY_IMAGES, QUALITY_STEPS, scheduler="ddim", noise=noise)
     np.save(args.images, images, allow_pickle=False)
-    return {"seconds_per_step": gen.last_stats.seconds_per_step}
+    return {"unet_seconds_per_step": gen.last_stats.unet_seconds_per_step}
 
 
 WORKERS = {"package": worker_package, "torch": worker_torch, "quality": worker_quality}
@@ -118,8 +116,12 @@ WORKERS = {"package": worker_package, "torch": worker_torch, "quality": worker_q
 
 # ---------------------------------------------------------------- orchestration
 
+def worker_entry(request: dict, step=None) -> dict:
+    return dispatch(WORKERS, request)
+
+
 def in_subprocess(kind: str, args, **fields) -> dict:
-    return run_worker(__file__, kind, args.threads, {"rounds": args.rounds, **fields})
+    return run_worker(__file__, kind, args.threads, {"rounds": args.rounds, "package": None, "model": None, "images": None, **fields})
 
 
 def export_variants(model: Path, out: Path, variants: list[str], label: str) -> dict[str, dict]:
@@ -189,14 +191,7 @@ def main() -> None:
     parser.add_argument("--variants", default=VARIANTS, help="runtime:weights[:mode], comma-separated")
     parser.add_argument("--digits", type=Path, help="the digits DDPM (samples/train_digits_ddpm.py) for the quality table")
     parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--package", help=argparse.SUPPRESS)
-    parser.add_argument("--images", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args)))
-        return
     args.out.mkdir(parents=True, exist_ok=True)
     variants = args.variants.split(",")
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "threads": args.threads}

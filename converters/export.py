@@ -1,24 +1,28 @@
-"""``export()``: a model source in, a validated edge package out (written atomically)."""
+"""``export()``: a model source in, a validated edge package out (written atomically).
+
+What is common to every task is assembled here, once: the source is recognised by the registered
+resolvers (``sources.resolve_source``), the task's exporter (named in its ``edge_sdk.tasks``
+registration) builds the graphs and returns an ``ExportResult``, the package's accuracy against
+the FP32 graphs is measured by the task's own measure in a fresh process, and the manifest's
+common sections (task, source, runtime, precision, graphs, accuracy, device) are written here.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_sdk.converters.causal_lm import export_causal_lm
-from edge_sdk.converters.diffusion import diffusion_source, export_unet
-from edge_sdk.converters.quantize import SAMPLING, QuantizationOptions
-from edge_sdk.converters.registry import lookup, supported_architectures
-from edge_sdk.converters.sources import read_config, resolve_model_dir, weights_sha256
-from edge_sdk.converters.whisper import export_whisper
-from edge_sdk.converters.whisper_sources import ARCHITECTURE as WHISPER, whisper_source_kind
+from edge_sdk.converters.registry import supported_architectures
+from edge_sdk.converters.sources import ExportResult, Source, resolve_source, weights_sha256
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.package import staged_output, write_manifest
 from edge_sdk.progress import Steps
+from edge_sdk.quantization import SAMPLING, QuantizationOptions
+from edge_sdk.tasks import Task, available_tasks, get_task, load_attribute
 
-# task -> exporter(model_dir, spec, staging, options, steps) -> manifest sections
-EXPORTERS = {"text-generation": export_causal_lm, "speech-recognition": export_whisper, "image-generation": export_unet}
+REFERENCE_DIR = "reference-work"  # inside the staging directory: the FP32 graphs as a package, for the accuracy pass
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,10 @@ class ExportOptions:
     device: DeviceTarget | None = None  # the device profile the package is made for (see ``options_for_device``)
 
     def __post_init__(self):
-        if self.task is not None and self.task not in EXPORTERS:
-            raise InvalidInputError(f"unknown task '{self.task}'; supported: {', '.join(sorted(EXPORTERS))}")
+        if self.task is not None:
+            if self.task not in available_tasks() and self.task not in {a for t in available_tasks() for a in get_task(t).aliases}:
+                raise InvalidInputError(f"unknown task '{self.task}'; supported: {', '.join(available_tasks())}")
+            object.__setattr__(self, "task", get_task(self.task).name)
         if not self.atol > 0:
             raise InvalidInputError(f"atol must be > 0, got {self.atol}")
         self.quantization.check_runtime(self.runtime)
@@ -118,57 +124,111 @@ def export(
         export("HuggingFaceTB/SmolLM2-135M", "out/smollm")
     """
     options = options or ExportOptions()
-    path = Path(str(model)).expanduser()
-    kind = whisper_source_kind(path)  # an OpenAI .pt file or a CTranslate2 directory
-    diffusion = diffusion_source(path)  # a diffusers pipeline or UNet directory
-    if diffusion is not None:
-        (model_dir, scheduler_file), spec = diffusion, lookup(["UNet2DModel"], source=str(model))
-        exporter = lambda *args: export_unet(*args, scheduler_file=scheduler_file)  # noqa: E731
-    elif kind is not None:
-        model_dir, spec = path, lookup([WHISPER], source=str(model))
-        exporter = lambda *args: export_whisper(*args, kind=kind)  # noqa: E731
-    else:
-        model_dir = resolve_model_dir(str(model))
-        spec = lookup(read_config(model_dir).get("architectures"), source=str(model))
-        exporter = EXPORTERS[spec.task]
-    if options.task is not None and options.task != spec.task:
+    source = resolve_source(str(model))
+    task = get_task(source.spec.task)
+    if options.task is not None and options.task != task.name:
         raise InvalidInputError(
-            f"{model} is a {spec.task} model ({spec.architecture}); it cannot be exported as '{options.task}'"
+            f"{model} is a {task.name} model ({source.spec.architecture}); it cannot be exported as '{options.task}'"
         )
-    _check_calibration(spec.task, options.quantization)
-    with staged_output(output, overwrite) as staging, Steps(total=1, enabled=progress) as steps:
-        sections = exporter(model_dir, spec, staging, options, steps)
-        source = {"model": str(model), "architecture": spec.architecture, "weights_sha256": weights_sha256(model_dir)}
+    _check_calibration(task, options.quantization)
+    exporter = load_attribute(task.exporter)
+    with staged_output(output, overwrite) as staging, Steps(total=2, enabled=progress) as steps:
+        result: ExportResult = exporter(source, staging, options, steps)
+        manifest = {
+            "task": task.name,
+            "source": {"model": str(model), "architecture": source.spec.architecture,
+                       "weights_sha256": weights_sha256(source.path)},
+            "runtime": {"name": options.runtime, "min_version": result.min_version},
+            "precision": {"weights": options.quantization.weights, "activations": options.quantization.activations,
+                          "recipe": result.recipe},
+            "graphs": result.graphs,
+            **result.sections,
+            "accuracy": dict(result.validation),
+        }
+        if task.accuracy:
+            with steps.step("measuring accuracy against FP32"):
+                manifest["accuracy"]["eval"] = _measure_accuracy(task, staging, manifest, result, options, steps)
+        if result.work_dir is not None:
+            shutil.rmtree(result.work_dir, ignore_errors=True)
         if options.device is not None:
-            sections["device"] = options.device.as_manifest(options)
+            manifest["device"] = options.device.as_manifest(options)
         if options.device is not None and options.device.static_shapes:
-            from edge_sdk.converters.openvino_convert import make_static
-
-            model_info = sections.get("model", {})
-            limit = model_info.get("max_positions") or (sections.get("decoding") or {}).get("max_target_positions")
-            total = options.device.static_shapes["total_sequence"]
-            if limit and total > limit:
-                raise InvalidInputError(f"--static-prompt-length + --static-cache-length = {total} positions, but the model "
-                                        f"has {limit}; lower them")
-            with steps.step(f"fixing shapes for {options.device.name} and compiling them"):
-                for graph in sections["graphs"]:
-                    graph.update(make_static(staging / graph["path"], graph, options.device.static_shapes))
+            _make_static(staging, manifest, options.device, steps)
         with steps.step("writing package"):
-            write_manifest(staging, {"task": spec.task, "source": source, **sections})
+            write_manifest(staging, manifest)
     return Path(output)
 
 
-def _check_calibration(task: str, quantization: QuantizationOptions) -> None:
-    """Diffusion UNets calibrate on their own sampling trajectories, the other tasks on data."""
+def _measure_accuracy(task: Task, staging: Path, manifest: dict, result: ExportResult, options, steps) -> dict:
+    """The task's accuracy measure, in a fresh process, of the staged package against the FP32 graphs
+    (laid out as a package of their own beside it, then removed)."""
+    from edge_sdk.converters.stage import run_stage
+
+    reference = _reference_package(staging, manifest, result) if result.reference_graphs_kept() else None
+    work = staging / "accuracy-work"
+    leave_out = [p.name for p in staging.iterdir() if p.is_dir()]  # work directories are not the package
+    write_manifest(staging, manifest, exclude=leave_out)  # the staged package, as it will load
+    request = {"candidate": str(staging), "reference": str(reference) if reference else None,
+               "data": str(options.eval_data) if options.eval_data else None}
+    try:
+        return run_stage(task.accuracy, request, work, steps)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if reference is not None:
+            shutil.rmtree(reference, ignore_errors=True)
+
+
+def _reference_package(staging: Path, manifest: dict, result: ExportResult) -> Path:
+    """The exporter's FP32 graphs (``<role>.onnx``) with the package's other files (hard links), as
+    an FP32 ONNX Runtime package the runtime loads like any other."""
+    from edge_sdk.converters.onnxruntime_engine import describe
+
+    reference = staging / REFERENCE_DIR
+    reference.mkdir()
+    graphs = []
+    for graph in result.graphs:
+        name = f"{graph['role']}.onnx"
+        data = sorted(p.name for p in result.work_dir.glob(f"{name}.data*"))
+        for file in (name, *data):
+            os.replace(result.work_dir / file, reference / file)
+        graphs.append({"role": graph["role"], "path": name, **describe(reference / name), "external_data": data})
+    graph_files = {graph["path"] for graph in result.graphs} | {f for graph in result.graphs for f in graph.get("external_data", [])}
+    for file in staging.iterdir():
+        if file.is_file() and file.name not in graph_files and file.name != "manifest.json":
+            try:
+                os.link(file, reference / file.name)
+            except OSError:  # a file system without hard links
+                shutil.copy2(file, reference / file.name)
+    write_manifest(reference, {**manifest, "runtime": {"name": "onnxruntime", "min_version": "1.17"},
+                               "precision": {"weights": "fp32", "activations": "fp32", "recipe": None},
+                               "graphs": graphs, "accuracy": {}})
+    return reference
+
+
+def _make_static(staging: Path, manifest: dict, device: "DeviceTarget", steps) -> None:
+    """Fix the graphs' symbolic dimensions to the device's static shapes (NPUs) and compile them as a check."""
+    from edge_sdk.converters.openvino_engine import make_static
+
+    limit = manifest.get("model", {}).get("max_positions") or (manifest.get("decoding") or {}).get("max_target_positions")
+    total = device.static_shapes["total_sequence"]
+    if limit and total > limit:
+        raise InvalidInputError(f"--static-prompt-length + --static-cache-length = {total} positions, but the model "
+                                f"has {limit}; lower them")
+    with steps.step(f"fixing shapes for {device.name} and compiling them"):
+        for graph in manifest["graphs"]:
+            graph.update(make_static(staging / graph["path"], graph, device.static_shapes))
+
+
+def _check_calibration(task: Task, quantization: QuantizationOptions) -> None:
+    """A task calibrates on what its registration says: data files, or its own sampling trajectories."""
     if quantization.calibration is None:
         return
-    if task == "image-generation" and not quantization.self_calibrated:
-        raise InvalidInputError(f"diffusion UNets calibrate on inputs recorded along their own sampling trajectories, "
+    if task.calibration == SAMPLING and not quantization.self_calibrated:
+        raise InvalidInputError(f"{task.name} models calibrate on inputs recorded along their own sampling trajectories, "
                                 f"not on files: pass --calibration {SAMPLING} (--num-samples sets how many inputs)")
-    if task != "image-generation" and quantization.self_calibrated:
-        data = "audio files" if task == "speech-recognition" else "text"
-        raise InvalidInputError(f"--calibration {SAMPLING} is for diffusion models; a {task} model calibrates on {data}: "
-                                "pass a file or directory")
+    if task.calibration != SAMPLING and quantization.self_calibrated:
+        raise InvalidInputError(f"--calibration {SAMPLING} is for diffusion models; a {task.name} model calibrates on "
+                                f"{task.calibration}: pass a file or directory")
 
 
-__all__ = ["export", "ExportOptions", "DeviceTarget", "options_for_device", "supported_architectures"]
+__all__ = ["export", "ExportOptions", "ExportResult", "Source", "DeviceTarget", "options_for_device", "supported_architectures"]

@@ -12,7 +12,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -163,21 +163,3 @@ def store_transposed_weights_once(model) -> int:
             saved += value.const_value.nbytes
             break
     return saved
-
-
-def describe_graph(path: Path) -> dict[str, Any]:
-    """Inputs and outputs of a saved ONNX graph as manifest entries (name, dtype, shape)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-
-    def entry(value) -> dict[str, Any]:
-        tensor = value.type.tensor_type
-        shape = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None) for d in tensor.shape.dim]
-        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": shape}
-
-    return {
-        "inputs": [entry(v) for v in model.graph.input],
-        "outputs": [entry(v) for v in model.graph.output],
-        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
-    }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from edge_sdk.errors import ModelLoadError
 from edge_sdk.package import sha256_file
@@ -63,3 +65,80 @@ def weights_sha256(model_dir: Path) -> str | None:
     for path in files:
         digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ recognising a source, and what an exporter returns
+
+@dataclass(frozen=True)
+class Source:
+    """A model source a resolver recognised: where its files are, its architecture (and task), and
+    what else its exporter needs (``extra``: keyword arguments, e.g. the Whisper layout)."""
+
+    path: Path
+    spec: Any  # registry.CausalLMSpec or registry.ModelSpec: architecture and task
+    extra: dict = field(default_factory=dict)
+
+
+# (model argument, its path) -> Source, or None when the source is not of the resolver's kind
+Resolver = Callable[[str, Path], "Source | None"]
+RESOLVERS: dict[str, Resolver] = {}
+_FALLBACK = "huggingface"  # tried last: a directory with config.json, or a hub id
+
+
+def resolver(name: str):
+    """Register a source resolver under ``name``; the first that recognises a source wins, the
+    Hugging Face resolver (which accepts any directory or hub id) last."""
+
+    def decorate(function: Resolver) -> Resolver:
+        RESOLVERS[name] = function
+        return function
+
+    return decorate
+
+
+def resolve_source(model: str) -> Source:
+    """The registered resolvers' reading of ``model`` (a path or a hub id).
+
+    Example::
+
+        source = resolve_source("models/whisper-tiny.pt")   # Source(path, spec Whisper, extra {"kind": "openai"})
+    """
+    import edge_sdk.converters.diffusion  # noqa: F401  (modules that register resolvers)
+    import edge_sdk.converters.whisper_sources  # noqa: F401
+
+    path = Path(str(model)).expanduser()
+    for name in sorted(RESOLVERS, key=lambda n: n == _FALLBACK):
+        found = RESOLVERS[name](str(model), path)
+        if found is not None:
+            return found
+    raise ModelLoadError(f"edge-sdk does not recognise {model} as a model source")
+
+
+@resolver(_FALLBACK)
+def _huggingface(model: str, path: Path) -> Source:
+    """A Hugging Face model directory (or hub id): the architecture named in config.json."""
+    from edge_sdk.converters.registry import lookup
+
+    model_dir = resolve_model_dir(model)
+    return Source(model_dir, lookup(read_config(model_dir).get("architectures"), source=model))
+
+
+@dataclass
+class ExportResult:
+    """What a task's exporter hands back to ``export()``, which writes the common manifest sections.
+
+    The exporter leaves its work directory to ``export()``: the validated FP32 graphs
+    (``<role>.onnx`` with their data files) are still there unless the package *is* the FP32 ONNX
+    Runtime graph; ``export()`` measures the package's accuracy against them, then removes it.
+    """
+
+    graphs: list[dict]  # manifest entries of the package's graphs
+    min_version: str  # oldest engine that runs them
+    recipe: dict | None  # how the weights were quantized (None: FP32/FP16 as exported)
+    sections: dict  # task-specific manifest sections: model, tokenizer, generation, features, decoding, scheduler
+    validation: dict  # the FP32 graphs against the source framework: reference, max_abs_diff, atol, inputs
+    work_dir: Path | None = None  # the exporter's work directory (inside the staging directory)
+
+    def reference_graphs_kept(self) -> bool:
+        """The FP32 graph of every role is still in ``work_dir`` (to measure the package against)."""
+        return self.work_dir is not None and all((self.work_dir / f"{g['role']}.onnx").is_file() for g in self.graphs)

@@ -9,9 +9,7 @@ through the same generic ``target.build_graph`` the text path uses.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,6 +21,7 @@ from edge_sdk.converters.whisper_torch import (
     TOKENIZER_FILE,
     encoder_outputs,
 )
+from edge_sdk.converters.sources import ExportResult, Source
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.runtimes.backend import version_tuple
 
@@ -37,31 +36,34 @@ def _encoder_probe(n_mels: int):
 
 
 def _decoder_probe(shapes: dict, decoding: dict):
+    """A check for graph rewrites: logits of a prompt prefill and one decode step on random cross values."""
+    from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState
+
     rng = np.random.default_rng(2)
-    layers, heads, head_dim = shapes["num_layers"], shapes["num_heads"], shapes["head_dim"]
+    heads, head_dim = shapes["num_heads"], shapes["head_dim"]
     cross = {name: rng.normal(size=(1, heads, shapes["source_positions"], head_dim)).astype(np.float32)
-             for name in encoder_outputs(layers)}
-    prompt = np.array([[decoding["sot"], decoding["no_timestamps"], 1, 2]], np.int64)
+             for name in encoder_outputs(shapes["num_layers"])}
+    prompt = [decoding["sot"], decoding["no_timestamps"], 1, 2]
 
     def run(session) -> np.ndarray:
-        empty = {f"past.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32) for i in range(layers) for kv in ("key", "value")}
-        out = session.run({"input_ids": prompt, **empty, **cross})
-        first = out["logits"][:, -1]
-        past = {f"past.{i}.{kv}": out[f"present.{i}.{kv}"] for i in range(layers) for kv in ("key", "value")}
-        out = session.run({"input_ids": np.array([[3]], np.int64), **past, **cross})
-        return np.concatenate([first, out["logits"][:, -1]])
+        with DecoderState(session, DecoderGraph.from_session(session, shapes), fixed=cross) as state:
+            first = state.prefill([prompt])[:, -1]
+            return np.concatenate([first, state.step([3])])
 
     return run
 
 
-def export_whisper(source: Path, spec, staging: Path, options, steps, kind: str = "huggingface") -> dict[str, Any]:
+def export_whisper(source: Source, staging: Path, options, steps) -> ExportResult:
+    """Write the encoder and decoder graphs, tokenizer and mel filters into ``staging``; return them
+    and the task's manifest sections (``export()`` then measures the package against the FP32 graphs)."""
     from edge_sdk.converters.stage import run_stage
     from edge_sdk.converters.target import build_graph
 
     quantization = options.quantization
-    steps.expect(5)
+    kind = source.extra.get("kind", "huggingface")
+    steps.expect(4)
     work = staging / "fp32-work"
-    request = {"source": str(source), "kind": kind, "work": str(work), "atol": options.atol}
+    request = {"source": str(source.path), "kind": kind, "work": str(work), "atol": options.atol}
     exported = run_stage("edge_sdk.converters.whisper_torch:export_fp32", request, work, steps)
     shapes, decoding = exported["shapes"], exported["decoding"]
     for name in (TOKENIZER_FILE, MEL_FILE):
@@ -82,25 +84,27 @@ def export_whisper(source: Path, spec, staging: Path, options, steps, kind: str 
             graphs.append(graph)
             recipes[role] = recipe
             versions.append(min_version)
-    shutil.rmtree(work)
     recipe = None if all(r is None for r in recipes.values()) else recipes
-    return {
-        "graphs": graphs,
-        "runtime": {"name": options.runtime, "min_version": max(versions, key=version_tuple)},
-        "precision": {"weights": quantization.weights, "activations": quantization.activations, "recipe": recipe},
-        "tokenizer": {"path": TOKENIZER_FILE},
-        "features": {"mel_filters": MEL_FILE, "n_mels": shapes["n_mels"], "sample_rate": decoding["sample_rate"],
-                     "n_fft": decoding["n_fft"], "hop_length": decoding["hop_length"], "chunk_seconds": decoding["chunk_seconds"]},
-        "model": {"architecture": spec.architecture, "model_type": "whisper", "source_format": kind, **shapes},
-        "decoding": decoding,
-        "accuracy": {
+    return ExportResult(
+        graphs=graphs, min_version=max(versions, key=version_tuple), recipe=recipe,
+        sections={
+            "tokenizer": {"path": TOKENIZER_FILE},
+            "features": {"mel_filters": MEL_FILE, "n_mels": shapes["n_mels"], "sample_rate": decoding["sample_rate"],
+                         "n_fft": decoding["n_fft"], "hop_length": decoding["hop_length"],
+                         "chunk_seconds": decoding["chunk_seconds"]},
+            "model": {"architecture": source.spec.architecture, "model_type": "whisper", "source_format": kind, **shapes},
+            "decoding": decoding,
+        },
+        validation={
             "reference": "transformers PyTorch FP32",
             "max_abs_diff": exported["max_abs_diff"],
             "atol": options.atol,
             "inputs": exported["validation_inputs"],
-            "note": "max_abs_diff is of the FP32 ONNX graphs; `edge-sdk eval PKG --data DIR` measures WER",
+            "note": "max_abs_diff is of the FP32 ONNX graphs; 'eval' compares this package's transcript with theirs "
+                    "(`edge-sdk eval PKG --data DIR` measures WER against your transcripts)",
         },
-    }
+        work_dir=work,
+    )
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
@@ -112,8 +116,10 @@ def _calibration_feeds(work: Path, mel_file: Path, shapes: dict, decoding: dict,
     first), then the decoder's prompt prefill and a few greedy decode steps on it, so that the
     decoder is calibrated on decode steps too. Files are taken in sorted order, at most
     ``num_samples`` of them."""
+    from edge_sdk.converters.quantize import FeedRecorder
     from edge_sdk.runtimes.audio import AudioSource, log_mel
     from edge_sdk.runtimes.backend import open_session
+    from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState
 
     root = Path(quantization.calibration)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES) if root.is_dir() else [root]
@@ -131,21 +137,15 @@ def _calibration_feeds(work: Path, mel_file: Path, shapes: dict, decoding: dict,
         encoder_feeds.append({"input_features": features})
         windows.append(encoder.run({"input_features": features}))
     del encoder
-    layers, heads, head_dim = shapes["num_layers"], shapes["num_heads"], shapes["head_dim"]
-    decoder = open_session("onnxruntime", work / DECODER_FILE)
+    recorder = FeedRecorder(open_session("onnxruntime", work / DECODER_FILE))
+    graph = DecoderGraph.from_session(recorder, shapes)
     prompt = [decoding["sot"]]
     if decoding["multilingual"] and decoding["languages"]:
         prompt += [decoding["languages"].get("en", next(iter(decoding["languages"].values()))), decoding["transcribe"]]
-    decoder_feeds = []
-    for cross in windows:  # the cross keys/values of a window are shared by its feeds, not copied
-        cross = {name: cross[name] for name in encoder_outputs(layers)}
-        feed = {"input_ids": np.array([prompt], np.int64),
-                **{f"past.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32) for i in range(layers) for kv in ("key", "value")},
-                **cross}
-        for _ in range(1 + _CALIBRATION_DECODE_STEPS):
-            decoder_feeds.append(feed)
-            out = decoder.run(feed)
-            token = int(np.argmax(out["logits"][0, -1]))
-            feed = {"input_ids": np.array([[token]], np.int64),
-                    **{f"past.{i}.{kv}": out[f"present.{i}.{kv}"] for i in range(layers) for kv in ("key", "value")}, **cross}
-    return {"encoder": encoder_feeds, "decoder": decoder_feeds}
+    for outputs in windows:  # the cross keys/values of a window are shared by its feeds, not copied
+        cross = {name: outputs[name] for name in graph.fixed}
+        with DecoderState(recorder, graph, fixed=cross) as state:
+            token = state.prefill([prompt])[:, -1].argmax(-1)
+            for _ in range(_CALIBRATION_DECODE_STEPS):
+                token = state.step(token).argmax(-1)
+    return {"encoder": encoder_feeds, "decoder": recorder.feeds}

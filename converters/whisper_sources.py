@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_sdk.converters.sources import Source, resolver
 from edge_sdk.errors import ModelLoadError
 
 ARCHITECTURE = "WhisperForConditionalGeneration"
@@ -39,6 +40,17 @@ def whisper_source_kind(path: Path) -> str | None:
         if "architectures" not in data:  # a Hugging Face config names its class; CTranslate2's does not
             return "ctranslate2"
     return None
+
+
+@resolver("whisper")
+def _whisper_source(model: str, path: Path) -> Source | None:
+    """OpenAI whisper ``.pt`` checkpoints and CTranslate2 (faster-whisper) directories."""
+    kind = whisper_source_kind(path)
+    if kind is None:
+        return None
+    from edge_sdk.converters.registry import lookup
+
+    return Source(path, lookup([ARCHITECTURE], source=model), {"kind": kind})
 
 
 def _sinusoids(length: int, channels: int) -> np.ndarray:

@@ -6,13 +6,15 @@ Two graphs, both with flat tensor inputs and outputs:
              -> cross.{i}.key / cross.{i}.value (batch, heads, 1500, head_dim) for each decoder layer:
                 the cross-attention keys/values, computed once per 30-second window
     decoder  input_ids (batch, sequence) int64
-             past.{i}.key / past.{i}.value (batch, heads, past_sequence, head_dim)
+             past_key_values.{i}.key / .value (batch, heads, past_sequence, head_dim)
              cross.{i}.key / cross.{i}.value
              -> logits (batch, sequence, vocab), present.{i}.key / present.{i}.value
 
-The decoder step is written out here over the model's own modules (layer norms, projections,
-MLP): transformers' cache classes do not export, and a flat step is what the runtime drives.
-Positions come from the past length, so prefill (the prompt) and decode use one graph.
+The decoder follows ``edge_sdk.runtimes.decoder``'s contract (the text decoder's names, without a
+mask or positions; packages exported before named its cache ``past.{i}.key``). Its step is
+written out here over the model's own modules (layer norms, projections, MLP): transformers'
+cache classes do not export, and a flat step is what the runtime drives. Positions come from the
+past length, so prefill (the prompt) and decode use one graph.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def encoder_outputs(layers: int) -> list[str]:
 
 
 def decoder_inputs(layers: int) -> list[str]:
-    return ["input_ids", *(f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")), *encoder_outputs(layers)]
+    return ["input_ids", *(f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")),
+            *encoder_outputs(layers)]
 
 
 def decoder_outputs(layers: int) -> list[str]:
@@ -45,8 +48,12 @@ def decoder_outputs(layers: int) -> list[str]:
 
 # ------------------------------------------------------------------ loading
 
-def load_whisper(source: str, kind: str):
-    """(model, tokenizer.json path, CTranslate2 decoding config or {}) for a source of ``kind``."""
+def load_whisper(source: str, kind: str, work: Path | None = None):
+    """(model, tokenizer.json path, CTranslate2 decoding config or {}) for a source of ``kind``.
+
+    A Hugging Face directory with only slow tokenizer files (vocab.json + merges.txt) gets its
+    tokenizer.json converted into ``work`` (None: a new temporary directory), never beside the model.
+    """
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -63,7 +70,7 @@ def load_whisper(source: str, kind: str):
             for key, value in json.loads(raw.read_text(encoding="utf-8")).items():
                 if getattr(model.generation_config, key, None) is None:
                     setattr(model.generation_config, key, value)
-        return model, _hf_tokenizer(path), {}
+        return model, _hf_tokenizer(path, work), {}
     if kind == "ctranslate2":
         config, weights, ct2_config = hf_weights_from_ctranslate2(path)
         tokenizer = path / TOKENIZER_FILE
@@ -121,13 +128,17 @@ def _set_generation_config(model, decoding: dict) -> None:
         gen.task_to_id = {"transcribe": decoding["transcribe"], "translate": decoding["translate"]}
 
 
-def _hf_tokenizer(model_dir: Path) -> Path:
+def _hf_tokenizer(model_dir: Path, work: Path | None) -> Path:
     if (model_dir / TOKENIZER_FILE).is_file():
         return model_dir / TOKENIZER_FILE
+    import tempfile
+
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)  # slow files (vocab.json + merges.txt) -> fast
-    converted = model_dir / ".edge-sdk-tokenizer.json"
+    work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edge-sdk-tokenizer-"))
+    work.mkdir(parents=True, exist_ok=True)
+    converted = work / "converted-tokenizer.json"  # the user's model directory is never written to
     tokenizer.backend_tokenizer.save(str(converted))
     return converted
 
@@ -255,10 +266,11 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
 
     from edge_sdk.converters.onnx_export import export_onnx
     from edge_sdk.runtimes.backend import open_session
+    from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState
 
     work = Path(request["work"])
     step("loading model")
-    model, tokenizer_path, ct2_config = load_whisper(request["source"], request["kind"])
+    model, tokenizer_path, ct2_config = load_whisper(request["source"], request["kind"], work)
     config = model.config
     layers, heads = config.decoder_layers, config.decoder_attention_heads
     head_dim = config.d_model // heads
@@ -298,14 +310,12 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
     cross_feeds = {name: cross[name] for name in encoder_outputs(layers)}
     del encoder_session
     session = open_session("onnxruntime", work / DECODER_FILE)
-    empty = {f"past.{i}.{kv}": np.zeros((1, heads, 0, head_dim), np.float32) for i in range(layers) for kv in ("key", "value")}
     split = len(prompt)
-    out = session.run({"input_ids": np.array([tokens[:split]], np.int64), **empty, **cross_feeds})
-    comparison.check("prefill: logits", out["logits"][0], reference[:split])
-    for position in range(split, len(tokens)):  # then one token at a time
-        past_feeds = {f"past.{i}.{kv}": out[f"present.{i}.{kv}"] for i in range(layers) for kv in ("key", "value")}
-        out = session.run({"input_ids": np.array([[tokens[position]]], np.int64), **past_feeds, **cross_feeds})
-        comparison.check(f"decode {position - split + 1}: logits", out["logits"][0], reference[position : position + 1])
+    with DecoderState(session, DecoderGraph.from_session(session), fixed=cross_feeds) as state:
+        comparison.check("prefill: logits", state.prefill([tokens[:split]])[0], reference[:split])
+        for position in range(split, len(tokens)):  # then one token at a time
+            logits = state.step([tokens[position]])
+            comparison.check(f"decode {position - split + 1}: logits", logits, reference[position : position + 1])
     comparison.raise_if_failed("the exported Whisper graphs do not reproduce the PyTorch model")
     return {
         "shapes": {"num_layers": layers, "num_heads": heads, "head_dim": head_dim, "d_model": config.d_model,

@@ -3,12 +3,9 @@ and whether a package fits a device profile.
 
 Each package is measured in a fresh process (its load time and peak RSS are its own): a warm-up,
 then runs until both ``min_runs`` and ``min_seconds`` are reached. One run is one unit of the
-task's work:
-
-    text-generation     generate ``new_tokens`` tokens after a ``prompt_tokens``-token prompt
-                        (greedy, EOS ignored): first-token ms, prefill and decode tokens/s
-    speech-recognition  transcribe the bundled 7.8 s espeak-ng sentence (or ``audio``): real-time factor
-    image-generation    one image, ``steps`` DDIM steps: seconds per step and per image
+task's work, as its ``Task.workload`` in ``edge_sdk.tasks`` defines it (text: ``new_tokens``
+tokens after a ``prompt_tokens``-token prompt; speech: the bundled 7.8 s sentence or ``audio``;
+images: one image in ``steps`` DDIM steps); its budgets and projection come from there too.
 
 When the device profile is not this machine, every figure is also projected to it (see
 ``project``), and the projected figures are labelled as such. Nothing here imports torch.
@@ -21,10 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,13 +25,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-import edge_sdk
+from edge_sdk.devices.measure import peak_rss_mb, repeat, summarize
 from edge_sdk.devices.profiles import DeviceProfile, detect, load_profile
-from edge_sdk.errors import EdgeSDKError, InvalidInputError
+from edge_sdk.errors import InvalidInputError
+from edge_sdk.tasks import get_task
+from edge_sdk.tasks.speech_recognition import SPEECH_SAMPLE  # noqa: F401  (tests and benchmarks take it from here)
 
 SCHEMA = "edge-sdk-bench/1"
-SPEECH_SAMPLE = Path(edge_sdk.__file__).parent / "data" / "speech-sample.wav"  # espeak-ng, 7.8 s, 16 kHz
-PERCENTILES = (50, 90, 99)
 
 
 @dataclass(frozen=True)
@@ -67,71 +60,6 @@ class BenchOptions:
             raise InvalidInputError(f"audio file {self.audio} does not exist")
 
 
-# ---------------------------------------------------------------- workloads: one run of each task
-
-def _text_workload(model, options: BenchOptions) -> tuple[Callable[[], dict], dict]:
-    from edge_sdk.evaluation import BUNDLED_EVAL_TEXT
-
-    words = BUNDLED_EVAL_TEXT.read_text(encoding="utf-8").split()
-    encode = model.tokenizer.encode
-    count = options.prompt_tokens
-    while count > 1 and len(encode(" ".join(words[:count]))) > options.prompt_tokens:
-        count -= 1
-    prompt = " ".join(words[:count])
-    settings = model.options(max_new_tokens=options.new_tokens, ignore_eos=True, temperature=0.0)
-
-    def run() -> dict:
-        model.generate(prompt, settings)
-        s = model.last_stats
-        return {"first_token_ms": s.first_token_seconds * 1e3, "decode_tokens_per_s": s.decode_tokens_per_second,
-                "prefill_tokens_per_s": s.prompt_tokens / s.first_token_seconds if s.first_token_seconds else 0.0,
-                "decode_seconds": s.total_seconds - s.first_token_seconds}
-
-    return run, {"prompt_tokens": len(encode(prompt)), "new_tokens": options.new_tokens}
-
-
-def _speech_workload(model, options: BenchOptions) -> tuple[Callable[[], dict], dict]:
-    audio = Path(options.audio) if options.audio else SPEECH_SAMPLE
-
-    def run() -> dict:
-        result = model.transcribe(audio)
-        s = result.stats
-        return {"real_time_factor": s.real_time_factor, "audio_seconds": s.audio_seconds,
-                "encoder_seconds": s.encoder_seconds, "decoder_seconds": s.decoder_seconds}
-
-    return run, {"audio": str(audio)}
-
-
-def _image_workload(model, options: BenchOptions) -> tuple[Callable[[], dict], dict]:
-    def run() -> dict:
-        model.sample(num_images=1, steps=options.steps, seed=0, scheduler="ddim")
-        s = model.last_stats
-        return {"seconds_per_step": s.total_seconds / s.steps, "seconds_per_image": s.total_seconds}
-
-    return run, {"steps": options.steps, "scheduler": "ddim", "batch": 1}
-
-
-WORKLOADS = {"text-generation": _text_workload, "speech-recognition": _speech_workload, "image-generation": _image_workload}
-# the figure a task is judged by, and whether higher is better
-TASK_METRIC = {"text-generation": ("decode_tokens_per_s", True), "speech-recognition": ("real_time_factor", False),
-               "image-generation": ("seconds_per_step", False)}
-
-
-def repeat(run: Callable[[], dict], warmup: int, min_runs: int, min_seconds: float) -> tuple[list[float], list[dict]]:
-    """Warm-up runs, then runs until both ``min_runs`` and ``min_seconds`` are reached: (latencies s, metrics)."""
-    for _ in range(warmup):
-        run()
-    latencies, metrics = [], []
-    clock = time.perf_counter
-    start = clock()
-    while len(latencies) < min_runs or clock() - start < min_seconds:
-        t0 = clock()
-        figures = run()
-        latencies.append(clock() - t0)
-        metrics.append(figures)
-    return latencies, metrics
-
-
 def measure_package(package: str, options: BenchOptions, threads: int) -> dict[str, Any]:
     """Load and measure one package in this process (see ``bench`` for the fresh-process wrapper)."""
     import edge_sdk
@@ -139,15 +67,13 @@ def measure_package(package: str, options: BenchOptions, threads: int) -> dict[s
     start = time.perf_counter()
     model = edge_sdk.load(package, threads=threads)
     load_seconds = time.perf_counter() - start
-    task = model.package.task
-    if task not in WORKLOADS:
-        raise InvalidInputError(f"{package} is a {task} package; bench measures {', '.join(WORKLOADS)}")
-    run, workload = WORKLOADS[task](model, options)
+    task = get_task(model.package.task)
+    run, workload = task.workload(model, options)
     latencies, metrics = repeat(run, options.warmup, options.min_runs, options.min_seconds)
     manifest = model.package.manifest
     return {
         "package": str(package),
-        "task": task,
+        "task": task.name,
         "runtime": manifest["runtime"]["name"],
         "weights": manifest["precision"]["weights"],
         "activations": manifest["precision"].get("activations", "fp32"),
@@ -163,25 +89,6 @@ def measure_package(package: str, options: BenchOptions, threads: int) -> dict[s
         "latencies_ms": [x * 1e3 for x in latencies],
         "metrics": {key: float(np.median([m[key] for m in metrics])) for key in metrics[0]},
     }
-
-
-def summarize(values_ms: list[float]) -> dict[str, float]:
-    values = np.asarray(values_ms, dtype=np.float64)
-    summary = {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES}
-    summary.update(mean=float(values.mean()), min=float(values.min()), max=float(values.max()))
-    return summary
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM) in MB; ru_maxrss would carry a parent's peak over exec."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 # ---------------------------------------------------------------- projection and fit
@@ -201,19 +108,14 @@ def project(result: dict, host: DeviceProfile, target: DeviceProfile, host_threa
     compute = _compute_score(host_threads, host.cpu.clock_ghz, host.cpu.simd_bits) / _compute_score(
         target.cpu.threads, target.cpu.clock_ghz, target.cpu.simd_bits)
     memory = host.memory.bandwidth_gbps / target.memory.bandwidth_gbps
-    m = result["metrics"]
-    task = result["task"]
-    if task == "text-generation":
-        first = m["first_token_ms"] * compute
-        decode_seconds = m["decode_seconds"] * memory
-        metrics = {"first_token_ms": first, "prefill_tokens_per_s": m["prefill_tokens_per_s"] / compute,
-                   "decode_tokens_per_s": m["decode_tokens_per_s"] / memory}
-        scale = (first / 1e3 + decode_seconds) / (m["first_token_ms"] / 1e3 + m["decode_seconds"])
-    elif task == "speech-recognition":
-        metrics, scale = {"real_time_factor": m["real_time_factor"] * compute}, compute
-    else:
-        metrics = {"seconds_per_step": m["seconds_per_step"] * compute, "seconds_per_image": m["seconds_per_image"] * compute}
-        scale = compute
+    task = get_task(result["task"])
+    rule, m = task.projection, result["metrics"]
+    metrics = {}
+    for keys, ratio in ((rule.compute_bound, compute), (rule.memory_bound, memory)):
+        for key in keys:  # times grow with the ratio, rates shrink with it
+            metrics[key] = m[key] / ratio if task.metric(key).higher_is_better else m[key] * ratio
+    share = rule.memory_share(m) if rule.memory_share else 0.0
+    scale = (1 - share) * compute + share * memory
     return {
         "projected": True,
         "model": (f"compute-bound parts x{compute:.2f} (threads x clock x SIMD bits: host {host_threads} x "
@@ -236,15 +138,12 @@ def fit(result: dict, profile: DeviceProfile, figures: dict) -> dict[str, Any]:
         checks.append({"check": label, "ok": value <= budget_mb,
                        "detail": f"{label} {value:.0f} MB {'<=' if value <= budget_mb else '>'} budget {budget_mb:.0f} MB "
                                  f"({profile.budgets.max_ram_share:.0%} of {profile.memory.ram_gb:g} GB)"})
-    b, m = profile.budgets, figures["metrics"]
-    targets = {
-        "text-generation": [("first_token_ms", b.text_first_token_ms, False), ("decode_tokens_per_s", b.text_decode_tokens_per_s, True)],
-        "speech-recognition": [("real_time_factor", b.speech_real_time_factor, False)],
-        "image-generation": [("seconds_per_step", b.image_seconds_per_step, False)],
-    }[result["task"]]
-    for key, target, higher in targets:
+    m = figures["metrics"]
+    for budget in get_task(result["task"]).budgets:
+        target = profile.budgets.target(budget.key)
         if target is None:
             continue
+        key, higher = budget.metric.key, budget.metric.higher_is_better
         value = m[key]
         ok = value >= target if higher else value <= target
         relation = (">=" if ok else "<") if higher else ("<=" if ok else ">")
@@ -295,34 +194,14 @@ def bench(packages: list[str], options: BenchOptions | None = None, device: str 
 
 
 def _in_fresh_process(package: str, options: BenchOptions, threads: int) -> dict:
-    request = json.dumps({"package": str(package), "options": asdict(options), "threads": threads})
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, "-m", "edge_sdk.devices.bench", request], capture_output=True, text=True, env=env)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        error = next((l for l in reversed(done.stderr.strip().splitlines()) if l.startswith("edge-sdk-error: ")), None)
-        if error:
-            import edge_sdk.errors
+    from edge_sdk import worker
+    from edge_sdk.tasks import external_modules
 
-            kind, _, message = error[len("edge-sdk-error: "):].partition(": ")
-            cls = getattr(edge_sdk.errors, kind, None)
-            raise (cls if isinstance(cls, type) and issubclass(cls, EdgeSDKError) else EdgeSDKError)(message)
-        last = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise EdgeSDKError(f"benchmarking {package} failed in its worker process: {last[0][:300]} "
-                           "(run the package with edge-sdk --debug to see the traceback)")
-    return json.loads(lines[-1])
+    request = {"package": str(package), "options": asdict(options), "threads": threads}
+    return worker.run("edge_sdk.devices.bench:measure_request", request, threads=threads, imports=external_modules(),
+                      what=f"benchmarking {package} in its worker process")
 
 
-def _worker(request: str) -> int:
-    request = json.loads(request)
-    try:
-        result = measure_package(request["package"], BenchOptions(**request["options"]), request["threads"])
-    except EdgeSDKError as e:
-        print(f"edge-sdk-error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_worker(sys.argv[1]))
+def measure_request(request: dict, step=None) -> dict:
+    """Worker entry (``edge_sdk.worker``): ``measure_package`` from a JSON request."""
+    return measure_package(request["package"], BenchOptions(**request["options"]), request["threads"])

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.errors import InvalidInputError
+from edge_sdk.quantization import RUNTIMES, WEIGHTS
 from edge_sdk.runtimes.backend import usable_cpus
+from edge_sdk.tasks import budget_keys
 
 try:
     import tomllib
@@ -34,9 +36,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).parent
-RUNTIMES = ("onnxruntime", "openvino")
 ARCHITECTURES = ("x86_64", "aarch64", "armv7l")
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+PRECISIONS = WEIGHTS
 BANDWIDTH_SOURCES = ("spec", "measured")
 
 
@@ -71,10 +72,15 @@ class NPU:
 @dataclass(frozen=True)
 class Budgets:
     max_ram_share: float  # of RAM the package's peak memory may use
-    text_first_token_ms: float | None = None
-    text_decode_tokens_per_s: float | None = None
-    speech_real_time_factor: float | None = None
-    image_seconds_per_step: float | None = None
+    # task budget key (each task's ``budgets`` in edge_sdk.tasks, e.g. "text_decode_tokens_per_s") -> target
+    targets: dict[str, float] = field(default_factory=dict, hash=False)
+
+    def target(self, key: str) -> float | None:
+        return self.targets.get(key)
+
+    def as_dict(self) -> dict[str, float]:
+        """As the profile's ``[budgets]`` table: ``max_ram_share`` and each target by its key."""
+        return {"max_ram_share": self.max_ram_share, **self.targets}
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class DeviceProfile:
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("source")
+        out["budgets"] = self.budgets.as_dict()
         return out
 
     def to_toml(self) -> str:
@@ -105,7 +112,7 @@ class DeviceProfile:
         if self.npu is not None:
             sections.append(("npu", asdict(self.npu)))
         sections += [("runtime", {"preferred": self.preferred_runtime, "precisions": self.precisions}),
-                     ("budgets", {k: v for k, v in asdict(self.budgets).items() if v is not None})]
+                     ("budgets", self.budgets.as_dict())]
         for title, values in sections:
             lines.append(f"[{title}]")
             lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
@@ -171,10 +178,15 @@ def parse_profile(data: dict, source: str = "<profile>") -> DeviceProfile:
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ProfileError(f"{source}: runtime.precisions has {precision!r}; valid: {', '.join(PRECISIONS)}")
+    known = budget_keys()
+    written = data.get("budgets") if isinstance(data.get("budgets"), dict) else {}
+    unknown = sorted(set(written) - set(known) - {"max_ram_share"})
+    if unknown:
+        raise ProfileError(f"{source}: unknown budget(s) {', '.join(unknown)}; valid: max_ram_share, {', '.join(sorted(known))}")
+    targets = {key: reader.number(f"budgets.{key}", float, minimum=0.0, optional=True) for key in sorted(known)}
     budgets = Budgets(
         max_ram_share=reader.number("budgets.max_ram_share", float, minimum=0.01, maximum=1.0),
-        **{key: reader.number(f"budgets.{key}", float, minimum=0.0, optional=True)
-           for key in ("text_first_token_ms", "text_decode_tokens_per_s", "speech_real_time_factor", "image_seconds_per_step")},
+        targets={key: value for key, value in targets.items() if value is not None},
     )
     if cpu.threads > 2 * cpu.cores:
         raise ProfileError(f"{source}: cpu.threads ({cpu.threads}) is more than twice cpu.cores ({cpu.cores})")

@@ -9,21 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_sdk.devices.bench import TASK_METRIC
 from edge_sdk.package import write_atomically
-
-_METRIC_LABELS = {"decode_tokens_per_s": "decode tok/s", "real_time_factor": "real-time factor",
-                  "seconds_per_step": "s/step"}
+from edge_sdk.tasks import get_task
 
 
 def _task_figures(row: dict, metrics: dict) -> str:
-    task = row["task"]
-    if task == "text-generation":
-        return (f"first token {metrics['first_token_ms']:.1f} ms, prefill {metrics['prefill_tokens_per_s']:.1f} tok/s, "
-                f"decode {metrics['decode_tokens_per_s']:.1f} tok/s")
-    if task == "speech-recognition":
-        return f"RTF {metrics['real_time_factor']:.4f}"
-    return f"{metrics['seconds_per_step'] * 1e3:.1f} ms/step, {metrics['seconds_per_image']:.2f} s/image"
+    return get_task(row["task"]).figures(metrics)
 
 
 def markdown(report: dict) -> str:
@@ -83,8 +74,9 @@ def plot(report: dict, path: Path) -> None:
     positions = list(range(len(rows)))
     labels = []
     for i, row in enumerate(rows):
-        key, higher = TASK_METRIC[row["task"]]
-        labels.append(f"{_METRIC_LABELS[key]} ({'higher' if higher else 'lower'} is better)")
+        headline = get_task(row["task"]).headline
+        key = headline.key
+        labels.append(f"{headline.label} ({headline.direction})")
         right.bar(i - 0.2 if row["projection"] else i, row["metrics"][key], width=0.4, color="tab:blue",
                   label="measured" if i == 0 else None)
         if row["projection"]:

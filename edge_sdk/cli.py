@@ -16,9 +16,10 @@ from pathlib import Path
 import click
 
 from edge_sdk._version import __version__
-from edge_sdk.converters.quantize import MODES, RUNTIMES, WEIGHTS
+from edge_sdk.quantization import MODES, RUNTIMES, WEIGHTS
 from edge_sdk.errors import EdgeSDKError
 from edge_sdk.package import write_atomically
+from edge_sdk.tasks import get_task
 
 _DEBUG_KEY = "edge_sdk.debug"
 
@@ -43,6 +44,21 @@ class _Group(click.Group):
             raise click.ClickException(
                 _one_line(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback and report it)")
             ) from None
+
+
+def _load_for(command: str, package: str, threads: int | None, role: str = ""):
+    """Load ``package`` for ``command``; a package of a task another command runs gets a clear error."""
+    import edge_sdk
+    from edge_sdk.errors import InvalidInputError
+    from edge_sdk.package import Package
+    from edge_sdk.tasks import tasks
+
+    task = get_task(Package.open(package, verify=False).task)
+    if task.command != command:
+        wanted = " or ".join(t.name for t in tasks() if t.command == command)
+        raise InvalidInputError(f"{role + ' ' if role else ''}{package} is a {task.name} package; {command} needs a {wanted} "
+                                f"package (run this one with: edge-sdk {task.command})")
+    return edge_sdk.load(package, threads=threads)
 
 
 def _one_line(message: str) -> str:
@@ -115,7 +131,7 @@ def export(model: str, output: str, task, runtime, weights, device, static_promp
     """
     import edge_sdk
     from edge_sdk.converters.export import options_for_device
-    from edge_sdk.converters.quantize import QuantizationOptions
+    from edge_sdk.quantization import QuantizationOptions
 
     quantization_fields = dict(mode=quant_mode, group_size=group_size, accuracy_level=accuracy_level, ratio=ratio,
                                calibration=Path(calibration) if calibration else None, num_samples=num_samples)
@@ -138,26 +154,22 @@ def export(model: str, output: str, task, runtime, weights, device, static_promp
     package = Package.open(path, verify=False)
     accuracy = package.manifest.get("accuracy", {})
     figures = []
-    if "logits" in accuracy.get("max_abs_diff", {}):
-        figures.append(f"FP32 graph max |ONNX - PyTorch| logits {accuracy['max_abs_diff']['logits']:.2g}")
-    evaluation = accuracy.get("eval") or {}
-    if evaluation.get("kl_divergence") is not None:
-        figures.append(f"vs FP32: KL {evaluation['kl_divergence']:.3g}, top-1 {evaluation['top1_agreement']:.1%}, "
-                       f"perplexity {evaluation['perplexity']:.2f} (FP32 {evaluation['reference_perplexity']:.2f})")
+    differences = accuracy.get("max_abs_diff") or {}
+    if differences:
+        figures.append(f"FP32 graph max |ONNX - PyTorch| {max(differences.values()):.2g}")
+    if (accuracy.get("eval") or {}).get("summary"):
+        figures.append(accuracy["eval"]["summary"])
     precision = package.manifest["precision"]["weights"]
     click.echo(f"Wrote {package.task} package {path} ({package.runtime}, {precision}, {_megabytes(package.size_bytes)})")
     for figure in figures:
         click.echo(f"  {figure}")
     device = package.manifest.get("device") or {}
-    if device.get("static_shapes") and package.task != "image-generation":
+    task = get_task(package.task)
+    if device.get("static_shapes") and not task.static_shapes_run:
         click.echo(f"Static shapes for {device['name']}: compiled on the CPU device to check; copy it to the device "
                    "(edge-sdk's runtime runs dynamic-shape packages of this task so far)")
-    elif package.task == "speech-recognition":
-        click.echo(f"Try it: edge-sdk transcribe {path} audio.wav")
-    elif package.task == "image-generation":
-        click.echo(f"Try it: edge-sdk sample {path} -o grid.png")
     else:
-        click.echo(f"Try it: edge-sdk generate {path} \"Hello\"")
+        click.echo(f"Try it: {task.try_it.format(path=path)}")
 
 
 def _export_options(**fields):
@@ -215,7 +227,6 @@ def generate(package: str, prompt: str, threads: int | None, stats: bool, **over
       edge-sdk generate out/smollm "Once upon a time" -t 0.8 --top-p 0.95 --seed 1
       echo "def fib(n):" | edge-sdk generate out/smollm - --stop "\\n\\n"
     """
-    import edge_sdk
 
     if prompt == "-":
         prompt = sys.stdin.read()
@@ -223,9 +234,7 @@ def generate(package: str, prompt: str, threads: int | None, stats: bool, **over
         raise click.BadParameter("must be at least 1", param_hint="--threads")
     # shells pass "\n" literally; stop strings are mostly newlines, so unescape the common escapes
     overrides["stop"] = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in overrides["stop"]) or None
-    generator = edge_sdk.load(package, threads=threads)
-    if not hasattr(generator, "stream"):
-        raise click.ClickException(f"{package} is a {generator.package.task} package, not text-generation")
+    generator = _load_for("generate", package, threads)
     options = generator.options(**overrides)  # validate before printing anything
     for piece in generator.stream(prompt, options):
         click.echo(piece, nl=False)
@@ -268,16 +277,24 @@ def evaluate(package: str, data: str | None, reference: str | None, windows: int
       edge-sdk eval out/whisper-int8 --data speech/
       edge-sdk eval out/digits-static --reference out/digits-fp32 --digits
     """
-    from edge_sdk.evaluation import evaluate_package
     from edge_sdk.package import Package
 
-    task = Package.open(package, verify=False).task
-    if task == "speech-recognition":
+    task = get_task(Package.open(package, verify=False).task)
+    if task.command == "transcribe":
         _evaluate_speech(package, data, threads, as_json)
-        return
-    if task == "image-generation":
+    elif task.command == "sample":
         _evaluate_images(package, reference, num, steps, digits, threads, as_json)
-        return
+    elif task.command == "generate":
+        _evaluate_text(package, data, reference, windows, threads, as_json)
+    else:
+        from edge_sdk.errors import InvalidInputError
+
+        raise InvalidInputError(f"eval does not measure {task.name} packages yet; its accuracy at export is in `edge-sdk inspect`")
+
+
+def _evaluate_text(package: str, data, reference, windows: int, threads, as_json: bool) -> None:
+    from edge_sdk.evaluation import evaluate_package
+
     result, reference_name = evaluate_package(package, data, reference, windows, threads)
     if as_json:
         click.echo(json.dumps({"reference": reference_name, **result.as_dict()}, indent=2))
@@ -312,13 +329,10 @@ def _evaluate_speech(package: str, data: str | None, threads: int | None, as_jso
 
 def _evaluate_images(package: str, reference: str | None, num: int, steps: int, digits: bool, threads, as_json: bool) -> None:
     import edge_sdk
-    from edge_sdk.errors import InvalidInputError
     from edge_sdk.evaluation import evaluate_images
 
     candidate = edge_sdk.load(package, threads=threads)
-    other = edge_sdk.load(reference, threads=threads) if reference else None
-    if other is not None and other.package.task != "image-generation":
-        raise InvalidInputError(f"--reference {reference} is a {other.package.task} package; pass the FP32 image-generation package")
+    other = _load_for("sample", reference, threads, role="--reference") if reference else None
     result = evaluate_images(candidate, other, num_images=num, steps=steps, judge_digits=digits)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -328,7 +342,7 @@ def _evaluate_images(package: str, reference: str | None, num: int, steps: int, 
         click.echo("images identical to the reference's")
     elif result.psnr_db is not None:
         click.echo(f"PSNR vs reference   {result.psnr_db:.2f} dB (mean |difference| {result.mean_abs_diff:.2f} of 255)")
-    click.echo(f"UNet time per step  {result.seconds_per_step * 1e3:.1f} ms (batch of {result.images})")
+    click.echo(f"UNet time per step  {result.unet_seconds_per_step * 1e3:.1f} ms (batch of {result.images})")
     for label, quality in (("digits", result.digits), ("reference digits", result.reference_digits)):
         if quality is not None:
             click.echo(f"{label + ':':19} classifier confidence {quality.confidence:.1f}%, {quality.coverage}/10 classes")
@@ -385,12 +399,8 @@ def transcribe(package: str, audio: tuple[str, ...], fmt: str, output_dir, langu
       edge-sdk transcribe out/whisper-int8 a.wav b.flac -f srt -o subtitles/
       edge-sdk transcribe out/whisper-small talk.mp3 --language de --task translate -f json
     """
-    import edge_sdk
-    from edge_sdk.errors import InvalidInputError
 
-    recognizer = edge_sdk.load(package, threads=threads)
-    if not hasattr(recognizer, "transcribe"):
-        raise InvalidInputError(f"{package} is a {recognizer.package.task} package; transcribe needs a speech-recognition package")
+    recognizer = _load_for("transcribe", package, threads)
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
     for path in audio:
@@ -432,7 +442,6 @@ def sample(package, output, num_images, steps, seed, scheduler, eta, individual,
       edge-sdk sample out/digits -o grid.png
       edge-sdk sample out/digits-int8 -o grid.png -n 16 --steps 100 --scheduler ddpm --seed 3
     """
-    import edge_sdk
     from edge_sdk.errors import InvalidInputError
     from edge_sdk.runtimes.images import image_grid, write_png
 
@@ -441,9 +450,7 @@ def sample(package, output, num_images, steps, seed, scheduler, eta, individual,
         raise InvalidInputError(f"cannot write {target}: directory {target.parent} does not exist")
     if not os.access(target.parent, os.W_OK):
         raise InvalidInputError(f"cannot write {target}: directory {target.parent} is not writable")
-    generator = edge_sdk.load(package, threads=threads)
-    if not hasattr(generator, "sample"):
-        raise InvalidInputError(f"{package} is a {generator.package.task} package; sample needs an image-generation package")
+    generator = _load_for("sample", package, threads)
     with _progress_bar("Sampling", "steps", enabled=not quiet) as advance:
         images = generator.sample(num_images=num_images, steps=steps, seed=seed, scheduler=scheduler, eta=eta, progress=advance)
     write_png(image_grid(images), target)

@@ -41,7 +41,7 @@ def render_manifest(package: Package, verified: bool):
     precision = m.get("precision", {})
     rows = [
         ("package", str(package.root)),
-        ("task", m["task"]),
+        ("task", package.task + (f" (written as {m['task']})" if m["task"] != package.task else "")),
         ("format", f"version {m['format_version']}, written by edge-sdk {m.get('edge_sdk_version', '?')} at {m.get('created', '?')}"),
         ("source", f"{source.get('model', '?')} ({source.get('architecture', '?')})"),
         ("source weights sha256", source.get("weights_sha256") or "-"),

@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 
 from edge_sdk.errors import InvalidInputError
+from edge_sdk.tasks import get_task
+from edge_sdk.tasks.text_generation import TASK as TEXT_GENERATION
 
 # The text evaluation uses by default: a few paragraphs shipped with edge-sdk, written for it.
 BUNDLED_EVAL_TEXT = Path(__file__).with_name("data") / "eval.txt"
@@ -142,8 +144,8 @@ def evaluate_package(
     if max_windows < 1:
         raise InvalidInputError(f"--windows must be >= 1, got {max_windows}")
     candidate = load(package, threads=threads)
-    if candidate.package.task != "text-generation":
-        raise InvalidInputError(f"eval measures text-generation packages; {package} is {candidate.package.task}")
+    if get_task(candidate.package.task) is not TEXT_GENERATION:
+        raise InvalidInputError(f"eval measures {TEXT_GENERATION.name} packages here; {package} is {candidate.package.task}")
     tokens = [t for text in read_texts(data or BUNDLED_EVAL_TEXT) for t in candidate.tokenizer.encode(text)]
     windows = token_windows(tokens, max_windows=max_windows)
     open_reference, name = _reference_opener(candidate, reference, threads)
@@ -336,7 +338,7 @@ class ImageFidelity:
     psnr_db: float | None  # None without a reference or when identical (see ``identical``)
     mean_abs_diff: float | None  # in [0, 255]
     identical: bool | None  # the images equal the reference's bit for bit (PSNR infinite)
-    seconds_per_step: float  # the candidate's UNet time per step (the whole batch)
+    unet_seconds_per_step: float  # the candidate's UNet time per step (the whole batch), sampling loop excluded
     digits: DigitsQuality | None = None
     reference_digits: DigitsQuality | None = None
 
@@ -353,7 +355,7 @@ def evaluate_images(candidate, reference=None, num_images: int = 32, steps: int 
     shape = (num_images, int(model["channels"]), *model["sample_size"])
     noise = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     images = candidate.sample(num_images, steps, seed=seed, scheduler=scheduler, noise=noise)
-    seconds_per_step = candidate.last_stats.seconds_per_step
+    unet_seconds_per_step = candidate.last_stats.unet_seconds_per_step
     others = reference.sample(num_images, steps, seed=seed, scheduler=scheduler, noise=noise) if reference else None
     judge = DigitsJudge() if judge_digits else None
     identical = None if others is None else bool(np.array_equal(images, others))
@@ -362,7 +364,80 @@ def evaluate_images(candidate, reference=None, num_images: int = 32, steps: int 
         psnr_db=None if others is None or identical else psnr(images, others),
         identical=identical,
         mean_abs_diff=float(np.abs(images.astype(np.float64) - others).mean()) if others is not None else None,
-        seconds_per_step=seconds_per_step,
+        unet_seconds_per_step=unet_seconds_per_step,
         digits=judge.judge(images) if judge else None,
         reference_digits=judge.judge(others) if judge and others is not None else None,
     )
+
+
+# ------------------------------------------------------------------ accuracy at export, one measure per task
+# Each runs in a fresh process (edge_sdk.worker) on a request {"candidate": package directory,
+# "reference": FP32 package directory or None (the package is the FP32 graph), "data": path or None}
+# and returns the manifest's ``accuracy.eval``: its figures and a one-line ``summary``.
+
+def text_package_accuracy(request: dict, step=None) -> dict:
+    """Teacher-forced next-token accuracy against the FP32 graph on held-back text (16 windows of 128)."""
+    from edge_sdk.runtimes import load
+
+    data, reference = request.get("data"), request.get("reference")
+    candidate = load(request["candidate"], verify=False)
+    tokens = [t for text in read_texts(data or BUNDLED_EVAL_TEXT) for t in candidate.tokenizer.encode(text)]
+    open_reference = (lambda: load(reference, verify=False).logits) if reference else None
+    result = text_accuracy(lambda: candidate.logits, token_windows(tokens), open_reference)
+    figures = {"data": data or "bundled edge_sdk/data/eval.txt", "reference": "FP32 ONNX graph" if reference else None,
+               **result.as_dict()}
+    if result.kl_divergence is None:
+        figures["summary"] = f"perplexity {result.perplexity:.2f} (the package is the FP32 graph)"
+    else:
+        figures["summary"] = (f"vs FP32: KL {result.kl_divergence:.3g}, top-1 {result.top1_agreement:.1%}, "
+                              f"perplexity {result.perplexity:.2f} (FP32 {result.reference_perplexity:.2f})")
+    return figures
+
+
+def speech_package_accuracy(request: dict, step=None) -> dict:
+    """The package's transcript of the bundled clip against the FP32 graphs': WER and token agreement."""
+    import jiwer
+
+    from edge_sdk.runtimes import load
+    from edge_sdk.tasks.speech_recognition import SPEECH_SAMPLE
+
+    audio = Path(request.get("data") or SPEECH_SAMPLE)
+    candidate = load(request["candidate"], verify=False)
+    text = candidate.transcribe(audio).text
+    figures = {"data": str(audio) if request.get("data") else "bundled edge_sdk/data/speech-sample.wav", "transcript": text}
+    if not request.get("reference"):
+        return {**figures, "reference": None, "summary": "the package is the FP32 graphs (transcript in accuracy.eval)"}
+    del candidate
+    reference = load(request["reference"], verify=False)
+    expected = reference.transcribe(audio).text
+    ids, reference_ids = reference.tokenizer.encode(text), reference.tokenizer.encode(expected)
+    same = sum(a == b for a, b in zip(ids, reference_ids))
+    agreement = same / max(len(ids), len(reference_ids)) if ids or reference_ids else 1.0
+    truth, hypothesis = normalize_transcript(expected), normalize_transcript(text)
+    wer = 100 * jiwer.wer(truth, hypothesis) if truth else (0.0 if not hypothesis else 100.0)
+    return {**figures, "reference": "FP32 ONNX graphs", "reference_transcript": expected, "token_agreement": agreement,
+            "wer_vs_reference": wer,
+            "summary": f"vs FP32 on the bundled clip: WER {wer:.1f}%, token agreement {agreement:.1%}"}
+
+
+ACCURACY_IMAGES, ACCURACY_STEPS = 4, 20  # images sampled from the same noise by package and FP32 graph, DDIM steps
+
+
+def image_package_accuracy(request: dict, step=None) -> dict:
+    """PSNR of the package's images against the FP32 graph's, from the same noise (DDIM, deterministic)."""
+    from edge_sdk.runtimes import load
+
+    candidate = load(request["candidate"], verify=False)
+    reference = load(request["reference"], verify=False) if request.get("reference") else None
+    result = evaluate_images(candidate, reference, num_images=ACCURACY_IMAGES, steps=ACCURACY_STEPS)
+    figures = {"reference": "FP32 ONNX graph" if reference else None, "images": result.images, "steps": result.steps,
+               "scheduler": result.scheduler, "psnr_db": result.psnr_db, "mean_abs_diff": result.mean_abs_diff,
+               "identical": result.identical}
+    if reference is None:
+        figures["summary"] = "the package is the FP32 graph"
+    elif result.identical:
+        figures["summary"] = f"vs FP32: {result.images} images identical ({result.steps} DDIM steps, same noise)"
+    else:
+        figures["summary"] = (f"vs FP32: PSNR {result.psnr_db:.1f} dB over {result.images} images "
+                              f"({result.steps} DDIM steps, same noise)")
+    return figures

@@ -8,7 +8,8 @@ Layout of ``manifest.json`` (format version 1)::
     format_version   int, FORMAT_VERSION of the writer; a reader refuses a newer one
     edge_sdk_version the writer's version
     created          UTC timestamp (ISO 8601)
-    task             "text-generation", ...
+    task             "text-generation", "automatic-speech-recognition", "unconditional-image-generation"
+                     (edge_sdk.tasks; older names "speech-recognition", "image-generation" still read)
     source           {"model": path or hub id, "architecture", "model_type", "weights_sha256"}
     runtime          {"name": "onnxruntime", "min_version": "..."}
     precision        {"weights": "fp32", "recipe": {...}}
@@ -31,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 from edge_sdk._version import __version__
 from edge_sdk.errors import (
@@ -108,7 +109,10 @@ class Package:
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]
+        """The task's registered name (a manifest written with an older name reads as today's)."""
+        from edge_sdk.tasks import canonical_name
+
+        return canonical_name(self.manifest["task"])
 
     @property
     def runtime(self) -> str:
@@ -190,25 +194,27 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def file_entries(root: Path) -> list[dict[str, Any]]:
-    """Checksum entries for every file under ``root`` except the manifest, sorted by path."""
+def file_entries(root: Path, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Checksum entries for every file under ``root`` except the manifest (and the top-level
+    entries named in ``exclude``), sorted by path."""
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
-        if relative == MANIFEST_NAME:
+        if relative == MANIFEST_NAME or relative.split("/")[0] in exclude:
             continue
         entries.append({"path": relative, "sha256": sha256_file(path), "size": path.stat().st_size})
     return entries
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Complete ``manifest`` (version, timestamps, checksums of all files) and write it atomically."""
+def write_manifest(root: Path, manifest: dict[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:
+    """Complete ``manifest`` (version, timestamps, checksums of all files but the top-level entries
+    in ``exclude``, e.g. an exporter's work directories) and write it atomically."""
     full = {
         "format_version": FORMAT_VERSION,
         "edge_sdk_version": __version__,
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         **manifest,
-        "files": file_entries(root),
+        "files": file_entries(root, exclude),
     }
     write_atomically(root / MANIFEST_NAME, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8"))
     return full

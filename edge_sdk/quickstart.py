@@ -52,7 +52,7 @@ def run(out: Path | None = None, threads: int | None = None, say: Callable[[str]
     import jiwer
 
     from edge_sdk.converters.export import ExportOptions, export
-    from edge_sdk.converters.quantize import QuantizationOptions
+    from edge_sdk.quantization import QuantizationOptions
     from edge_sdk.devices.bench import BenchOptions, bench, fit, project
     from edge_sdk.devices.profiles import detect, load_profile
     from edge_sdk.evaluation import normalize_transcript

@@ -10,7 +10,7 @@ import os
 from edge_sdk.errors import PackageError
 from edge_sdk.package import Package
 from edge_sdk.runtimes.backend import usable_cpus
-from edge_sdk.runtimes.tasks import available_tasks, runtime_class
+from edge_sdk.tasks import available_tasks, get_task
 
 
 def load(path: str | os.PathLike, threads: int | None = None, verify: bool = True):
@@ -26,8 +26,9 @@ def load(path: str | os.PathLike, threads: int | None = None, verify: bool = Tru
         print(lm.generate("Hello", max_new_tokens=8).text)
     """
     package = Package.open(path, verify=verify)
+    task = get_task(package.task)
     device = package.manifest.get("device") or {}
-    if device.get("static_shapes") and package.task != "image-generation":
+    if device.get("static_shapes") and not task.static_shapes_run:
         raise PackageError(
             f"{path} has static shapes for {device['name']}'s NPU (tokens per call and cache length fixed); edge-sdk's "
             f"runtime runs dynamic-shape {package.task} packages so far: export without --device {device['name']} "
@@ -35,7 +36,7 @@ def load(path: str | os.PathLike, threads: int | None = None, verify: bool = Tru
     if threads is None and device.get("threads"):
         # the profile's count, but never more than this machine can run at once
         threads = min(int(device["threads"]), usable_cpus())
-    return runtime_class(package.task)(package, threads=threads)
+    return task.runtime_class()(package, threads=threads)
 
 
 __all__ = ["load", "available_tasks"]

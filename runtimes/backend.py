@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Protocol
 
-import numpy as np
 
 from edge_sdk.errors import PackageError
 from edge_sdk.runtimes.registry import LazyRegistry
@@ -30,6 +29,12 @@ class TensorInfo:
     name: str
     type: str  # engine's element type name, e.g. "tensor(float)"
     shape: tuple  # ints for fixed axes, strings (or None) for dynamic ones
+
+
+# engines' element type names -> numpy's, for graph descriptions read from a session
+_NUMPY_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool",
+                "f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32", "boolean": "bool"}
 
 
 class Session(Protocol):
@@ -62,6 +67,16 @@ def version_tuple(version: str) -> tuple[int, ...]:
             break
         parts.append(int(digits))
     return tuple(parts)
+
+
+def describe_session(session: Session) -> dict[str, list[dict]]:
+    """An open session's inputs and outputs in the manifest's form (``{"inputs": [{"name", "dtype",
+    "shape"}], "outputs": [...]}``), for graphs that have no package yet (an export's FP32 work graph)."""
+
+    def entry(info: TensorInfo) -> dict:
+        return {"name": info.name, "dtype": _NUMPY_TYPES.get(info.type, info.type), "shape": list(info.shape)}
+
+    return {"inputs": [entry(i) for i in session.inputs], "outputs": [entry(o) for o in session.outputs]}
 
 
 def open_session(runtime: str, path: Path, threads: int | None = None, min_version: str | None = None) -> Session:

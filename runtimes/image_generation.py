@@ -5,6 +5,7 @@ Example::
     import edge_sdk
     gen = edge_sdk.load("out/digits-int8", threads=2)
     images = gen.sample(num_images=8, steps=50, seed=0, scheduler="ddim")   # uint8 (8, H, W, C)
+    result = gen.generate(SamplingOptions(num_images=8, steps=50, scheduler="ddim"))  # images and stats
 """
 
 from __future__ import annotations
@@ -18,25 +19,71 @@ import numpy as np
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.package import Package
 from edge_sdk.runtimes.backend import open_session
+from edge_sdk.runtimes.options import with_overrides
 from edge_sdk.runtimes.schedulers import KINDS, Scheduler
-from edge_sdk.runtimes.tasks import register_task
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample; validated on construction (``steps`` against the model's scheduler when sampling)."""
+
+    num_images: int = 1  # images generated together, as one batch
+    steps: int = 50  # denoising steps, 1 .. the scheduler's training timesteps
+    seed: int | None = 0  # seed of the initial noise (and DDPM's per-step noise); None draws fresh entropy
+    scheduler: str = "ddpm"  # "ddpm" or "ddim"
+    eta: float = 0.0  # DDIM's stochasticity: 0 deterministic, 1 as noisy as DDPM
+    output: str = "uint8"  # "uint8": (N, H, W, C) in 0..255; "float": (N, H, W, C) in [0, 1]
+
+    def __post_init__(self):
+        def bad(message: str):
+            raise InvalidInputError(message)
+
+        if isinstance(self.num_images, bool) or not isinstance(self.num_images, int) or self.num_images < 1:
+            bad(f"the number of images must be >= 1, got {self.num_images}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            bad(f"steps must be an integer >= 1, got {self.steps!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            bad(f"seed must be a non-negative integer or None, got {self.seed!r}")
+        if self.scheduler not in KINDS:
+            bad(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(KINDS)}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
+            bad(f"eta must be in [0, 1], got {self.eta}")
+        if self.output not in ("uint8", "float"):
+            bad(f"output must be 'uint8' or 'float', got {self.output!r}")
 
 
 @dataclass
 class SamplingStats:
-    steps: int = 0
+    """Where the time went, for one sampling call."""
+
+    steps: int = 0  # denoising steps run (one UNet call each, for the whole batch)
     images: int = 0
-    unet_seconds: float = 0.0
-    total_seconds: float = 0.0
+    unet_seconds: float = 0.0  # inside the UNet
+    total_seconds: float = 0.0  # the whole call: noise, scheduler, UNet and conversion to images
 
     @property
     def seconds_per_step(self) -> float:
+        """Wall time per step: the whole call over its steps (what device budgets are judged on)."""
+        return self.total_seconds / self.steps if self.steps else 0.0
+
+    @property
+    def unet_seconds_per_step(self) -> float:
+        """UNet time per step (the whole batch)."""
         return self.unet_seconds / self.steps if self.steps else 0.0
 
 
-@register_task("image-generation")
+@dataclass(frozen=True)
+class ImageResult:
+    """Generated images and what they cost."""
+
+    images: np.ndarray  # uint8 (N, H, W, C), or float in [0, 1] with output="float"
+    stats: SamplingStats
+
+
 class ImageGenerator:
-    """A loaded UNet package. ``sample(...)`` returns images as uint8 (N, H, W, C) arrays."""
+    """A loaded UNet package. ``sample(...)`` returns images as uint8 (N, H, W, C) arrays;
+    ``generate(SamplingOptions(...))`` returns them with their timings as an ``ImageResult``.
+    ``last_stats`` holds the timings of the last call."""
 
     def __init__(self, package: Package, threads: int | None = None):
         manifest = package.manifest
@@ -52,6 +99,10 @@ class ImageGenerator:
     def train_steps(self) -> int:
         return int(self._scheduler_config.get("num_train_timesteps", 1000))
 
+    def noise_shape(self, num_images: int = 1) -> tuple[int, ...]:
+        """Shape (N, C, H, W) of the initial noise (and of ``unet``'s samples) for ``num_images``."""
+        return (num_images, int(self._model["channels"]), *self._model["sample_size"])
+
     def unet(self, sample: np.ndarray, timestep: int) -> np.ndarray:
         """One model evaluation: the prediction for ``sample`` (N, C, H, W) at ``timestep``."""
         sample = np.ascontiguousarray(sample, np.float32)
@@ -59,6 +110,10 @@ class ImageGenerator:
             return np.concatenate([self.unet(one[None], timestep) for one in sample])
         t = np.full(len(sample), int(timestep), dtype=np.int64)
         return self._session.run({"sample": sample, "timestep": t})["noise"]
+
+    def options(self, options: SamplingOptions | None = None, **overrides) -> SamplingOptions:
+        """``options`` (default: ``SamplingOptions()``) with ``overrides`` applied and validated."""
+        return with_overrides(options or SamplingOptions(), overrides, "sampling")
 
     def sample(
         self,
@@ -72,25 +127,36 @@ class ImageGenerator:
         progress: Callable[[int, int], None] | None = None,
         step_noise: Callable[[tuple], np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Generate ``num_images`` images with ``steps`` denoising steps.
+        """Generate ``num_images`` images with ``steps`` denoising steps; return the images only
+        (see ``SamplingOptions`` for the options, ``generate`` for the arguments)."""
+        options = SamplingOptions(num_images=num_images, steps=steps, seed=seed, scheduler=scheduler, eta=eta, output=output)
+        return self.generate(options, noise=noise, progress=progress, step_noise=step_noise).images
 
-        ``noise``: the initial noise (N, C, H, W) instead of drawing it from ``seed``; ``eta``:
-        DDIM's stochasticity (0 deterministic); ``output``: "uint8" (N, H, W, C) or "float"
-        (N, H, W, C in [0, 1]); ``step_noise(shape)``: the noise DDPM adds at each step (default:
-        drawn from ``seed``'s generator).
+    def generate(
+        self,
+        options: SamplingOptions | None = None,
+        *,
+        noise: np.ndarray | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        step_noise: Callable[[tuple], np.ndarray] | None = None,
+    ) -> ImageResult:
+        """Generate images as ``options`` say; return them with their timings.
+
+        ``noise``: the initial noise (N, C, H, W) instead of drawing it from the seed;
+        ``progress(done, total)`` is called after each step; ``step_noise(shape)``: the noise DDPM
+        adds at each step (default: drawn from the seed's generator).
+
+        Example::
+
+            result = gen.generate(SamplingOptions(num_images=4, steps=25, scheduler="ddim"))
+            print(result.images.shape, f"{result.stats.seconds_per_step * 1e3:.1f} ms/step")
         """
-        if not isinstance(num_images, int) or num_images < 1:
-            raise InvalidInputError(f"the number of images must be >= 1, got {num_images}")
-        if scheduler not in KINDS:
-            raise InvalidInputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(KINDS)}")
-        if not 0.0 <= eta <= 1.0:
-            raise InvalidInputError(f"eta must be in [0, 1], got {eta}")
-        if output not in ("uint8", "float"):
-            raise InvalidInputError(f"output must be 'uint8' or 'float', got {output!r}")
-        sampler = Scheduler.from_config(self._scheduler_config, scheduler)
-        sampler.timesteps(steps)  # validates steps before any work
-        shape = (num_images, int(self._model["channels"]), *self._model["sample_size"])
-        rng = np.random.default_rng(seed)
+        opts = options or SamplingOptions()
+        start = time.perf_counter()
+        sampler = Scheduler.from_config(self._scheduler_config, opts.scheduler)
+        sampler.timesteps(opts.steps)  # validates steps against the model before any work
+        shape = self.noise_shape(opts.num_images)
+        rng = np.random.default_rng(opts.seed)
         if noise is None:
             x = rng.standard_normal(shape).astype(np.float32)
         else:
@@ -98,7 +164,7 @@ class ImageGenerator:
             if x.shape != shape:
                 raise InvalidInputError(f"noise must have shape {shape}, got {x.shape}")
         draw = step_noise or (lambda s: rng.standard_normal(s).astype(np.float32))
-        stats = SamplingStats(images=num_images)
+        stats = SamplingStats(images=opts.num_images)
 
         def unet(sample, t):
             t0 = time.perf_counter()
@@ -107,11 +173,10 @@ class ImageGenerator:
             stats.steps += 1
             return prediction
 
-        start = time.perf_counter()
-        x = sampler.denoise(unet, x, steps, eta=eta, draw=draw, progress=progress)
+        x = sampler.denoise(unet, x, opts.steps, eta=opts.eta, draw=draw, progress=progress)
+        images = np.clip(x / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+        if opts.output == "uint8":
+            images = (images * 255).round().astype(np.uint8)
         stats.total_seconds = time.perf_counter() - start
         self.last_stats = stats
-        images = np.clip(x / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
-        if output == "float":
-            return images
-        return (images * 255).round().astype(np.uint8)
+        return ImageResult(images, stats)

@@ -1,11 +1,11 @@
 """Speech recognition runtime: a Whisper package transcribed with numpy and the engine only.
 
 The loop follows OpenAI's and faster-whisper's (greedy, beam 1): 30-second windows; per window
-the encoder runs once and yields every decoder layer's cross-attention keys/values, which stay
-in the engine while the decoder emits tokens under Whisper's rules (suppressed tokens, blank
-suppression at the first step, timestamp rules). With timestamps the window is cut into
-segments and the next window starts at the last complete segment; a window whose no-speech
-probability is high and whose tokens are unlikely is skipped as silence.
+the encoder runs once and yields every decoder layer's cross-attention keys/values, which the
+decoder (a ``DecoderState``) takes on every step while it emits tokens under Whisper's rules
+(suppressed tokens, blank suppression at the first step, timestamp rules). With timestamps the
+window is cut into segments and the next window starts at the last complete segment; a window
+whose no-speech probability is high and whose tokens are unlikely is skipped as silence.
 
 Example::
 
@@ -29,7 +29,8 @@ from edge_sdk.errors import InvalidInputError
 from edge_sdk.package import Package
 from edge_sdk.runtimes.audio import HOP_LENGTH, SAMPLE_RATE, AudioSource, log_mel
 from edge_sdk.runtimes.backend import open_session
-from edge_sdk.runtimes.tasks import register_task
+from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState
+from edge_sdk.runtimes.options import with_overrides
 from edge_sdk.runtimes.tokenizer import TextTokenizer
 
 NO_SPEECH_THRESHOLD = 0.6  # a window is silence when P(no speech) is above this ...
@@ -39,6 +40,43 @@ INPUT_STRIDE = 2  # encoder positions per mel frame: one timestamp step is 2 fra
 # Whisper's no-speech rule alone lets through its classic hallucination (tiny.en: " you", with
 # P(no speech) 0.95 but a mean log-probability of -0.7)
 SILENCE_PEAK = 1e-3
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """How to transcribe; validated on construction (the model's languages are checked by the recognizer)."""
+
+    language: str | None = None  # spoken language code, e.g. "de" (multilingual models); None detects it on the first window
+    task: str = "transcribe"  # "transcribe" (same language) or "translate" (into English; multilingual models)
+    timestamps: bool = True  # segment times from Whisper's timestamp tokens; False: one segment per 30-second window
+    no_speech_threshold: float = NO_SPEECH_THRESHOLD  # a window is silence when P(no speech) is above this ...
+    logprob_threshold: float = LOGPROB_THRESHOLD  # ... and its tokens' mean log-probability below this
+
+    def __post_init__(self):
+        def bad(message: str):
+            raise InvalidInputError(message)
+
+        if self.language is not None and (not isinstance(self.language, str) or not self.language):
+            bad(f"language must be a language code such as 'en', or None to detect it; got {self.language!r}")
+        if self.task not in ("transcribe", "translate"):
+            bad(f"task must be 'transcribe' or 'translate', got {self.task!r}")
+        if not isinstance(self.timestamps, (bool, np.bool_)):
+            bad(f"timestamps must be True or False, got {self.timestamps!r}")
+        if isinstance(self.no_speech_threshold, bool) or not isinstance(self.no_speech_threshold, (int, float)) \
+                or not 0 <= self.no_speech_threshold <= 1:
+            bad(f"no_speech_threshold must be a probability in [0, 1], got {self.no_speech_threshold!r}")
+        if isinstance(self.logprob_threshold, bool) or not isinstance(self.logprob_threshold, (int, float)) \
+                or not np.isfinite(self.logprob_threshold):
+            bad(f"logprob_threshold must be a finite number, got {self.logprob_threshold!r}")
+
+
+@dataclass(frozen=True)
+class WindowDecoding:
+    """One 30-second window decoded greedily."""
+
+    tokens: list[int]  # without the prompt and the end-of-text token; timestamps included
+    avg_logprob: float  # mean log-probability of the tokens (end-of-text counted)
+    no_speech_prob: float  # P(no speech) at the start-of-transcript position (0 if the model has no such token)
 
 
 @dataclass(frozen=True)
@@ -52,10 +90,12 @@ class Segment:
 
 @dataclass
 class TranscriptionStats:
+    """Where the time went, for one transcribe() call."""
+
     audio_seconds: float = 0.0
-    windows: int = 0
-    tokens: int = 0
-    features_seconds: float = 0.0
+    windows: int = 0  # 30-second windows decoded (silent ones skipped)
+    tokens: int = 0  # tokens decoded, timestamps included
+    features_seconds: float = 0.0  # reading audio and computing log-mel features
     encoder_seconds: float = 0.0
     decoder_seconds: float = 0.0
     total_seconds: float = 0.0
@@ -68,6 +108,8 @@ class TranscriptionStats:
 
 @dataclass
 class Transcription:
+    """The text of some audio, its segments and what it cost."""
+
     text: str
     segments: list[Segment]
     language: str | None
@@ -99,9 +141,14 @@ def _clock(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-@register_task("speech-recognition")
 class SpeechRecognizer:
-    """A loaded Whisper package. ``transcribe(path_or_array)`` returns a ``Transcription``."""
+    """A loaded Whisper package. ``transcribe(path_or_array)`` returns a ``Transcription``.
+
+    Options (keyword arguments of ``transcribe``, or one ``TranscriptionOptions``): ``language``,
+    ``task``, ``timestamps``, ``no_speech_threshold``, ``logprob_threshold``. The steps of one
+    window are public too: ``log_mel`` (samples -> features), ``encode`` (features -> cross-attention
+    keys/values), ``detect_language`` and ``decode`` (-> ``WindowDecoding``).
+    """
 
     def __init__(self, package: Package, threads: int | None = None):
         manifest = package.manifest
@@ -112,16 +159,21 @@ class SpeechRecognizer:
         min_version = manifest["runtime"].get("min_version")
         self._encoder = open_session(package.runtime, package.graph_path("encoder"), threads, min_version)
         self._decoder = open_session(package.runtime, package.graph_path("decoder"), threads, min_version)
+        self._graph = DecoderGraph.from_description(package.graph("decoder"), self._model)
+        self._cross_names = list(self._graph.fixed)  # the encoder's outputs the decoder takes on every call
         self.tokenizer = TextTokenizer.from_file(package.path(manifest["tokenizer"]["path"]))
         filters = np.load(package.path(self._features["mel_filters"]), allow_pickle=False)
         if filters.shape != (self._features["n_mels"], self._features["n_fft"] // 2 + 1):
             raise InvalidInputError(f"mel filter bank of shape {filters.shape} does not fit the package's features")
         self._filters = filters
         self._window_samples = int(self._features["chunk_seconds"]) * SAMPLE_RATE
-        layers = int(self._model["num_layers"])
-        self._past_names = [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-        self._present_names = [name.replace("past", "present") for name in self._past_names]
-        self._cross_names = [f"cross.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+        # ids past the model's vocabulary (a small model with Whisper's default lists) cannot be produced anyway
+        vocab = int(self._model.get("vocab_size") or np.iinfo(np.int64).max)
+        self._suppress = np.array([t for t in self._decoding["suppress_tokens"] if t < vocab], dtype=np.int64)
+        self._begin_suppress = np.array([t for t in self._decoding["begin_suppress_tokens"] if t < vocab], dtype=np.int64)
+        self._max_initial = int(round(self._decoding["max_initial_timestamp"] / self._decoding["time_precision"]))
+        self.defaults = TranscriptionOptions()
+        self.last_stats: TranscriptionStats | None = None  # timings of the last transcribe()
 
     # ------------------------------------------------------------------ public
 
@@ -129,47 +181,72 @@ class SpeechRecognizer:
     def languages(self) -> list[str]:
         return sorted(self._decoding.get("languages") or {})
 
-    def transcribe(
-        self,
-        audio,
-        *,
-        language: str | None = None,
-        task: str = "transcribe",
-        timestamps: bool = True,
-        sample_rate: int = SAMPLE_RATE,
-        progress=None,
-    ) -> Transcription:
+    def options(self, options: TranscriptionOptions | None = None, **overrides) -> TranscriptionOptions:
+        """The defaults (or ``options``) with ``overrides`` applied and validated."""
+        return with_overrides(options or self.defaults, overrides, "transcription")
+
+    def transcribe(self, audio, options: TranscriptionOptions | None = None, *, sample_rate: int = SAMPLE_RATE,
+                   progress=None, **overrides) -> Transcription:
         """Transcribe a file path or an array of samples (at ``sample_rate``, mono or channels).
 
-        ``language`` (multilingual models; None: detected on the first window), ``task``
-        ("transcribe" or "translate"), ``timestamps`` (segment times from Whisper's timestamp
-        tokens; False: one segment per 30-second window). ``progress(done_seconds, total_seconds)``
-        is called after each window.
+        Options: one ``TranscriptionOptions`` and/or its fields as keywords, e.g. ``language``
+        (multilingual models; None: detected on the first window), ``task`` ("transcribe" or
+        "translate"), ``timestamps`` (segment times from Whisper's timestamp tokens; False: one
+        segment per 30-second window). ``progress(done_seconds, total_seconds)`` is called after
+        each window.
         """
         start = time.perf_counter()
-        if task not in ("transcribe", "translate"):
-            raise InvalidInputError(f"task must be 'transcribe' or 'translate', got {task!r}")
+        opts = self.options(options, **overrides)
+        language = self._check_language(opts.language)
         if isinstance(audio, (str, os.PathLike)):
             source = AudioSource.open(audio)
         else:
             source = AudioSource.from_array(audio, sample_rate)
         try:
-            result = self._transcribe(source, language, task, timestamps, progress)
+            result = self._transcribe(source, language, opts, progress)
         finally:
             source.close()
         result.stats.total_seconds = time.perf_counter() - start
+        self.last_stats = result.stats
         return result
+
+    def log_mel(self, samples: np.ndarray) -> np.ndarray:
+        """Log-mel features (n_mels, frames) of one window of 16 kHz samples (zero-padded to 30 s)."""
+        return log_mel(samples, self._filters, self._window_samples)
+
+    def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Every decoder layer's cross-attention keys and values for one window's ``features``
+        (n_mels, frames): what ``decode`` and ``detect_language`` take."""
+        outputs = self._encoder.run({"input_features": np.asarray(features, np.float32)[None]})
+        return {name: outputs[name] for name in self._cross_names}
+
+    def detect_language(self, cross: dict) -> str:
+        """The most likely language code of the window ``cross`` was encoded from (multilingual models)."""
+        d = self._decoding
+        if not d["multilingual"]:
+            return "en"
+        with DecoderState(self._decoder, self._graph, fixed=cross) as state:
+            logits = state.prefill([[d["sot"]]])[0, -1]
+        ids = np.array(list(d["languages"].values()))
+        best = ids[int(np.argmax(logits[ids]))]
+        return next(code for code, token in d["languages"].items() if token == best)
+
+    def decode(self, cross: dict, options: TranscriptionOptions | None = None, **overrides) -> WindowDecoding:
+        """Greedy tokens of one window under Whisper's rules (suppressed tokens, blank suppression
+        at the first step, timestamp rules), from its encoded ``cross`` keys/values. Options as in
+        ``transcribe``; a multilingual model without a ``language`` detects it first."""
+        opts = self.options(options, **overrides)
+        language = self._check_language(opts.language) or self.detect_language(cross)
+        return self._decode(cross, self._prompt(language, opts.task, opts.timestamps), opts.timestamps)
 
     # ------------------------------------------------------------------ loop
 
-    def _transcribe(self, source: AudioSource, language, task, timestamps, progress) -> Transcription:
-        d = self._decoding
+    def _transcribe(self, source: AudioSource, language: str | None, opts: TranscriptionOptions, progress) -> Transcription:
         stats = TranscriptionStats(audio_seconds=source.duration)
         total_frames = source.num_samples // HOP_LENGTH
         frames_per_window = self._window_samples // HOP_LENGTH
         segments: list[Segment] = []
         seek = 0
-        language = self._check_language(language)
         while seek < total_frames:
             window_frames = min(frames_per_window, total_frames - seek)
             offset = seek * HOP_LENGTH / SAMPLE_RATE
@@ -181,23 +258,22 @@ class SpeechRecognizer:
                 if progress is not None:
                     progress(min(seek, total_frames) * HOP_LENGTH / SAMPLE_RATE, source.duration)
                 continue
-            features = log_mel(samples, self._filters, self._window_samples)
+            features = self.log_mel(samples)
             t1 = time.perf_counter()
-            cross = self._encoder.run({"input_features": features[None]}, keep=self._cross_names)
+            cross = self.encode(features)
             t2 = time.perf_counter()
-            if d["multilingual"] and language is None:
-                language = self._detect_language(cross)
-            tokens, avg_logprob, no_speech_prob = self._decode(cross, self._prompt(language, task, timestamps), timestamps)
+            language = language or self.detect_language(cross)  # detected on the first window, then kept
+            window = self._decode(cross, self._prompt(language, opts.task, opts.timestamps), opts.timestamps)
             t3 = time.perf_counter()
             stats.features_seconds += t1 - t0
             stats.encoder_seconds += t2 - t1
             stats.decoder_seconds += t3 - t2
             stats.windows += 1
-            stats.tokens += len(tokens)
-            if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
+            stats.tokens += len(window.tokens)
+            if window.no_speech_prob > opts.no_speech_threshold and window.avg_logprob < opts.logprob_threshold:
                 seek += window_frames  # silence: nothing to emit
             else:
-                found, advance = self._segments(tokens, offset, window_frames, timestamps, avg_logprob, no_speech_prob)
+                found, advance = self._segments(window, offset, window_frames, opts.timestamps)
                 segments += found
                 seek += advance if advance > 0 else window_frames
             if progress is not None:
@@ -223,61 +299,44 @@ class SpeechRecognizer:
             prompt.append(d["no_timestamps"])
         return prompt
 
-    def _detect_language(self, cross) -> str:
+    def _decode(self, cross, prompt: list[int], timestamps: bool) -> WindowDecoding:
         d = self._decoding
-        logits = self._run_decoder(np.array([[d["sot"]]], np.int64), self._empty_past(), cross)["logits"][0, -1]
-        ids = np.array(list(d["languages"].values()))
-        best = ids[int(np.argmax(logits[ids]))]
-        return next(code for code, token in d["languages"].items() if token == best)
-
-    def _empty_past(self) -> dict:
-        heads, head_dim = int(self._model["num_heads"]), int(self._model["head_dim"])
-        empty = np.zeros((1, heads, 0, head_dim), np.float32)
-        return {name: empty for name in self._past_names}
-
-    def _run_decoder(self, ids, past, cross) -> dict:
-        return self._decoder.run({"input_ids": ids, **past, **{name: cross[name] for name in self._cross_names}},
-                                 keep=self._present_names)
-
-    def _decode(self, cross, prompt: list[int], timestamps: bool) -> tuple[list[int], float, float]:
-        """Greedy tokens of one window (without end-of-text), their mean log-probability, P(no speech)."""
-        d = self._decoding
-        eot, ts_begin = d["eot"], d["timestamp_begin"]
         limit = min(d["max_target_positions"] // 2, d["max_target_positions"] - len(prompt))
-        out = self._run_decoder(np.array([prompt], np.int64), self._empty_past(), cross)
-        logits = out["logits"][0]
-        no_speech_prob = 0.0
-        if d.get("no_speech") is not None:
-            at_sot = _log_softmax(logits[prompt.index(d["sot"])].astype(np.float64))
-            no_speech_prob = float(np.exp(at_sot[d["no_speech"]]))
-        last = logits[-1].astype(np.float64)
-        suppress = np.array(d["suppress_tokens"], dtype=np.int64)
-        begin_suppress = np.array(d["begin_suppress_tokens"], dtype=np.int64)
-        max_initial = int(round(d["max_initial_timestamp"] / d["time_precision"]))
         tokens: list[int] = []
         sum_logprob = 0.0
-        for _ in range(limit):
-            scores = last.copy()
-            if len(suppress):
-                scores[suppress] = -np.inf
-            if not tokens and len(begin_suppress):
-                scores[begin_suppress] = -np.inf
-            if timestamps:
-                _timestamp_rules(scores, tokens, ts_begin, eot, d["no_timestamps"], max_initial)
-            logprobs = _log_softmax(scores)
-            token = int(np.argmax(scores))
-            sum_logprob += float(logprobs[token])
-            if token == eot:
-                break
-            tokens.append(token)
-            past = {name: out[present] for name, present in zip(self._past_names, self._present_names)}
-            out = self._run_decoder(np.array([[token]], np.int64), past, cross)
-            last = out["logits"][0, -1].astype(np.float64)
-        return tokens, sum_logprob / (len(tokens) + 1), no_speech_prob
+        with DecoderState(self._decoder, self._graph, fixed=cross) as state:
+            logits = state.prefill([prompt])[0]
+            no_speech_prob = 0.0
+            if d.get("no_speech") is not None:
+                at_sot = _log_softmax(logits[prompt.index(d["sot"])].astype(np.float64))
+                no_speech_prob = float(np.exp(at_sot[d["no_speech"]]))
+            last = logits[-1]
+            for _ in range(limit):
+                scores = self._apply_rules(last.astype(np.float64), tokens, timestamps)
+                token = int(np.argmax(scores))
+                sum_logprob += float(_log_softmax(scores)[token])
+                if token == d["eot"]:
+                    break
+                tokens.append(token)
+                last = state.step([token])[0]
+        return WindowDecoding(tokens, sum_logprob / (len(tokens) + 1), no_speech_prob)
 
-    def _segments(self, tokens, offset, window_frames, timestamps, avg_logprob, no_speech_prob) -> tuple[list[Segment], int]:
+    def _apply_rules(self, scores: np.ndarray, tokens: list[int], timestamps: bool) -> np.ndarray:
+        """Whisper's logit filters on the next token's scores, in place: suppressed tokens, blanks
+        at the first step, and with ``timestamps`` the timestamp rules."""
+        d = self._decoding
+        if len(self._suppress):
+            scores[self._suppress] = -np.inf
+        if not tokens and len(self._begin_suppress):
+            scores[self._begin_suppress] = -np.inf
+        if timestamps:
+            _timestamp_rules(scores, tokens, d["timestamp_begin"], d["eot"], d["no_timestamps"], self._max_initial)
+        return scores
+
+    def _segments(self, window: WindowDecoding, offset, window_frames, timestamps) -> tuple[list[Segment], int]:
         """Cut a window's tokens into segments; return them and how many frames to advance."""
         d = self._decoding
+        tokens, avg_logprob, no_speech_prob = window.tokens, window.avg_logprob, window.no_speech_prob
         ts_begin, step = d["timestamp_begin"], d["time_precision"]
 
         def segment(start, end, part) -> Segment | None:

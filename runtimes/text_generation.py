@@ -1,9 +1,8 @@
 """Text generation from a decoder graph with an explicit KV cache. numpy and the engine only.
 
-The decoder graph (written by ``edge_sdk.converters.causal_lm``) takes ``input_ids``,
-``attention_mask`` (past + new positions), ``position_ids`` and ``past_key_values.{i}.key|value``
-of shape (batch, kv_heads, past, head_dim); it returns ``logits`` and ``present.{i}.key|value``.
-The same graph serves prefill (many tokens, empty past) and decode (one token, growing past).
+The decoder graph (written by ``edge_sdk.converters.causal_lm``) follows ``decoder``'s contract
+with an attention mask and positions, so prompts of different lengths run as one left-padded
+batch; ``DecoderState`` drives it, this module chooses tokens and turns them into text.
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ import numpy as np
 
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.package import Package
-from edge_sdk.runtimes.backend import Session, open_session
+from edge_sdk.runtimes.backend import open_session
+from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState, sequence_logits
+from edge_sdk.runtimes.options import with_overrides
 from edge_sdk.runtimes.sampling import select_next_tokens
-from edge_sdk.runtimes.tasks import register_task
 from edge_sdk.runtimes.tokenizer import StreamDecoder, TextTokenizer
 
 
@@ -80,57 +80,6 @@ class GenerationResult:
     stats: GenerationStats = field(repr=False)
 
 
-class _Inference:
-    """KV cache, attention mask and positions of one batch moving through the decoder graph."""
-
-    def __init__(self, session: Session, model: dict, prompts: list[list[int]], pad_id: int):
-        self._session = session
-        self._num_layers = int(model["num_layers"])
-        batch, length = len(prompts), max(len(p) for p in prompts)
-        ids = np.full((batch, length), pad_id, dtype=np.int64)
-        self.mask = np.zeros((batch, length), dtype=np.int64)
-        for row, prompt in enumerate(prompts):  # left padding: every row's last token is at the same index
-            ids[row, length - len(prompt) :] = prompt
-            self.mask[row, length - len(prompt) :] = 1
-        positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)
-        empty = np.zeros((batch, int(model["num_kv_heads"]), 0, int(model["head_dim"])), dtype=np.float32)
-        self.past = {name: empty for name in self._past_names()}
-        self._present_names = [name.replace("past_key_values", "present") for name in self.past]
-        self._pending = (ids, positions)
-
-    def _past_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{kind}" for i in range(self._num_layers) for kind in ("key", "value")]
-
-    def forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Run the graph on new tokens; keep their keys/values; return logits (batch, new, vocab)."""
-        outputs = self._session.run(
-            {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions, **self.past},
-            keep=self._present_names,
-        )
-        self.past = {name: outputs[present] for name, present in zip(self.past, self._present_names)}
-        return outputs["logits"]
-
-    def prefill(self) -> np.ndarray:
-        """Run the prompts; return logits of every prompt position (batch, prompt length, vocab)."""
-        ids, positions = self._pending
-        self._last_position = positions[:, -1:]
-        return self.forward(ids, positions)
-
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed one token per row; return the next-token logits (batch, vocab)."""
-        self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
-        self._last_position = self._last_position + 1
-        return self.forward(tokens.reshape(-1, 1).astype(np.int64), self._last_position)[:, -1, :]
-
-    def close(self) -> None:
-        self.past = {}
-
-
-def sequence_logits(session: Session, model: dict, token_ids: list[int]) -> np.ndarray:
-    """Teacher-forced logits (len(token_ids), vocab) of one sequence: a single prefill."""
-    return _Inference(session, model, [list(token_ids)], pad_id=0).prefill()[0]
-
-
 class _Row:
     """One prompt's generated tokens and text, with stop strings and their hold-back for streaming."""
 
@@ -182,7 +131,6 @@ class _Row:
         return piece
 
 
-@register_task("text-generation")
 class TextGenerator:
     """Generates text from a ``text-generation`` package.
 
@@ -196,7 +144,8 @@ class TextGenerator:
 
     Options (keyword arguments of ``generate``/``stream``, or one ``GenerationOptions``):
     ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``seed``, ``stop``,
-    ``ignore_eos``.
+    ``ignore_eos``. ``eos_token_ids`` (from the package) end a row unless ``ignore_eos``;
+    ``last_stats`` holds the timings of the last call.
     """
 
     def __init__(self, package: Package, threads: int | None = None):
@@ -207,10 +156,11 @@ class TextGenerator:
         self._session = open_session(
             package.runtime, package.graph_path("decoder"), threads, manifest["runtime"].get("min_version")
         )
+        self._graph = DecoderGraph.from_description(package.graph("decoder"), self._model)
         self.tokenizer = TextTokenizer.from_file(package.path(manifest["tokenizer"]["path"]))
-        self._eos = np.array(generation.get("eos_token_ids") or [], dtype=np.int64)
+        self.eos_token_ids: tuple[int, ...] = tuple(int(t) for t in generation.get("eos_token_ids") or ())
         pad = generation.get("pad_token_id")
-        self._pad_id = int(pad if pad is not None else (self._eos[0] if len(self._eos) else 0))
+        self._pad_id = int(pad if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else 0))
         self._max_positions = self._model.get("max_positions")
         known = {f.name for f in dataclasses.fields(GenerationOptions)}
         self.defaults = GenerationOptions(**{k: v for k, v in generation.get("defaults", {}).items() if k in known})
@@ -218,12 +168,7 @@ class TextGenerator:
 
     def options(self, options: GenerationOptions | None = None, **overrides) -> GenerationOptions:
         """The package defaults (or ``options``) with ``overrides`` applied and validated."""
-        base = options or self.defaults
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(GenerationOptions)}
-        if unknown:
-            valid = ", ".join(f.name for f in dataclasses.fields(GenerationOptions))
-            raise InvalidInputError(f"unknown generation option(s) {', '.join(sorted(unknown))}; valid: {valid}")
-        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        return with_overrides(options or self.defaults, overrides, "generation")
 
     def generate(
         self, prompt: str | Sequence[str], options: GenerationOptions | None = None, **overrides
@@ -260,7 +205,12 @@ class TextGenerator:
         """Logits (len(token_ids), vocab) for every position of ``token_ids`` (for scoring and evaluation)."""
         if len(token_ids) == 0:
             raise InvalidInputError("no token ids to score")
-        return sequence_logits(self._session, self._model, token_ids)
+        return sequence_logits(self._session, token_ids, self._graph)
+
+    def decoder(self) -> DecoderState:
+        """A fresh ``DecoderState`` on this package's decoder (prefill / step / close), for scoring,
+        evaluation and step-by-step checks; use it in a ``with`` block."""
+        return DecoderState(self._session, self._graph, pad_id=self._pad_id)
 
     def _decode(self, encoded: list[list[int]], rows: list[_Row], opts: GenerationOptions) -> Iterator[list[str]]:
         """Prefill, then one decode step per token; after each step yield the text each row released."""
@@ -272,24 +222,25 @@ class TextGenerator:
         start = time.perf_counter()
         first_token = start
         steps = 0
-        inference = _Inference(self._session, self._model, encoded, self._pad_id)
+        eos = np.array(self.eos_token_ids, dtype=np.int64)
+        state = self.decoder()
         try:
-            logits = inference.prefill()[:, -1, :]
+            logits = state.prefill(encoded)[:, -1, :]
             while True:
                 tokens = select_next_tokens(logits, opts.temperature, opts.top_k, opts.top_p, rng)
                 steps += 1
                 if steps == 1:
                     first_token = time.perf_counter()
-                is_eos = np.isin(tokens, self._eos) & (not opts.ignore_eos)
+                is_eos = np.isin(tokens, eos) & (not opts.ignore_eos)
                 pieces = ["" if row.finish_reason else row.add(t, e) for row, t, e in zip(rows, tokens, is_eos)]
                 if steps == budget or all(row.finish_reason for row in rows):
                     break
                 yield pieces
                 finished = np.array([row.finish_reason is not None for row in rows])
-                logits = inference.step(np.where(finished, self._pad_id, tokens))
+                logits = state.step(np.where(finished, self._pad_id, tokens))
             yield [piece + (row.finish("length") if row.finish_reason is None else "") for piece, row in zip(pieces, rows)]
         finally:
-            inference.close()
+            state.close()
             end = time.perf_counter()
             decode_seconds = end - first_token
             self.last_stats = GenerationStats(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import edge_sdk
 from edge_sdk.converters.export import ExportOptions
-from edge_sdk.converters.quantize import QuantizationOptions
+from edge_sdk.quantization import QuantizationOptions
 
 SENTENCE = "Edge packages run speech recognition on a laptop, without a network and without PyTorch."
 

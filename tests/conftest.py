@@ -88,7 +88,7 @@ def tiny_en() -> Path:
 def whisper_packages(tiny_en, tmp_path_factory):
     """weights -> FP32 / INT8 ONNX Runtime packages of tiny.en (exported once per session)."""
     from edge_sdk.converters.export import ExportOptions, export
-    from edge_sdk.converters.quantize import QuantizationOptions
+    from edge_sdk.quantization import QuantizationOptions
 
     root = tmp_path_factory.mktemp("whisper")
     packages = {}

@@ -46,7 +46,7 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
 
 
 def test_unknown_task_and_bad_atol_are_refused():
-    with pytest.raises(InvalidInputError, match="unknown task 'summarization'; supported: image-generation, speech-recognition, text-generation"):
+    with pytest.raises(InvalidInputError, match="unknown task 'summarization'; supported: automatic-speech-recognition, text-generation, unconditional-image-generation"):
         ExportOptions(task="summarization")
     with pytest.raises(InvalidInputError, match="atol"):
         ExportOptions(atol=0)

@@ -81,12 +81,13 @@ def test_stop_string_cuts_the_text_and_ends_generation(lm):
 def test_eos_ends_generation_and_is_reported(lm, tiny_package_dir):
     full = lm.generate("Hello", max_new_tokens=20)
     # make the 5th generated token an end-of-sequence token (restored below)
-    lm._eos = np.array([full.token_ids[4]])
+    package_eos, lm.eos_token_ids = lm.eos_token_ids, (full.token_ids[4],)
     try:
         result = lm.generate("Hello", max_new_tokens=20)
         ignored = lm.generate("Hello", max_new_tokens=20, ignore_eos=True)
     finally:
-        lm._eos = np.array(lm.package.manifest["generation"]["eos_token_ids"])
+        lm.eos_token_ids = package_eos
+    assert package_eos == tuple(lm.package.manifest["generation"]["eos_token_ids"])
     assert result.finish_reason == "eos"
     assert result.token_ids == full.token_ids[: full.token_ids.index(full.token_ids[4]) + 1]
     assert ignored.token_ids == full.token_ids and ignored.finish_reason == "length"

@@ -11,8 +11,9 @@ import pytest
 
 import edge_sdk
 from edge_sdk.converters.export import ExportOptions, export
-from edge_sdk.converters.quantize import QuantizationOptions
+from edge_sdk.quantization import QuantizationOptions
 from edge_sdk.errors import InvalidInputError
+from edge_sdk.runtimes.image_generation import SamplingOptions
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +60,10 @@ def test_sample_returns_uint8_images_and_refuses_bad_arguments(unet_package):
     assert images.dtype == np.uint8 and images.shape == (3, 16, 16, 3)
     assert np.array_equal(images, gen.sample(num_images=3, steps=5, seed=1, scheduler="ddim"))  # seeded
     assert gen.last_stats.steps == 5 and gen.last_stats.seconds_per_step > 0
+    result = gen.generate(SamplingOptions(num_images=3, steps=5, seed=1, scheduler="ddim"))
+    assert np.array_equal(result.images, images) and result.stats is gen.last_stats
+    stats = result.stats  # seconds_per_step is the whole call's wall time per step, the UNet's share is its own figure
+    assert 0 < stats.unet_seconds_per_step <= stats.seconds_per_step == pytest.approx(stats.total_seconds / 5)
     with pytest.raises(InvalidInputError, match="between 1 and the model's 1000 training timesteps"):
         gen.sample(steps=1001)
     for bad in (0, -2):
@@ -68,6 +73,10 @@ def test_sample_returns_uint8_images_and_refuses_bad_arguments(unet_package):
         gen.sample(scheduler="euler")
     with pytest.raises(InvalidInputError, match="noise must have shape"):
         gen.sample(num_images=2, noise=np.zeros((1, 3, 16, 16)))
+    for fields, message in [({"eta": 2.0}, "eta must be in"), ({"output": "png"}, "output must be"),
+                            ({"seed": -1}, "seed must be"), ({"steps": 2.5}, "steps must be an integer")]:
+        with pytest.raises(InvalidInputError, match=message):
+            SamplingOptions(**fields)
 
 
 @pytest.mark.parametrize("runtime, weights, mode", [("onnxruntime", "int8", None), ("onnxruntime", "int8", "dynamic"),

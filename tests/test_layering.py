@@ -23,6 +23,8 @@ class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in FORBIDDEN:
             raise ImportError(f"{name} is not installed on this device")
+        if name.startswith("edge_sdk.converters"):  # the run commands' load path needs no converter
+            raise ImportError(f"{name} is a converter module, imported on the load path")
 sys.meta_path.insert(0, Block())
 import edge_sdk
 from edge_sdk.cli import main
@@ -32,18 +34,25 @@ pieces = list(lm.stream("Hello", max_new_tokens=8, temperature=0.7, seed=1))
 main(["generate", sys.argv[1], "Hello", "-n", "4"], standalone_mode=False)
 main(["inspect", sys.argv[1]], standalone_mode=False)
 main(["devices", "list"], standalone_mode=False)
+main(["transcribe", sys.argv[3] + "/speech-recognition", sys.argv[5], "-q"], standalone_mode=False)
+main(["sample", sys.argv[3] + "/image-generation", "-o", sys.argv[4] + "/grid.png", "-n", "1", "-s", "2", "-q"], standalone_mode=False)
+main(["bench", sys.argv[1], "--min-runs", "1", "--min-seconds", "0", "--new-tokens", "2", "-q"], standalone_mode=False)
 from edge_sdk.devices.bench import BenchOptions, measure_package
 measured = measure_package(sys.argv[1], BenchOptions(min_runs=2, min_seconds=0, new_tokens=4), 1)
 assert measured["runs"] == 2
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN or m.startswith("edge_sdk.converters"))
 print(json.dumps({"loaded": loaded, "text": text, "pieces": len(pieces)}))
 """
 
 
-def test_load_generate_and_cli_run_without_the_conversion_stack(tiny_package_dir):
+def test_load_generate_and_cli_run_without_the_conversion_stack(tiny_package_dir, tmp_path):
+    """generate, transcribe, sample, bench and inspect with torch & co. and every converter module unimportable."""
+    from edge_sdk.devices.bench import SPEECH_SAMPLE
+
     package = tiny_package_dir("LlamaForCausalLM")
+    legacy = ROOT / "tests" / "data" / "legacy-packages"  # a tiny speech and image package each, no export needed
     done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(package), json.dumps(sorted(FORBIDDEN))],
+        [sys.executable, "-c", _SCRIPT, str(package), json.dumps(sorted(FORBIDDEN)), str(legacy), str(tmp_path), str(SPEECH_SAMPLE)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -52,6 +61,7 @@ def test_load_generate_and_cli_run_without_the_conversion_stack(tiny_package_dir
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
     assert report["pieces"] > 0 and report["text"]
+    assert (tmp_path / "grid.png").stat().st_size > 0
 
 
 def _imports(path: Path) -> set[str]:
@@ -66,11 +76,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_runtimes_and_devices_source_never_import_the_conversion_stack():
-    for folder in ("runtimes", "devices"):
-        for path in (ROOT / folder).rglob("*.py"):
-            imported = _imports(path)
-            bad = {m for m in imported if m.split(".")[0] in FORBIDDEN or m.startswith("edge_sdk.converters")}
-            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    torch_free = [*(ROOT / "runtimes").rglob("*.py"), *(ROOT / "devices").rglob("*.py"), *(ROOT / "edge_sdk" / "tasks").rglob("*.py"),
+                  ROOT / "edge_sdk" / "quantization.py", ROOT / "edge_sdk" / "worker.py", ROOT / "edge_sdk" / "package.py"]
+    for path in torch_free:
+        imported = _imports(path)
+        bad = {m for m in imported if m.split(".")[0] in FORBIDDEN or m.startswith("edge_sdk.converters")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
 def test_every_registered_architecture_has_a_tiny_test_model():

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 import edge_sdk
 from edge_sdk.cli import main
 from edge_sdk.converters.export import ExportOptions, export
-from edge_sdk.converters.quantize import QuantizationOptions, plan_group_size
+from edge_sdk.converters.quantize import plan_group_size
+from edge_sdk.quantization import QuantizationOptions
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.evaluation import evaluate_package
 
@@ -158,7 +159,7 @@ def test_activation_quantization_modes(runtime, mode, trained_packages):
 
 
 def test_calibration_covers_prefill_and_decode_steps(tiny_package_dir, build_dir):
-    from edge_sdk.converters.causal_lm import _calibration_feeds
+    from edge_sdk.converters.causal_lm import calibration_feeds
     from edge_sdk.runtimes.tokenizer import TextTokenizer
 
     package = edge_sdk.load(tiny_package_dir("LlamaForCausalLM")).package
@@ -166,12 +167,12 @@ def test_calibration_covers_prefill_and_decode_steps(tiny_package_dir, build_dir
     options = ExportOptions(quantization=QuantizationOptions(
         weights="int8", mode="static", calibration=build_dir / "calibration-feeds.txt", num_samples=3))
     tokenizer = TextTokenizer.from_file(package.path("tokenizer.json"))
-    feeds = _calibration_feeds(package.graph_path("decoder"), package.manifest["model"], tokenizer, options)
+    feeds = calibration_feeds(package.graph_path("decoder"), package.manifest["model"], tokenizer, options)
     past_lengths = [feed["past_key_values.0.key"].shape[2] for feed in feeds]
     sequence_lengths = [feed["input_ids"].shape[1] for feed in feeds]
     assert past_lengths.count(0) == 3 and sequence_lengths.count(64) == 3  # one prefill per sample
     assert sum(1 for p, s in zip(past_lengths, sequence_lengths) if p > 0 and s == 1) == 9  # 3 decode steps each
-    again = _calibration_feeds(package.graph_path("decoder"), package.manifest["model"], tokenizer, options)
+    again = calibration_feeds(package.graph_path("decoder"), package.manifest["model"], tokenizer, options)
     assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(feeds, again))  # deterministic
 
 

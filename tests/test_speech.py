@@ -17,7 +17,7 @@ import pytest
 
 import edge_sdk
 from edge_sdk.converters.export import ExportOptions, export
-from edge_sdk.converters.quantize import QuantizationOptions
+from edge_sdk.quantization import QuantizationOptions
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.evaluation import normalize_transcript
 
@@ -134,9 +134,8 @@ def test_fp32_package_tokens_match_pytorch_generate(whisper_packages, torch_whis
         for timestamps in (True, False):
             expected, _ = torch_transcript(torch_whisper, path, timestamps)
             source = edge_sdk.runtimes.audio.AudioSource.open(path)
-            features = edge_sdk.runtimes.audio.log_mel(source.read(0, 480000), asr._filters, 480000)
-            cross = asr._encoder.run({"input_features": features[None]}, keep=asr._cross_names)
-            tokens, _, _ = asr._decode(cross, asr._prompt("en", "transcribe", timestamps), timestamps)
+            features = asr.log_mel(source.read(0, 480000))
+            tokens = asr.decode(asr.encode(features), language="en", task="transcribe", timestamps=timestamps).tokens
             assert tokens == expected, (path.name, timestamps)
 
 
@@ -237,7 +236,7 @@ def test_transcribe_refuses_bad_options(whisper_packages, clips):
 
 def test_package_manifest_and_layering(whisper_packages, clips):
     manifest = json.loads((whisper_packages["int8"] / "manifest.json").read_text())
-    assert manifest["task"] == "speech-recognition" and {g["role"] for g in manifest["graphs"]} == {"encoder", "decoder"}
+    assert manifest["task"] == "automatic-speech-recognition" and {g["role"] for g in manifest["graphs"]} == {"encoder", "decoder"}
     assert manifest["decoding"]["sot"] == 50257 and len(manifest["decoding"]["suppress_tokens"]) == 90
     code = (f"import sys, edge_sdk; r = edge_sdk.load({str(whisper_packages['int8'])!r}).transcribe({str(clips[0][0])!r}); "
             "assert r.text; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
@@ -261,8 +260,7 @@ def tiny_whisper_package(tiny_whisper, tmp_path_factory) -> Path:
 
 
 def _our_tokens(asr, features: np.ndarray, language: str, task: str, timestamps: bool) -> list[int]:
-    cross = asr._encoder.run({"input_features": features[None]}, keep=asr._cross_names)
-    return asr._decode(cross, asr._prompt(language, task, timestamps), timestamps)[0]
+    return asr.decode(asr.encode(features), language=language, task=task, timestamps=timestamps).tokens
 
 
 def _random_features(seed: int) -> np.ndarray:
@@ -299,12 +297,78 @@ def test_tiny_random_whisper_tokens_match_pytorch_generate(tiny_whisper, tiny_wh
         assert len(ours) > 3 and ours == expected, (seed, language, task, timestamps)
 
 
+def test_speech_decoder_names_its_cache_like_the_text_decoder(tiny_whisper_package):
+    decoder = edge_sdk.load(tiny_whisper_package).package.graph("decoder")
+    inputs, outputs = [i["name"] for i in decoder["inputs"]], {o["name"] for o in decoder["outputs"]}
+    assert "past_key_values.0.key" in inputs and not [name for name in inputs if name.startswith("past.")]
+    assert {"logits", "present.0.key", "present.0.value"} <= outputs and "cross.0.key" in inputs
+
+
+def test_decoder_state_on_a_graph_without_mask_or_positions(tiny_whisper_package):
+    from edge_sdk.package import Package
+    from edge_sdk.runtimes.backend import open_session
+    from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState
+
+    package = Package.open(tiny_whisper_package)
+    session = open_session("onnxruntime", package.graph_path("decoder"))
+    graph = DecoderGraph.from_description(package.graph("decoder"), package.manifest["model"])
+    assert graph == DecoderGraph.from_session(session)  # the manifest and the engine describe it alike
+    assert not graph.has_mask and not graph.has_positions and graph.fixed == tuple(f"cross.{i}.{kv}" for i in (0, 1)
+                                                                                  for kv in ("key", "value"))
+    with pytest.raises(InvalidInputError, match="cross.0.key"):
+        DecoderState(session, graph)
+    asr = edge_sdk.load(tiny_whisper_package)
+    cross = asr.encode(_random_features(0))
+    prompt = [package.manifest["decoding"]["sot"], package.manifest["decoding"]["no_timestamps"]]
+    with DecoderState(session, graph, fixed=cross) as state:
+        with pytest.raises(InvalidInputError, match="prefill"):
+            state.step([1])
+        with pytest.raises(InvalidInputError, match="one length"):
+            state.prefill([prompt, prompt[:1]])
+        whole = state.prefill([prompt + [5, 6]])[0]
+        state.prefill([prompt])  # starts again from an empty cache
+        stepped = [state.step([5])[0], state.step([6])[0]]
+        assert state.past_length == 4
+    np.testing.assert_allclose(np.stack(stepped), whole[2:], atol=1e-4, rtol=0)
+
+
+def test_slow_tokenizer_files_are_converted_outside_the_model_directory(tiny_whisper, tmp_path):
+    from tokenizers import Tokenizer
+
+    from edge_sdk.converters.whisper_torch import load_whisper
+
+    model_dir = Path(shutil.copytree(tiny_whisper, tmp_path / "slow"))
+    Tokenizer.from_file(str(model_dir / "tokenizer.json")).model.save(str(model_dir))  # vocab.json + merges.txt
+    (model_dir / "tokenizer.json").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()}
+    _, tokenizer, _ = load_whisper(str(model_dir), "huggingface", tmp_path / "work")
+    assert tokenizer.parent == tmp_path / "work" and Tokenizer.from_file(str(tokenizer)).encode("hello").ids
+    assert {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()} == before
+
+
 def test_language_is_detected_for_multilingual_models(tiny_whisper_package):
     asr = edge_sdk.load(tiny_whisper_package)
     audio = np.random.default_rng(5).normal(scale=0.3, size=16000 * 3).astype(np.float32)
     assert asr.transcribe(audio).language in ("en", "de")
     with pytest.raises(InvalidInputError, match="unknown language 'fr'"):
         asr.transcribe(audio, language="fr")
+
+
+def test_options_object_and_keywords_transcribe_alike(tiny_whisper_package):
+    from edge_sdk.runtimes.speech import TranscriptionOptions
+
+    asr = edge_sdk.load(tiny_whisper_package)
+    audio = np.random.default_rng(6).normal(scale=0.3, size=16000 * 3).astype(np.float32)
+    by_keywords = asr.transcribe(audio, language="de", task="translate", timestamps=False)
+    by_options = asr.transcribe(audio, TranscriptionOptions(language="de", task="translate", timestamps=False))
+    assert by_options.text == by_keywords.text and by_options.segments == by_keywords.segments
+    assert asr.last_stats is by_options.stats and by_options.stats.windows == 1
+    for fields, message in [({"task": "summarize"}, "task must be"), ({"timestamps": "yes"}, "timestamps must be"),
+                            ({"no_speech_threshold": 2}, "no_speech_threshold must be"), ({"language": ""}, "language must be")]:
+        with pytest.raises(InvalidInputError, match=message):
+            TranscriptionOptions(**fields)
+    with pytest.raises(InvalidInputError, match="unknown transcription option"):
+        asr.transcribe(audio, beam_size=5)
 
 
 def test_openai_checkpoint_exports_to_the_same_model(tiny_whisper, tiny_whisper_package, tmp_path):
@@ -346,9 +410,9 @@ def test_openai_checkpoint_exports_to_the_same_model(tiny_whisper, tiny_whisper_
     assert json.loads((package / "manifest.json").read_text())["model"]["source_format"] == "openai"
     # the .pt carries no generation config: compare the graphs, not the decoding rules
     ours, reference = edge_sdk.load(package), edge_sdk.load(tiny_whisper_package)
-    features = _random_features(7)[None]
-    a = ours._encoder.run({"input_features": features})["cross.1.value"]
-    b = reference._encoder.run({"input_features": features})["cross.1.value"]
+    features = _random_features(7)
+    a = ours.encode(features)["cross.1.value"]
+    b = reference.encode(features)["cross.1.value"]
     assert np.max(np.abs(a - b)) < 1e-5
 
 

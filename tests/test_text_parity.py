@@ -10,7 +10,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import edge_sdk
-from edge_sdk.runtimes.text_generation import _Inference
 
 from conftest import ARCHITECTURES
 
@@ -35,19 +34,19 @@ def test_logits_match_pytorch_for_prefill_and_decode_steps(architecture, tiny_mo
 
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids]), use_cache=True)
-    inference = _Inference(lm._session, lm._model, [ids], pad_id=0)
-    ours = inference.prefill()
-    assert ours.shape == out.logits.shape
-    np.testing.assert_allclose(ours, out.logits.numpy(), atol=1e-4, rtol=0)
+    with lm.decoder() as state:
+        ours = state.prefill([ids])
+        assert ours.shape == out.logits.shape
+        np.testing.assert_allclose(ours, out.logits.numpy(), atol=1e-4, rtol=0)
 
-    cache = getattr(out, keyword)
-    for _ in range(DECODE_STEPS):
-        token = out.logits[:, -1].argmax(-1)
-        with torch.no_grad():
-            out = model(input_ids=token[:, None], use_cache=True, **{keyword: cache})
         cache = getattr(out, keyword)
-        ours = inference.step(token.numpy())
-        np.testing.assert_allclose(ours, out.logits[:, -1].numpy(), atol=1e-4, rtol=0)
+        for _ in range(DECODE_STEPS):
+            token = out.logits[:, -1].argmax(-1)
+            with torch.no_grad():
+                out = model(input_ids=token[:, None], use_cache=True, **{keyword: cache})
+            cache = getattr(out, keyword)
+            ours = state.step(token.numpy())
+            np.testing.assert_allclose(ours, out.logits[:, -1].numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

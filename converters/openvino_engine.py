@@ -1,8 +1,10 @@
-"""ONNX -> OpenVINO IR, with NNCF for weight compression (int8/int4) and static quantization.
+"""The OpenVINO engine on the converter side: ONNX -> OpenVINO IR, with NNCF for weight compression
+(int8/int4) and static quantization; the IR's description for the manifest, a summary of its
+quantized layers, and static shapes for NPUs.
 
-Generic over tasks like ``quantize.py``: it takes an FP32 ONNX graph and writes ``<name>.xml`` +
-``<name>.bin``; the recipe it returns records what NNCF actually did per layer kind, read from the
-compressed model.
+The same three functions as ``onnxruntime_engine``: ``build``, ``describe``, ``summarize_layers``.
+Generic over tasks: it takes an FP32 ONNX graph and writes ``<role>.xml`` + ``<role>.bin``; the
+recipe records what NNCF actually did per layer kind, read from the compressed model.
 """
 
 from __future__ import annotations
@@ -10,25 +12,37 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_sdk.converters.graph_prepare import prepare_graph
 from edge_sdk.converters.onnx_graph import weight_layers
-from edge_sdk.converters.quantize import (
-    DEFAULT_GROUP_SIZE,
-    MIN_GROUP_SIZE,
-    PER_CHANNEL,
-    CalibrationFeeds,
-    QuantizationOptions,
-    effective_group,
-)
+from edge_sdk.converters.quantize import CalibrationFeeds, Probe, effective_group
+from edge_sdk.quantization import DEFAULT_GROUP_SIZE, MIN_GROUP_SIZE, PER_CHANNEL, QuantizationOptions
 from edge_sdk.errors import ExportError, InvalidInputError
 
 log = logging.getLogger("edge_sdk")
 
 # OpenVINO element types of compressed weights -> bits
 _LOW_BIT_TYPES = {"u4": 4, "i4": 4, "nf4": 4, "u8": 8, "i8": 8}
+
+
+MIN_OPENVINO = "2024.4"  # IR with NNCF's u4/u8 weight decompression patterns
+
+
+def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, calibration: CalibrationFeeds | None = None,
+          probe: Probe | None = None, model_type: str = "transformer") -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    """Write graph ``role`` (``<role>.xml`` + ``.bin``) into ``staging``; return (manifest graph entry,
+    recipe or None, minimum OpenVINO version). ``probe`` is accepted for the common signature: the
+    IR is converted, not rewritten, so there is no fusion to check."""
+    from edge_sdk.converters.onnxruntime_engine import describe as describe_onnx
+
+    xml = staging / f"{role}.xml"
+    names = {e["name"]: e["shape"] for e in describe_onnx(fp32)["inputs"]}  # before fp32 is consumed
+    recipe = onnx_to_openvino(fp32, xml, options, calibration, model_type)
+    entry = {"role": role, "path": xml.name, **describe(xml, names), "external_data": [xml.with_suffix(".bin").name]}
+    return entry, recipe, MIN_OPENVINO
 
 
 def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None,
@@ -62,7 +76,7 @@ def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, cal
     return {
         "tool": tool,
         "options": options.describe("openvino"),
-        "layers": summarize_openvino_layers(model, by_name) if options.quantized else {},
+        "layers": summarize_layers(model, by_name) if options.quantized else {},
     }
 
 
@@ -167,7 +181,7 @@ def _group_of(shape: list[int], in_channels: int) -> int:
     return PER_CHANNEL
 
 
-def summarize_openvino_layers(model, planned: dict) -> dict[str, dict]:
+def summarize_layers(model, planned: dict) -> dict[str, dict]:
     """Per layer kind: the op, bits and group size NNCF gave it, read from the compressed model.
 
     ``planned`` maps ONNX node names and output names to layers: OpenVINO names an op after its ONNX
@@ -196,7 +210,7 @@ def summarize_openvino_layers(model, planned: dict) -> dict[str, dict]:
     return kinds
 
 
-def describe_openvino(xml: Path, names: dict[str, list] | None = None) -> dict:
+def describe(xml: Path, names: dict[str, list] | None = None) -> dict:
     """Inputs and outputs of a saved IR as manifest entries (name, dtype, shape). A dynamic axis is
     shown by its name in ``names`` (the ONNX graph's shapes by tensor name: "batch", "sequence",
     ...), else None; the IR itself does not keep the names."""
@@ -249,4 +263,4 @@ def make_static(xml: Path, graph: dict, sizes: dict[str, int]) -> dict:
     del model
     os.replace(temporary, xml)
     os.replace(temporary.with_suffix(".bin"), xml.with_suffix(".bin"))
-    return describe_openvino(xml)
+    return describe(xml)

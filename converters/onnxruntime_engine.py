@@ -1,0 +1,449 @@
+"""The ONNX Runtime engine on the converter side: from a validated FP32 ONNX graph to the graph a
+package ships — fused into ONNX Runtime's kernels, quantized with onnxruntime.quantization — plus
+its description for the manifest and a summary of its quantized layers.
+
+The OpenVINO engine (``openvino_engine``) has the same three functions: ``build``, ``describe``,
+``summarize_layers``. Task-independent: text, speech and diffusion exporters hand their FP32
+graphs to ``target.build_graph``, which picks the engine.
+
+    weights  mode         ONNX Runtime                                    OpenVINO (openvino_engine)
+    fp16     -            float16 weights and compute, float32 I/O        weights stored as fp16
+    int8     weight-only  MatMulNBits 8-bit, GatherBlockQuantized 8-bit   NNCF INT8 per-channel
+    int8     dynamic      quantize_dynamic (int8 weights, dynamic acts)   -
+    int8     static       quantize_static, QDQ, calibrated activations    nncf.quantize
+    int4     weight-only  MatMulNBits 4-bit, GatherBlockQuantized 4-bit   NNCF INT4 groups
+
+Every linear layer and embedding is quantized, the LM head included: it is read at every decode
+step, so leaving it in FP32 leaves most of a small LM's per-token bytes unquantized.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk.converters.graph_prepare import prepare_graph
+from edge_sdk.converters.onnx_export import quiet_exporter
+from edge_sdk.converters.onnx_graph import WeightLayer, remove_unused_initializers, save_with_external_data, weight_layers
+from edge_sdk.converters.quantize import CalibrationFeeds, Probe, effective_group, plan_group_size
+from edge_sdk.errors import InvalidInputError
+from edge_sdk.quantization import DEFAULT_GROUP_SIZE, MIN_GROUP_SIZE, PER_CHANNEL, QuantizationOptions
+
+log = logging.getLogger("edge_sdk")
+
+# the oldest ONNX Runtime that implements each default-domain opset our graphs may use
+_MIN_ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
+
+
+def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, calibration: CalibrationFeeds | None = None,
+          probe: Probe | None = None, model_type: str = "transformer") -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    """Write graph ``role`` (``<role>.onnx`` + data) into ``staging``; return (manifest graph entry,
+    recipe or None, minimum ONNX Runtime version). ``fp32`` stays where it is."""
+    path = staging / f"{role}.onnx"
+    fused = staging / "fused-work" / path.name
+    fused.parent.mkdir()
+    # fuse while the graph is FP32, where "same as unfused" can be checked tightly; quantizing the
+    # fused graph then touches only its weight MatMuls and embeddings, which fusion leaves alone
+    # static QDQ calibrated on the fused graph lost accuracy (top-1 vs FP32 0.65 against 0.93 unfused,
+    # trained tiny LM): static packages keep the primitive ops
+    fuse = options.effective_mode != "static"
+    fusions = fuse_for_onnxruntime(fp32, fused, probe, untie_weights=options.quantized, fuse=fuse)
+    recipe = None
+    if options.weights == "fp32":
+        for source in (fused, fused.with_name(fused.name + ".data")):
+            os.replace(source, staging / source.name)
+    else:
+        recipe = quantize_onnx(fused, path, options, calibration, model_type)
+    shutil.rmtree(fused.parent)
+    entry = {"role": role, "path": path.name, **describe(path), "fusions": fusions}
+    entry["external_data"] = sorted(p.name for p in staging.glob(f"{path.name}.data*"))
+    return entry, recipe, _min_onnxruntime(path, entry.get("opset"))
+
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Inputs and outputs of a saved ONNX graph as manifest entries (name, dtype, shape)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def entry(value) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None) for d in tensor.shape.dim]
+        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": shape}
+
+    return {
+        "inputs": [entry(v) for v in model.graph.input],
+        "outputs": [entry(v) for v in model.graph.output],
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+    }
+
+
+def fuse_for_onnxruntime(
+    src: Path, dst: Path, probe: Probe | None = None, untie_weights: bool = False, fuse: bool = True
+) -> dict[str, Any]:
+    """Write ``src`` to ``dst`` with the exporter's primitive ops fused into ONNX Runtime kernels.
+
+    A small LM's decode step is thousands of tiny ops; fused kernels (RMSNorm, rotary embedding,
+    attention with its KV cache) and merged q/k/v and gate/up products are most of what makes
+    quantized decode fast. ``probe`` runs a task-specific check (a left-padded batch through
+    prefill and decode) on a session; the fused graph is kept only if it reproduces ``src``,
+    else the unfused (but otherwise prepared) graph is written and the reason recorded.
+    ``untie_weights`` stores a tied LM head as its own matrix (to be quantized like the others);
+    ``fuse=False`` applies only those preparing rewrites. Returns ``{"applied": {fusion: count}, "rejected": reason or None}``.
+    """
+    import onnx_ir as ir
+
+    # Gemm -> MatMul matters here too: the fusions mishandle GPT-2's Gemm (Conv1D) after reshapes
+    prepare_graph(src, dst, untie=untie_weights)
+    if not fuse:
+        return {"applied": {}, "rejected": None}
+    model = ir.load(str(dst))  # weights read lazily from dst's data file
+    with quiet_exporter():
+        counts = _fuse_transformer_ops(model)
+    applied = {name: count for name, count in counts.items() if count}
+    if not applied:
+        return {"applied": {}, "rejected": None}
+    # written under the final names in a directory of its own (a graph names its data file)
+    fused = dst.parent / "fused" / dst.name
+    fused.parent.mkdir()
+    with quiet_exporter():
+        ir.save(model, str(fused), external_data=f"{dst.name}.data")
+    del model
+    problem = _compare_probes(probe, src, fused) if probe is not None else None
+    if problem:
+        log.warning("kept the unfused graph: %s", problem)
+    else:
+        for produced in fused.parent.iterdir():
+            os.replace(produced, dst.parent / produced.name)
+    shutil.rmtree(fused.parent)
+    return {"applied": {} if problem else applied, "rejected": problem}
+
+
+def _fuse_transformer_ops(model) -> dict[str, int]:
+    """onnxscript's ONNX Runtime fusions, in its own order, without GroupQueryAttention.
+
+    GroupQueryAttention takes the valid tokens of each row to be contiguous from position 0
+    (``seqlens_k``); our runtime batches prompts with left padding and an attention mask, which
+    MultiHeadAttention honours (measured: GQA broke left-padded batches, MHA keeps them exact).
+    """
+    import onnx_ir.passes.common as common_passes
+    from onnxscript.optimizer import optimize
+    from onnxscript.rewriter import rewrite
+    from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES, shape_optimization
+    from onnxscript.rewriter.ort_fusions.cos_sin_cache import fuse_cos_sin_cache
+    from onnxscript.rewriter.ort_fusions.gelu import fuse_gelu
+    from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
+    from onnxscript.rewriter.ort_fusions.mha_bias import fuse_mha_bias
+    from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
+    from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
+    from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_partial_rotary_embedding, fuse_rotary_embedding
+    from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
+    from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
+    from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization, fuse_skip_rms_normalization
+
+    common_passes.ShapeInferencePass()(model)
+    optimize(model)
+    shape_optimization.rules.apply_to_model(model)
+    optimize(model)
+    counts = {}
+    for name, fuse in (
+        ("rms_normalization", fuse_rms_normalization),
+        ("skip_layer_normalization", fuse_skip_layer_normalization),
+        ("skip_rms_normalization", fuse_skip_rms_normalization),
+        ("rotary_embedding", fuse_rotary_embedding),
+        ("cos_sin_cache", fuse_cos_sin_cache),
+        ("partial_rotary_embedding", fuse_partial_rotary_embedding),
+    ):
+        counts[name] = fuse(model)
+    counts["sdpa"] = fuse_sdpa(model, apply_shape_inference=True)
+    for name, fuse in (("mha1", fuse_mha1), ("mha2", fuse_mha2), ("mha_scale", fuse_mha_scale)):
+        counts[name] = fuse(model)
+    if counts["mha1"] or counts["mha2"]:
+        counts["mha_bias"] = fuse_mha_bias(model)
+    counts["gelu"] = fuse_gelu(model)
+    counts["sdpa_via_mha"] = replace_sdpa_by_mha(model)
+    optimize(model)  # inlines intermediate fusion functions nothing consumed, drops dead nodes
+    rewrite(model, ORT_PATTERN_REWRITE_RULES)
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1)(model)
+    common_passes.RemoveInitializersFromInputsPass()(model)
+    common_passes.ShapeInferencePass()(model)
+    return counts
+
+
+def _compare_probes(probe: Probe, reference: Path, fused: Path) -> str | None:
+    """None if the fused graph reproduces the reference graph on the probe, else what went wrong.
+
+    One session at a time: two sessions of a large model would double the export's peak memory.
+    """
+    from edge_sdk.runtimes.backend import open_session
+
+    expected = probe(open_session("onnxruntime", reference))
+    gc.collect()
+    try:
+        actual = probe(open_session("onnxruntime", fused))
+    except Exception as e:  # a fused kernel may refuse a shape (head size not a multiple of 16, ...)
+        return f"fused graph failed on the probe: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    scale = max(1.0, float(np.abs(expected).max()))
+    difference = float(np.abs(actual - expected).max())
+    if not difference <= 1e-3 * scale:
+        return f"fused graph differs from the unfused one by {difference:.3g} (allowed {1e-3 * scale:.3g})"
+    return None
+
+
+def _min_onnxruntime(path: Path, opset: int | None) -> str:
+    """The opset's minimum, or the version we validated with when the graph uses contrib ops."""
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(path), load_external_data=False)
+    if any(o.domain == "com.microsoft" for o in model.opset_import):
+        major, minor = onnxruntime.__version__.split(".")[:2]
+        return f"{major}.{minor}"  # MatMulNBits 8-bit, GatherBlockQuantized bits: recent contrib features
+    return _MIN_ORT_FOR_OPSET.get(opset or 0, "1.17")
+
+
+def _nbits_block(in_channels: int, group: int) -> int:
+    """MatMulNBits block size for a planned group: per-channel is one block spanning all of K."""
+    if group != PER_CHANNEL:
+        return group
+    block = MIN_GROUP_SIZE
+    while block < in_channels:
+        block *= 2
+    return block
+
+
+def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None,
+                  model_type: str = "transformer") -> dict:
+    """Write the quantized (or fp16) version of graph ``src`` to ``dst``; return the recipe for the manifest.
+
+    ``src`` is a prepared graph (``graph_prepare.prepare_graph`` with ``untie``): every linear layer
+    a MatMul with a constant weight, the LM head included. ``model_type`` "cnn" quantizes the
+    convolutions too in dynamic and static modes; weight-only leaves them FP32 (ONNX Runtime has
+    no weight-only convolution kernel).
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    layers = weight_layers(model, convolutions=model_type == "cnn")
+    if options.weights == "fp16":
+        return _fp16(model, dst, options)
+    if options.effective_mode == "weight-only":
+        return _weight_only(model, layers, dst, options)
+    staged = dst.with_name(dst.stem + ".prepared.onnx")
+    save_with_external_data(model, staged)
+    del model
+    try:
+        if options.effective_mode == "dynamic":
+            return _dynamic(staged, layers, dst, options)
+        return _static(staged, layers, dst, options, calibration)
+    finally:
+        for path in (staged, staged.with_name(staged.name + ".data")):
+            path.unlink(missing_ok=True)
+
+
+def _nbits_quantizer_module():
+    """Import onnxruntime's MatMulNBits quantizer without letting it configure the root logger.
+
+    The module calls ``logging.basicConfig(level=INFO)`` at import, which would make every library's
+    INFO logs (and one line per graph node from the quantizer) print; with a handler already on the
+    root logger, basicConfig does nothing.
+    """
+    root = logging.getLogger()
+    placeholder = logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        from onnxruntime.quantization import matmul_nbits_quantizer
+    finally:
+        root.removeHandler(placeholder)
+    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
+    return matmul_nbits_quantizer
+
+
+def _weight_only(model, layers: list[WeightLayer], dst: Path, options: QuantizationOptions) -> dict:
+    nbits = _nbits_quantizer_module()
+    DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = nbits.DefaultWeightOnlyQuantConfig, nbits.MatMulNBitsQuantizer
+
+    bits = 8 if options.weights == "int8" else 4
+    requested = options.group_size or DEFAULT_GROUP_SIZE
+    by_block: dict[int, list[str]] = defaultdict(list)
+    for layer in layers:
+        if layer.op_type == "MatMul":
+            by_block[_nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested))].append(layer.node)
+    matmuls = {name for nodes in by_block.values() for name in nodes}
+    for block, nodes in sorted(by_block.items()):
+        # one pass per block size; the quantizer takes every MatMul not excluded (nodes_to_include
+        # adds to its op-type selection rather than narrowing it), so exclude the other groups
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=block, is_symmetric=options.sym, accuracy_level=options.accuracy_level, bits=bits,
+            op_types_to_quantize=("MatMul",),
+        )
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=options.sym,
+                                         accuracy_level=options.accuracy_level, nodes_to_exclude=sorted(matmuls - set(nodes)),
+                                         op_types_to_quantize=("MatMul",), algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+    for layer in layers:
+        if layer.op_type == "Gather":
+            group = plan_group_size(layer.in_channels, requested)
+            _quantize_embedding(model, layer, bits, group if group != PER_CHANNEL else layer.in_channels, options.sym)
+    remove_unused_initializers(model)
+    save_with_external_data(model, dst)
+    return _recipe(options, "onnxruntime.quantization MatMulNBits + GatherBlockQuantized", dst, layers)
+
+
+def _quantize_embedding(model, layer: WeightLayer, bits: int, block: int, sym: bool) -> None:
+    """Embedding table -> GatherBlockQuantized (ONNX Runtime contrib op), blocks along the hidden axis.
+
+    ONNX Runtime's quantizer handles 4-bit Gather only; the 8-bit layout (uint8 data, zero point 128
+    when symmetric) is written here, and both are checked numerically by the export's accuracy step.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = next(i for i in model.graph.initializer if i.name == layer.weight)
+    data = numpy_helper.to_array(table).astype(np.float32)
+    rows, cols = data.shape
+    blocks = data.reshape(rows, cols // block, block)
+    levels = (1 << bits) - 1
+    if sym:
+        half = (levels + 1) // 2
+        scales = np.abs(blocks).max(axis=2) / (half - 1)
+        scales[scales == 0] = 1.0
+        zero = np.full(scales.shape, half, dtype=np.int32)
+    else:
+        low, high = np.minimum(blocks.min(axis=2), 0), np.maximum(blocks.max(axis=2), 0)
+        scales = (high - low) / levels
+        scales[scales == 0] = 1.0
+        zero = np.clip(np.round(-low / scales), 0, levels).astype(np.int32)
+    quantized = np.clip(np.round(blocks / scales[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
+    quantized = quantized.reshape(rows, cols)
+    name = layer.weight
+    element = TensorProto.UINT8 if bits == 8 else TensorProto.UINT4
+    packed = quantized if bits == 8 else _pack_uint4(quantized)
+    zero_packed = zero.astype(np.uint8) if bits == 8 else _pack_uint4(zero.astype(np.uint8))
+    model.graph.initializer.extend([
+        helper.make_tensor(f"{name}_Q{bits}", element, [rows, cols], packed.tobytes(), raw=True),
+        numpy_helper.from_array(scales.astype(np.float32), f"{name}_scales"),
+        helper.make_tensor(f"{name}_zero_points", element, list(scales.shape), zero_packed.tobytes(), raw=True),
+    ])
+    node = next(n for n in model.graph.node if n.name == layer.node)
+    replacement = helper.make_node(
+        "GatherBlockQuantized",
+        [f"{name}_Q{bits}", node.input[1], f"{name}_scales", f"{name}_zero_points"],
+        list(node.output),
+        name=f"{node.name}_Q{bits}",
+        domain="com.microsoft",
+        gather_axis=0,
+        quantize_axis=1,
+        block_size=block,
+        bits=bits,
+    )
+    replacement.metadata_props.extend(node.metadata_props)
+    index = list(model.graph.node).index(node)
+    model.graph.node.remove(node)
+    model.graph.node.insert(index, replacement)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _pack_uint4(values: np.ndarray) -> np.ndarray:
+    """Two 4-bit values per byte, the first in the low nibble (ONNX's UINT4 layout)."""
+    flat = values.reshape(-1).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)
+
+
+def _dynamic(src: Path, layers: list[WeightLayer], dst: Path, options: QuantizationOptions) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=True,
+        op_types_to_quantize=sorted({"MatMul", "Gather"} | {layer.op_type for layer in layers}),
+        nodes_to_quantize=[layer.node for layer in layers],
+        extra_options={"MatMulConstBOnly": True},
+    )
+    return _recipe(options, "onnxruntime.quantization.quantize_dynamic (int8 weights per channel, int8 activations at run time)", dst, layers)
+
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+def _static(src: Path, layers, dst: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    feeds = calibration() if calibration else []
+    if not feeds:
+        raise InvalidInputError(f"no calibration samples could be made from {options.calibration}; give more text")
+    quantize_static(
+        str(src), str(dst), _FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+        op_types_to_quantize=sorted({"MatMul"} | {layer.op_type for layer in layers if layer.op_type == "Conv"}),
+        nodes_to_quantize=[layer.node for layer in layers if layer.op_type in ("MatMul", "Conv")],
+        use_external_data_format=True, extra_options={"WeightSymmetric": True, "ActivationSymmetric": options.sym},
+    )
+    recipe = _recipe(options, "onnxruntime.quantization.quantize_static (QDQ, int8 weights per channel, uint8 activations, MinMax)", dst, layers)
+    recipe["calibration_feeds"] = len(feeds)
+    return recipe
+
+
+def _fp16(model, dst: Path, options: QuantizationOptions) -> dict:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    save_with_external_data(model, dst)
+    return {"tool": "onnxruntime.transformers.float16 (float32 inputs/outputs)", "options": options.describe("onnxruntime")}
+
+
+def _recipe(options: QuantizationOptions, tool: str, dst: Path, layers: list[WeightLayer]) -> dict:
+    import onnx
+
+    return {
+        "tool": tool,
+        "options": options.describe("onnxruntime"),
+        "layers": summarize_layers(onnx.load(str(dst), load_external_data=False), {l.node: l for l in layers}),
+    }
+
+
+def summarize_layers(model, planned: dict[str, WeightLayer]) -> dict[str, dict]:
+    """What each layer kind ended up as, read from the written graph's nodes."""
+    from onnx import helper
+
+    kinds: dict[str, dict] = {}
+    names = {layer.node for layer in planned.values()}
+    dequantized = {output for node in model.graph.node if node.op_type == "DequantizeLinear" for output in node.output}
+    for node in model.graph.node:
+        # quantizers name their nodes after the original ("node_linear_1" -> "node_linear_1_Q4"); the
+        # longest matching original wins, so "node_linear_1_Q4" is not taken for "node_linear"
+        matches = [n for n in names if node.name == n or node.name.startswith(n + "_")]
+        source = max(matches, key=len) if matches else None
+        if source is None or node.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "Add", "Mul", "Cast", "Split"):
+            continue
+        layer = planned[source]
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        entry = {"op": node.op_type, "in_channels": layer.in_channels}
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            entry.update(bits=attributes["bits"], group_size=effective_group(attributes["block_size"], layer.in_channels))
+        elif node.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"):
+            entry.update(bits=8)
+        elif len(node.input) > 1 and node.input[1] in dequantized:  # static QDQ: the weight through DequantizeLinear
+            entry.update(bits=8)
+        else:
+            entry.update(bits=None)  # float weights
+        summary = kinds.setdefault(layer.kind, {**entry, "count": 0})
+        summary["count"] += 1
+    return kinds

@@ -1,0 +1,117 @@
+"""Quantization options and their vocabularies: what a user may ask for, validated in one place.
+
+Torch-free (no converter imports): the CLI, device profiles and the converters all read it. The
+converters (``edge_sdk.converters.onnxruntime_engine``, ``openvino_engine``) carry the options out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_sdk.errors import InvalidInputError
+
+RUNTIMES = ("onnxruntime", "openvino")
+WEIGHTS = ("fp32", "fp16", "int8", "int4")
+MODES = ("weight-only", "dynamic", "static")
+PER_CHANNEL = -1
+MIN_GROUP_SIZE = 16  # MatMulNBits' smallest block
+DEFAULT_GROUP_SIZE = 128  # optimum-cli's default for int4
+SAMPLING = "sampling"  # --calibration value of diffusion models: record the model's own sampling trajectories
+
+
+@dataclass(frozen=True)
+class QuantizationOptions:
+    """Precision and recipe of the package's weights (and activations for dynamic/static)."""
+
+    weights: str = "fp32"  # fp32 | fp16 | int8 | int4
+    mode: str | None = None  # weight-only | dynamic | static; None: weight-only
+    group_size: int | None = None  # weights sharing a scale along input channels; -1 per-channel; None: 128 (int4, ORT int8)
+    sym: bool = False  # symmetric quantization (no zero points); default asymmetric, as optimum-cli
+    accuracy_level: int = 4  # ONNX Runtime MatMulNBits compute: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8
+    ratio: float = 1.0  # OpenVINO int4: share of layers in 4 bits, the rest INT8 (NNCF's ratio)
+    calibration: Path | None = None  # static: text (file or directory), audio files, or "sampling" (diffusion), by task
+    num_samples: int = 32  # calibration samples drawn from that data
+
+    @property
+    def activations(self) -> str:
+        """How activations run, for the manifest: fp32, or int8 dynamic / static."""
+        return {"dynamic": "int8 (dynamic)", "static": "int8 (static, calibrated)"}.get(self.effective_mode, "fp32")
+
+    def __post_init__(self):
+        if self.weights not in WEIGHTS:
+            raise InvalidInputError(f"unknown --weights '{self.weights}'; valid: {', '.join(WEIGHTS)}")
+        if self.mode is not None and self.mode not in MODES:
+            raise InvalidInputError(f"unknown --quant-mode '{self.mode}'; valid: {', '.join(MODES)}")
+        if self.weights in ("fp32", "fp16") and self.mode not in (None, "weight-only"):
+            raise InvalidInputError(f"--quant-mode {self.mode} needs --weights int8 (it quantizes activations too)")
+        if self.weights == "int4" and self.effective_mode != "weight-only":
+            raise InvalidInputError(
+                f"int4 is weight-only; --quant-mode {self.mode} exists for int8 (use --weights int8 --quant-mode {self.mode})"
+            )
+        if self.group_size is not None:
+            if self.weights not in ("int8", "int4") or self.effective_mode != "weight-only":
+                raise InvalidInputError("--group-size applies to int8/int4 weight-only quantization")
+            size = self.group_size
+            if size != PER_CHANNEL and (size < MIN_GROUP_SIZE or size & (size - 1)):
+                raise InvalidInputError(
+                    f"group size {size} is not a power of two >= {MIN_GROUP_SIZE}: ONNX Runtime's MatMulNBits packs "
+                    f"weights in blocks of 16, 32, 64, 128, ... (NNCF uses the same sizes); pass one of those, or -1 "
+                    "for per-channel"
+                )
+        if self.effective_mode == "static" and self.calibration is None:
+            raise InvalidInputError(
+                "static quantization calibrates activations on real inputs and needs calibration data: "
+                "pass --calibration PATH (text models: a text file or a directory of .txt files; "
+                "speech models: an audio file or a directory of audio files; diffusion UNets: --calibration "
+                f"{SAMPLING}, which records the model's own sampling trajectories)"
+            )
+        if self.calibration is not None and not self.self_calibrated and not Path(self.calibration).exists():
+            raise InvalidInputError(f"calibration data {self.calibration} does not exist")
+        if not 0 < self.ratio <= 1:
+            raise InvalidInputError(f"--ratio must be in (0, 1], got {self.ratio}")
+        if self.accuracy_level not in range(5):
+            raise InvalidInputError(f"--accuracy-level must be 0..4, got {self.accuracy_level}")
+        if self.num_samples < 1:
+            raise InvalidInputError(f"--num-samples must be >= 1, got {self.num_samples}")
+
+    @property
+    def self_calibrated(self) -> bool:
+        """--calibration sampling: calibration inputs come from the model's own sampling (diffusion)."""
+        return self.calibration is not None and str(self.calibration) == SAMPLING and not Path(SAMPLING).exists()
+
+    @property
+    def effective_mode(self) -> str | None:
+        if self.weights in ("fp32", "fp16"):
+            return None
+        return self.mode or "weight-only"
+
+    @property
+    def quantized(self) -> bool:
+        return self.weights in ("int8", "int4")
+
+    def check_runtime(self, runtime: str) -> None:
+        if runtime not in RUNTIMES:
+            raise InvalidInputError(f"unknown --runtime '{runtime}'; valid: {', '.join(RUNTIMES)}")
+        if runtime == "openvino" and self.effective_mode == "dynamic":
+            raise InvalidInputError(
+                "--quant-mode dynamic is an ONNX Runtime mode; OpenVINO's CPU plugin quantizes activations of "
+                "compressed weights by itself: use --quant-mode weight-only (or static) with --runtime openvino"
+            )
+
+    def describe(self, runtime: str) -> dict[str, Any]:
+        """The options that shaped a package for ``runtime``, as manifest values."""
+        values: dict[str, Any] = {"weights": self.weights}
+        if not self.quantized:
+            return values
+        values.update(mode=self.effective_mode, sym=self.sym)
+        if self.effective_mode == "weight-only" and (self.weights == "int4" or runtime == "onnxruntime"):
+            values["group_size"] = self.group_size or DEFAULT_GROUP_SIZE
+        if self.effective_mode == "weight-only" and runtime == "onnxruntime":
+            values["accuracy_level"] = self.accuracy_level
+        if self.weights == "int4" and runtime == "openvino":
+            values["ratio"] = self.ratio
+        if self.effective_mode == "static":
+            values.update(calibration=str(self.calibration), num_samples=self.num_samples)
+        return values

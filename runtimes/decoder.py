@@ -1,0 +1,211 @@
+"""A KV-cache decoder graph driven one call at a time: ``DecoderState`` owns one batch's cache.
+
+Every decoder graph a package ships (a text model's, Whisper's) follows one contract:
+
+    inputs   input_ids (batch, sequence) int64
+             attention_mask (batch, past_sequence + sequence) int64, 0 on left padding   [if the graph has it]
+             position_ids (batch, sequence) int64                                         [if the graph has it]
+             past_key_values.{i}.key / .value (batch, heads, past_sequence, head_dim)
+             any other input: the same value on every call (Whisper: cross.{i}.key / .value)
+    outputs  logits (batch, sequence, vocab)
+             present.{i}.key / .value (batch, heads, past_sequence + sequence, head_dim)
+
+The same graph serves prefill (many tokens, empty cache) and decode (one token per row, growing
+cache). Names are read from the graph's description (the manifest's graph entry, or an open
+session's inputs and outputs), never assumed per task. A graph without position inputs places its
+tokens after its cache (Whisper); one without a mask takes batches whose rows have one length.
+Whisper packages written before the one naming scheme call their cache inputs ``past.{i}.key``;
+``LEGACY_PAST_PREFIX`` keeps them loading.
+
+Example::
+
+    graph = DecoderGraph.from_description(package.graph("decoder"), package.manifest["model"])
+    with DecoderState(session, graph) as state:
+        logits = state.prefill([[1, 15, 27]])[:, -1]
+        for _ in range(8):
+            logits = state.step(logits.argmax(-1))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edge_sdk.errors import InvalidInputError, PackageError
+from edge_sdk.runtimes.backend import Session, describe_session
+
+IDS, MASK, POSITIONS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+LEGACY_PAST_PREFIX = "past."  # Whisper decoders exported before the one naming scheme
+
+
+@dataclass(frozen=True)
+class CacheTensor:
+    """One key or value cache of one layer: the input it is fed as, the output it comes back as."""
+
+    past: str  # input name, e.g. past_key_values.3.value
+    present: str  # output name, e.g. present.3.value
+    heads: int
+    head_dim: int
+    dtype: np.dtype
+
+    def empty(self, batch: int) -> np.ndarray:
+        return np.zeros((batch, self.heads, 0, self.head_dim), self.dtype)
+
+
+@dataclass(frozen=True)
+class DecoderGraph:
+    """What a decoder graph takes and returns, read once from its description."""
+
+    cache: tuple[CacheTensor, ...]  # in the graph's input order
+    fixed: tuple[str, ...]  # inputs given once and passed on every call (Whisper's cross-attention keys/values)
+    has_mask: bool  # takes attention_mask (and so left-padded batches)
+    has_positions: bool  # takes position_ids
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any], model: dict[str, Any] | None = None) -> "DecoderGraph":
+        """From ``{"inputs": [{"name", "dtype", "shape"}...], "outputs": [...]}``: a manifest graph
+        entry (``package.graph("decoder")``) or ``backend.describe_session(session)``.
+
+        Cache shapes come from the description's static axes; ``model`` (the manifest's model
+        section: ``num_kv_heads`` or ``num_heads``, and ``head_dim``) fills in axes it leaves dynamic.
+        """
+        inputs = {entry["name"]: entry for entry in description["inputs"]}
+        outputs = {entry["name"] for entry in description["outputs"]}
+        if IDS not in inputs or LOGITS not in outputs:
+            raise PackageError(f"a decoder graph takes '{IDS}' and returns '{LOGITS}'; this one has inputs "
+                               f"{', '.join(inputs)} and outputs {', '.join(sorted(outputs))}: re-export the package")
+        cache, fixed = [], []
+        for name, entry in inputs.items():
+            prefix = next((p for p in (PAST_PREFIX, LEGACY_PAST_PREFIX) if name.startswith(p)), None)
+            if prefix is None:
+                if name not in (IDS, MASK, POSITIONS):
+                    fixed.append(name)
+                continue
+            present = PRESENT_PREFIX + name[len(prefix) :]
+            if present not in outputs:
+                raise PackageError(f"the decoder graph takes cache input '{name}' but returns no '{present}'; re-export the package")
+            heads, head_dim = (_axis(entry, 1, model, ("num_kv_heads", "num_heads")), _axis(entry, 3, model, ("head_dim",)))
+            cache.append(CacheTensor(name, present, heads, head_dim, _dtype(entry.get("dtype"))))
+        if not cache:
+            raise PackageError(f"the decoder graph has no '{PAST_PREFIX}*' cache inputs; re-export the package")
+        return cls(tuple(cache), tuple(fixed), MASK in inputs, POSITIONS in inputs)
+
+    @classmethod
+    def from_session(cls, session: Session, model: dict[str, Any] | None = None) -> "DecoderGraph":
+        """From an open session: for graphs that have no manifest yet (an export's work graphs)."""
+        return cls.from_description(describe_session(session), model)
+
+    @property
+    def past_names(self) -> list[str]:
+        return [c.past for c in self.cache]
+
+    @property
+    def present_names(self) -> list[str]:
+        return [c.present for c in self.cache]
+
+
+def _dtype(name: str | None) -> np.dtype:
+    try:
+        return np.dtype(name or "float32")
+    except TypeError:
+        raise PackageError(f"decoder cache of element type {name!r} is not supported; re-export the package") from None
+
+
+def _axis(entry: dict, index: int, model: dict | None, keys: tuple[str, ...]) -> int:
+    """A cache axis: static in the description, else from the model section."""
+    shape = entry.get("shape") or []
+    if index < len(shape) and isinstance(shape[index], int) and not isinstance(shape[index], bool):
+        return shape[index]
+    for key in keys:
+        if model and model.get(key) is not None:
+            return int(model[key])
+    raise PackageError(f"decoder input '{entry['name']}' has no static axis {index} and the manifest's model "
+                       f"section has no {' or '.join(keys)}; re-export the package")
+
+
+class DecoderState:
+    """One batch moving through a decoder graph: its KV cache, attention mask and positions.
+
+    ``fixed``: values of the graph's other inputs (``graph.fixed``), passed on every call.
+    ``pad_id``: the token left padding is filled with. The cache stays inside the engine between
+    calls where the engine allows it (``Session.run(keep=...)``). Use it as a context manager, or
+    call ``close()`` in a ``finally``: it releases the cache.
+    """
+
+    def __init__(self, session: Session, graph: DecoderGraph | None = None, *,
+                 fixed: dict[str, Any] | None = None, pad_id: int = 0):
+        self.graph = graph or DecoderGraph.from_session(session)
+        fixed = fixed or {}
+        missing = [name for name in self.graph.fixed if name not in fixed]
+        if missing:
+            raise InvalidInputError(f"the decoder graph also takes {', '.join(missing)}; pass them as fixed=")
+        self._session = session
+        self._fixed = {name: fixed[name] for name in self.graph.fixed}
+        self._keep = self.graph.present_names
+        self._pad_id = int(pad_id)
+        self.past: dict[str, Any] = {}
+        self.mask: np.ndarray | None = None  # (batch, past + new) 1 on real tokens, 0 on left padding
+        self._last_position: np.ndarray | None = None
+
+    def __enter__(self) -> "DecoderState":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def past_length(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def prefill(self, prompts: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+        """Start from an empty cache: run the prompts (token id rows; shorter rows are left-padded)
+        and return the logits of every prompt position, (batch, longest prompt, vocab)."""
+        rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+        if not rows or any(len(r) == 0 for r in rows):
+            raise InvalidInputError("prefill needs at least one prompt, each of at least one token")
+        batch, length = len(rows), max(len(r) for r in rows)
+        if not self.graph.has_mask and any(len(r) != length for r in rows):
+            raise InvalidInputError("this decoder graph has no attention mask: the prompts of one batch must have one length")
+        ids = np.full((batch, length), self._pad_id, dtype=np.int64)
+        self.mask = np.zeros((batch, length), dtype=np.int64)
+        for row, prompt in enumerate(rows):  # left padding: every row's last token is at the same index
+            ids[row, length - len(prompt) :] = prompt
+            self.mask[row, length - len(prompt) :] = 1
+        positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)
+        self._last_position = positions[:, -1:]
+        self.past = {c.past: c.empty(batch) for c in self.graph.cache}
+        return self._forward(ids, positions)
+
+    def step(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Feed one token per row; return the next-token logits (batch, vocab)."""
+        if self.mask is None:
+            raise InvalidInputError("step() needs a prefill() first: the decoder has no prompt yet")
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1, 1)
+        if len(tokens) != len(self.mask):
+            raise InvalidInputError(f"step() takes one token per row: {len(self.mask)} rows, got {len(tokens)} tokens")
+        self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
+        self._last_position = self._last_position + 1
+        return self._forward(tokens, self._last_position)[:, -1, :]
+
+    def close(self) -> None:
+        """Release the cache (the state can be prefilled again afterwards)."""
+        self.past, self.mask, self._last_position = {}, None, None
+
+    def _forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        inputs = {IDS: ids}
+        if self.graph.has_mask:
+            inputs[MASK] = self.mask
+        if self.graph.has_positions:
+            inputs[POSITIONS] = positions
+        outputs = self._session.run({**inputs, **self.past, **self._fixed}, keep=self._keep)
+        self.past = {c.past: outputs[c.present] for c in self.graph.cache}
+        return outputs[LOGITS]
+
+
+def sequence_logits(session: Session, token_ids: Sequence[int], graph: DecoderGraph | None = None) -> np.ndarray:
+    """Teacher-forced logits (len(token_ids), vocab) of one sequence: a single prefill."""
+    with DecoderState(session, graph) as state:
+        return state.prefill([token_ids])[0]
