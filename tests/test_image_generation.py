@@ -100,6 +100,13 @@ def test_runtimes_and_precisions_sample(runtime, weights, mode, tiny_unet, unet_
     assert images.shape == reference.shape and np.isfinite(images).all()
     if weights == "fp32":
         assert np.abs(images - reference).mean() < 1e-3
+    # accuracy at export: the package's images against the FP32 graph's, from the same noise
+    measured = json.loads((package / "manifest.json").read_text())["accuracy"]["eval"]
+    assert measured["reference"] == "FP32 ONNX graph" and measured["images"] == 4 and measured["summary"].startswith("vs FP32")
+    if weights == "fp32":
+        assert measured["identical"] or measured["psnr_db"] > 40
+    else:
+        assert measured["identical"] or 0 < measured["psnr_db"] < 200
 
 
 def test_static_int8_needs_sampling_calibration(tiny_unet, tiny_model_dir, tmp_path):

@@ -499,3 +499,16 @@ def test_static_speech_quantization_without_audio_is_a_clear_error(tiny_whisper,
     with pytest.raises(InvalidInputError, match="holds no audio files"):
         export(tiny_whisper, tmp_path / "pkg", options, progress=False)
     assert not (tmp_path / "pkg").exists()
+
+
+def test_quantized_package_carries_its_accuracy_against_fp32_and_inspect_shows_it(whisper_packages):
+    from click.testing import CliRunner
+
+    from edge_sdk.cli import main
+
+    measured = json.loads((whisper_packages["int8"] / "manifest.json").read_text())["accuracy"]["eval"]
+    # tiny.en INT8 against its FP32 graphs on the bundled clip: the same words
+    assert measured["reference"] == "FP32 ONNX graphs" and "Raspberry Pi" in measured["reference_transcript"]
+    assert measured["wer_vs_reference"] <= 10 and measured["token_agreement"] >= 0.9
+    shown = CliRunner().invoke(main, ["inspect", str(whisper_packages["int8"])])
+    assert shown.exit_code == 0 and "token_agreement" in shown.output and "wer_vs_reference" in shown.output
