@@ -7,7 +7,6 @@ import argparse
 import importlib.util
 import os
 import platform
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,10 +54,4 @@ def dispatch(workers: dict, request: dict) -> dict:
     return workers[request["kind"]](argparse.Namespace(**request))
 
 
-def median_of(metrics: list[dict], key: str) -> float:
-    values = sorted(m[key] for m in metrics)
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
-
-
-__all__ = ["machine", "peak_rss_mb", "repeat", "summarize", "run_worker", "dispatch", "median_of", "sys"]
+__all__ = ["machine", "peak_rss_mb", "repeat", "summarize", "run_worker", "dispatch"]

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import dispatch, machine, median_of, peak_rss_mb, repeat, run_worker  # benchmarks/common.py (on sys.path)
+from common import dispatch, machine, peak_rss_mb, repeat, run_worker  # benchmarks/common.py (on sys.path)
 
 PROMPT_TOKENS, NEW_TOKENS = 32, 64
 DEFAULT_VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int4,openvino:fp32,openvino:int8,openvino:int4"
@@ -50,8 +50,8 @@ def prompt_of(encode, length: int) -> str:
 def measured(run_once, args, load_seconds: float) -> dict:
     """The harness's repeat (one warm-up, then --min-runs and --min-seconds) and medians of the runs."""
     _, runs = repeat(run_once, 1, args.min_runs, args.min_seconds)
-    return {"runs": len(runs), "load_seconds": load_seconds, "first_token_ms": median_of(runs, "first_token_ms"),
-            "decode_tokens_per_s": median_of(runs, "decode_tokens_per_s"), "peak_rss_mb": peak_rss_mb()}
+    return {"runs": len(runs), "load_seconds": load_seconds, "first_token_ms": statistics.median(r["first_token_ms"] for r in runs),
+            "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs), "peak_rss_mb": peak_rss_mb()}
 
 
 # ---------------------------------------------------------------- workers (each in its own process)
