@@ -35,6 +35,9 @@ class ExportOptions:
     atol: float = 1e-3  # largest |ONNX - PyTorch| accepted on logits and cache at validation (FP32 graph)
     eval_data: Path | None = None  # held-back text for the accuracy figures; None: the bundled text
     device: DeviceTarget | None = None  # the device profile the package is made for (see ``options_for_device``)
+    # text: also measure against this Hugging Face model, the teacher of a distilled student (None: the
+    # teacher named in the source's distill.json when it is found locally)
+    teacher: Path | None = None
 
     def __post_init__(self):
         if self.task is not None:
@@ -46,6 +49,8 @@ class ExportOptions:
         self.quantization.check_runtime(self.runtime)
         if self.eval_data is not None and not Path(self.eval_data).exists():
             raise InvalidInputError(f"evaluation data {self.eval_data} does not exist")
+        if self.teacher is not None and not (Path(self.teacher) / "config.json").is_file():
+            raise InvalidInputError(f"teacher {self.teacher} is not a Hugging Face model directory (no config.json)")
         if self.device is not None and self.device.static_shapes and self.runtime != "openvino":
             raise InvalidInputError(f"static shapes (for {self.device.name}'s NPU) are built for OpenVINO; use --runtime openvino")
 
@@ -170,12 +175,27 @@ def _measure_accuracy(task: Task, staging: Path, manifest: dict, result: ExportR
     write_manifest(staging, manifest, exclude=leave_out)  # the staged package, as it will load
     request = {"candidate": str(staging), "reference": str(reference) if reference else None,
                "data": str(options.eval_data) if options.eval_data else None}
+    teacher = options.teacher or _distilled_from(Path(manifest["source"]["model"]))
+    if teacher is not None and task.name == "text-generation":
+        request["teacher"] = str(teacher)
     try:
         return run_stage(task.accuracy, request, work, steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if reference is not None:
             shutil.rmtree(reference, ignore_errors=True)
+
+
+def _distilled_from(source: Path) -> Path | None:
+    """The teacher recorded in a student's distill.json (``edge-sdk distill``), if it is here."""
+    import json
+
+    record = source / "distill.json"
+    try:
+        teacher = Path(json.loads(record.read_text(encoding="utf-8"))["teacher"]["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return teacher if (teacher / "config.json").is_file() else None
 
 
 def _reference_package(staging: Path, manifest: dict, result: ExportResult) -> Path:

@@ -210,14 +210,23 @@ def _min_onnxruntime(path: Path, opset: int | None) -> str:
     return _MIN_ORT_FOR_OPSET.get(opset or 0, "1.17")
 
 
-def _nbits_block(in_channels: int, group: int) -> int:
-    """MatMulNBits block size for a planned group: per-channel is one block spanning all of K."""
+MAX_NBITS_BLOCK = 256  # the largest block ONNX Runtime's blockwise quantizer (MLAS) accepts
+
+
+def nbits_block(in_channels: int, group: int) -> int:
+    """MatMulNBits block size for a planned group: per-channel is one block spanning all of K (zero
+    padded to a power of two), up to the largest block MLAS quantizes; a wider layer gets blocks of
+    that size (the manifest's layer summary shows the group each layer got).
+
+    >>> nbits_block(576, 64), nbits_block(200, -1), nbits_block(768, -1)
+    (64, 256, 256)
+    """
     if group != PER_CHANNEL:
         return group
     block = MIN_GROUP_SIZE
     while block < in_channels:
         block *= 2
-    return block
+    return min(block, MAX_NBITS_BLOCK)
 
 
 def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None,
@@ -276,7 +285,7 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
     by_block: dict[int, list[str]] = defaultdict(list)
     for layer in layers:
         if layer.op_type == "MatMul":
-            by_block[_nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested))].append(layer.node)
+            by_block[nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested))].append(layer.node)
     matmuls = {name for nodes in by_block.values() for name in nodes}
     for block, nodes in sorted(by_block.items()):
         # one pass per block size; the quantizer takes every MatMul not excluded (nodes_to_include

@@ -53,8 +53,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> None:
-    """Latency distribution per package (box plot of every run) and the task metric per package."""
+def pyplot(purpose: str):
+    """matplotlib.pyplot on the file-only Agg backend, or the error naming the [report] extra."""
     try:
         import matplotlib
 
@@ -63,7 +63,13 @@ def plot(report: dict, path: Path) -> None:
     except ImportError as e:
         from edge_sdk.errors import missing_extra
 
-        raise missing_extra("matplotlib", "report", "plotting bench reports") from e
+        raise missing_extra("matplotlib", "report", purpose) from e
+    return plt
+
+
+def plot(report: dict, path: Path) -> None:
+    """Latency distribution per package (box plot of every run) and the task metric per package."""
+    plt = pyplot("plotting bench reports")
     rows = report["packages"]
     names = [Path(r["package"]).name for r in rows]
     figure, (left, right) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(rows) + 4), 4.5))

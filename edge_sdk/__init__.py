@@ -1,6 +1,6 @@
 """edge-sdk: put distilled models on laptops, Raspberry Pis and NPUs.
 
-``load`` needs only numpy and the inference engine; ``export`` needs the conversion extra
+``load`` needs only numpy and the inference engine; ``export`` and ``distill`` need the conversion extra
 (``pip install 'edge-sdk[convert]'``) and imports torch when called, not before.
 
 Example::
@@ -35,4 +35,24 @@ def export(model, output, options=None, *, overwrite: bool = False, progress: bo
     return _export(model, output, options, overwrite=overwrite, progress=progress)
 
 
-__all__ = ["__version__", "EdgeSDKError", "export", "load"]
+def distill(teacher, output, data, options=None, **kwargs):
+    """Distill a student from a causal-LM teacher; see ``edge_sdk.distillation.train.distill``.
+
+    ``options`` is an ``edge_sdk.distillation.DistillationOptions``; without one, keyword arguments
+    naming its fields make one (``edge_sdk.distill("teacher", "student", "corpus/", keep_layers=2)``).
+    """
+    from edge_sdk.distillation.options import DistillationOptions
+    from edge_sdk.errors import missing_extra
+
+    run_arguments = {k: kwargs.pop(k) for k in ("overwrite", "resume", "progress", "on_step") if k in kwargs}
+    options = options or DistillationOptions(**kwargs)
+    try:
+        from edge_sdk.distillation.train import distill as _distill
+    except ImportError as e:
+        if e.name and e.name.split(".")[0] in ("torch", "transformers", "safetensors"):
+            raise missing_extra(e.name.split(".")[0], "convert", "distilling a model") from e
+        raise
+    return _distill(teacher, output, data, options, **run_arguments)
+
+
+__all__ = ["__version__", "EdgeSDKError", "distill", "export", "load"]

@@ -592,5 +592,10 @@ def quickstart(out, threads, as_json) -> None:
     click.echo(json.dumps(result, indent=2) if as_json else table(result))
 
 
+from edge_sdk.cli_distill import distill, tradeoffs  # noqa: E402  (the distillation commands, in a module of their own)
+
+main.add_command(distill)
+main.add_command(tradeoffs)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -396,6 +396,13 @@ def text_package_accuracy(request: dict, step=None) -> dict:
     else:
         figures["summary"] = (f"vs FP32: KL {result.kl_divergence:.3g}, top-1 {result.top1_agreement:.1%}, "
                               f"perplexity {result.perplexity:.2f} (FP32 {result.reference_perplexity:.2f})")
+    if request.get("teacher"):  # a distilled student: how far the package is from its teacher
+        teacher = request["teacher"]
+        against = text_accuracy(lambda: load(candidate, verify=False).logits, token_windows(tokens),
+                                lambda: _model_logits(Path(teacher)))
+        figures["teacher"] = {"model": teacher, **against.as_dict()}
+        figures["summary"] += (f"; vs teacher: KL {against.kl_divergence:.3g}, top-1 {against.top1_agreement:.1%}, "
+                               f"perplexity {against.perplexity:.2f} (teacher {against.reference_perplexity:.2f})")
     return figures
 
 

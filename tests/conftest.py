@@ -56,6 +56,20 @@ def llama_package_copy(tiny_package_dir, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_package_dir("LlamaForCausalLM"), tmp_path / "pkg"))
 
 
+def _train_docstring_lm(out: Path, layers: int, steps: int) -> tuple[Path, list[str]]:
+    """A 64-wide Llama with ``layers`` layers trained ``steps`` steps on standard-library docstrings;
+    returns it and the training texts."""
+    from edge_sdk.converters.training import TrainingOptions, split_heldout, stdlib_docstrings, train_causal_lm
+
+    train, heldout = split_heldout(stdlib_docstrings(max_files=120))
+    config = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=layers, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    options = TrainingOptions(steps=steps, max_seconds=None, batch_size=8, sequence_length=64, learning_rate=1e-2, warmup_steps=20)
+    report = train_causal_lm(out, train, heldout, config, 512, options)
+    assert report["loss_last_10"] < report["loss_first_10"] - 1.5, report  # it did learn
+    return out, train
+
+
 @pytest.fixture(scope="session")
 def trained_lm_dir(build_dir) -> Path:
     """A tiny Llama trained for ~10 s on standard-library docstrings: real structure for accuracy tests.
@@ -63,16 +77,17 @@ def trained_lm_dir(build_dir) -> Path:
     Random weights give near-flat (or, scaled up, chaotic) next-token distributions on which
     quantization agreement means nothing; this model has learned docstring English (loss ~3).
     """
-    from edge_sdk.converters.training import TrainingOptions, split_heldout, stdlib_docstrings, train_causal_lm
-
-    out = build_dir / "trained-lm"
-    train, heldout = split_heldout(stdlib_docstrings(max_files=120))
-    config = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256)
-    options = TrainingOptions(steps=1000, max_seconds=None, batch_size=8, sequence_length=64, learning_rate=1e-2, warmup_steps=20)
-    report = train_causal_lm(out, train, heldout, config, 512, options)
-    assert report["loss_last_10"] < report["loss_first_10"] - 1.5, report  # it did learn
+    out, train = _train_docstring_lm(build_dir / "trained-lm", layers=2, steps=1000)
     (out / "calibration.txt").write_text("\n\n".join(train[:30]))  # training text, disjoint from heldout.txt
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_teacher_dir(build_dir) -> Path:
+    """A 4-layer docstring Llama (~10 s of training): a teacher for 2-layer students. Beside it,
+    ``distill-data.txt``: training text for them."""
+    out, train = _train_docstring_lm(build_dir / "teacher-4l", layers=4, steps=400)
+    (out.parent / "distill-data.txt").write_text("\n\n".join(train[:60]), encoding="utf-8")
     return out
 
 

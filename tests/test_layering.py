@@ -23,8 +23,10 @@ class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in FORBIDDEN:
             raise ImportError(f"{name} is not installed on this device")
-        if name.startswith("edge_sdk.converters"):  # the run commands' load path needs no converter
-            raise ImportError(f"{name} is a converter module, imported on the load path")
+        if name.startswith("edge_sdk.converters") or _training_side(name):  # the run commands need neither
+            raise ImportError(f"{name} is a converter or trainer module, imported on the load path")
+def _training_side(name):
+    return name.startswith("edge_sdk.distillation.") and name != "edge_sdk.distillation.options"
 sys.meta_path.insert(0, Block())
 import edge_sdk
 from edge_sdk.cli import main
@@ -34,13 +36,14 @@ pieces = list(lm.stream("Hello", max_new_tokens=8, temperature=0.7, seed=1))
 main(["generate", sys.argv[1], "Hello", "-n", "4"], standalone_mode=False)
 main(["inspect", sys.argv[1]], standalone_mode=False)
 main(["devices", "list"], standalone_mode=False)
+main(["distill", "--help"], standalone_mode=False)  # the CLI's distill help reads the options, torch-free
 main(["transcribe", sys.argv[3] + "/speech-recognition", sys.argv[5], "-q"], standalone_mode=False)
 main(["sample", sys.argv[3] + "/image-generation", "-o", sys.argv[4] + "/grid.png", "-n", "1", "-s", "2", "-q"], standalone_mode=False)
 main(["bench", sys.argv[1], "--min-runs", "1", "--min-seconds", "0", "--new-tokens", "2", "-q"], standalone_mode=False)
 from edge_sdk.devices.bench import BenchOptions, measure_package
 measured = measure_package(sys.argv[1], BenchOptions(min_runs=2, min_seconds=0, new_tokens=4), 1)
 assert measured["runs"] == 2
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN or m.startswith("edge_sdk.converters"))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN or m.startswith("edge_sdk.converters") or _training_side(m))
 print(json.dumps({"loaded": loaded, "text": text, "pieces": len(pieces)}))
 """
 
@@ -77,10 +80,12 @@ def _imports(path: Path) -> set[str]:
 
 def test_runtimes_and_devices_source_never_import_the_conversion_stack():
     torch_free = [*(ROOT / "runtimes").rglob("*.py"), *(ROOT / "devices").rglob("*.py"), *(ROOT / "edge_sdk" / "tasks").rglob("*.py"),
-                  ROOT / "edge_sdk" / "quantization.py", ROOT / "edge_sdk" / "worker.py", ROOT / "edge_sdk" / "package.py"]
+                  ROOT / "edge_sdk" / "quantization.py", ROOT / "edge_sdk" / "worker.py", ROOT / "edge_sdk" / "package.py",
+                  ROOT / "distillation" / "options.py", ROOT / "distillation" / "__init__.py"]
     for path in torch_free:
         imported = _imports(path)
-        bad = {m for m in imported if m.split(".")[0] in FORBIDDEN or m.startswith("edge_sdk.converters")}
+        bad = {m for m in imported if m.split(".")[0] in FORBIDDEN or m.startswith(("edge_sdk.converters", "edge_sdk.distillation."))
+               and m != "edge_sdk.distillation.options"}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 

@@ -1,0 +1,117 @@
+"""Training text for distillation: tokenized once, cut into fixed windows, drawn in a seeded order
+that depends only on (seed, step) (a resumed or multi-process run sees the same batches), plus the
+teacher's top-k cache over those windows.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_sdk.errors import InvalidInputError
+from edge_sdk.evaluation import read_texts
+
+log = logging.getLogger("edge_sdk")
+
+
+@dataclass
+class TextWindows:
+    """Training windows (n, L) and held-out windows (m, L) of token ids, and where they came from."""
+
+    train: np.ndarray
+    heldout: np.ndarray
+    sources: list[dict]  # {"path", "sha256", "characters"} per file read
+
+    def rows(self, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+        """Indices of the training windows in step ``step``'s global batch that process ``rank`` of ``world`` trains on."""
+        count = len(self.train)
+        rows = [int(_order(seed, i // count, count)[i % count]) for i in range(step * batch_size, (step + 1) * batch_size)]
+        share = batch_size // world
+        return rows[rank * share:(rank + 1) * share]
+
+    def windows_used(self, steps: int, batch_size: int, seed: int) -> np.ndarray:
+        """Indices of every training window the run draws (what the teacher cache must cover)."""
+        used = {i for step in range(steps) for i in self.rows(step, batch_size, seed)}
+        return np.array(sorted(used), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def _order(seed: int, epoch: int, count: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def _tokens(path: Path, tokenizer) -> tuple[np.ndarray, list[dict]]:
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file()) if path.is_dir() else [path]
+    texts = read_texts(path)  # the errors for missing, empty and non-UTF-8 data
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text)["input_ids"] + ([eos] if eos is not None else [])
+    sources = [{"path": str(f), "sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "characters": len(t)}
+               for f, t in zip(files, texts)]
+    return np.asarray(ids, dtype=np.int64), sources
+
+
+def load_windows(data: Path, tokenizer, length: int, heldout_fraction: float, eval_data: Path | None,
+                 eval_windows: int) -> TextWindows:
+    """Tokenize ``data`` into windows of ``length`` tokens; hold back its tail (or use ``eval_data``)."""
+    tokens, sources = _tokens(Path(data).expanduser(), tokenizer)
+    if eval_data is not None:
+        heldout_tokens, eval_sources = _tokens(Path(eval_data).expanduser(), tokenizer)
+        sources += [{**s, "heldout": True} for s in eval_sources]
+    else:
+        cut = int(len(tokens) * (1 - heldout_fraction)) // length * length
+        tokens, heldout_tokens = tokens[:cut], tokens[cut:]
+    count = len(tokens) // length
+    if count < 1:
+        raise InvalidInputError(
+            f"{data} gives {len(tokens)} training tokens, fewer than one sequence of {length}; give more text or "
+            "lower --sequence-length")
+    heldout_count = min(eval_windows, len(heldout_tokens) // length)
+    if heldout_count < 1:
+        raise InvalidInputError(
+            f"the held-back text has {len(heldout_tokens)} tokens, fewer than one sequence of {length}; give more "
+            "text, raise --heldout-fraction, or pass --eval-data")
+    return TextWindows(train=tokens[:count * length].reshape(count, length),
+                       heldout=heldout_tokens[:heldout_count * length].reshape(heldout_count, length), sources=sources)
+
+
+class TeacherCache:
+    """The teacher's top-k next-token log-probabilities at the run's temperature (float16) and ids (int32) for training
+    windows, in two .npy memmaps under a directory, computed once and reused while the teacher,
+    the data and k are the same (``meta.json`` records them)."""
+
+    def __init__(self, directory: Path, key: dict, shape: tuple[int, int, int]):
+        self.directory = Path(directory).expanduser()
+        self.key, self.shape = key, shape
+
+    @property
+    def ready(self) -> bool:
+        meta = self.directory / "meta.json"
+        return meta.is_file() and json.loads(meta.read_text()) == {**self.key, "complete": True}
+
+    def build(self, teacher_log_probs, windows: np.ndarray, needed: np.ndarray, batch: int, on_batch=None) -> None:
+        """Fill the cache for the windows ``needed`` with ``teacher_log_probs(ids) -> (values, ids)``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "meta.json").unlink(missing_ok=True)
+        values = np.lib.format.open_memmap(self.directory / "values.npy", mode="w+", dtype=np.float16, shape=self.shape)
+        ids = np.lib.format.open_memmap(self.directory / "ids.npy", mode="w+", dtype=np.int32, shape=self.shape)
+        for start in range(0, len(needed), batch):
+            chosen = needed[start:start + batch]
+            top_values, top_ids = teacher_log_probs(windows[chosen])
+            values[chosen], ids[chosen] = top_values, top_ids
+            if on_batch:
+                on_batch(min(start + batch, len(needed)), len(needed))
+        values.flush()
+        ids.flush()
+        del values, ids
+        (self.directory / "meta.json").write_text(json.dumps({**self.key, "complete": True}))
+
+    def open(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.load(self.directory / "values.npy", mmap_mode="r"), np.load(self.directory / "ids.npy", mmap_mode="r"))
