@@ -47,14 +47,18 @@ def _order(seed: int, epoch: int, count: int) -> np.ndarray:
 
 
 def _tokens(path: Path, tokenizer) -> tuple[np.ndarray, list[dict]]:
+    read_texts(path)  # the errors for missing, empty and non-UTF-8 data
     files = sorted(p for p in path.rglob("*.txt") if p.is_file()) if path.is_dir() else [path]
-    texts = read_texts(path)  # the errors for missing, empty and non-UTF-8 data
     eos = tokenizer.eos_token_id
     ids: list[int] = []
-    for text in texts:
+    sources = []
+    for file in files:
+        text = file.read_text(encoding="utf-8")
+        if not text.strip():
+            continue
         ids += tokenizer(text)["input_ids"] + ([eos] if eos is not None else [])
-    sources = [{"path": str(f), "sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "characters": len(t)}
-               for f, t in zip(files, texts)]
+        sources.append({"path": str(file.absolute()), "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+                        "characters": len(text)})
     return np.asarray(ids, dtype=np.int64), sources
 
 
@@ -93,11 +97,17 @@ class TeacherCache:
 
     @property
     def ready(self) -> bool:
-        meta = self.directory / "meta.json"
-        return meta.is_file() and json.loads(meta.read_text()) == {**self.key, "complete": True}
+        try:
+            return json.loads((self.directory / "meta.json").read_text()) == {**self.key, "complete": True}
+        except (OSError, ValueError):  # none yet, or unreadable: build it again
+            return False
 
     def build(self, teacher_log_probs, windows: np.ndarray, needed: np.ndarray, batch: int, on_batch=None) -> None:
         """Fill the cache for the windows ``needed`` with ``teacher_log_probs(ids) -> (values, ids)``."""
+        from edge_sdk.package import write_atomically
+
+        if self.directory.exists() and not self.directory.is_dir():
+            raise InvalidInputError(f"--teacher-cache {self.directory} is a file; pass a directory")
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "meta.json").unlink(missing_ok=True)
         values = np.lib.format.open_memmap(self.directory / "values.npy", mode="w+", dtype=np.float16, shape=self.shape)
@@ -111,7 +121,8 @@ class TeacherCache:
         values.flush()
         ids.flush()
         del values, ids
-        (self.directory / "meta.json").write_text(json.dumps({**self.key, "complete": True}))
+        meta = json.dumps({**self.key, "complete": True})
+        write_atomically(self.directory / "meta.json", lambda tmp: tmp.write_text(meta))
 
     def open(self) -> tuple[np.ndarray, np.ndarray]:
         return (np.load(self.directory / "values.npy", mmap_mode="r"), np.load(self.directory / "ids.npy", mmap_mode="r"))

@@ -12,6 +12,7 @@ from edge_sdk.errors import InvalidInputError
 from edge_sdk.quantization import MIN_GROUP_SIZE, PER_CHANNEL, RUNTIMES, WEIGHTS
 
 QAT_WEIGHTS = ("int8", "int4")
+MAX_QAT_GROUP = 256  # the widest block ONNX Runtime's blockwise quantizer (MLAS) accepts
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class DistillationOptions:
                                  ("warmup-steps", self.warmup_steps, 0), ("prompt-tokens", self.prompt_tokens, 1)):
             if value < low:
                 raise InvalidInputError(f"--{name} must be >= {low}, got {value}")
+        if self.seed < 0:
+            raise InvalidInputError(f"--seed must be >= 0, got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {self.threads}")
         if self.on_policy and self.prompt_tokens >= self.sequence_length:
             raise InvalidInputError(f"--prompt-tokens ({self.prompt_tokens}) must be below --sequence-length "
                                     f"({self.sequence_length}): the student continues the prompt to a full sequence")
@@ -98,9 +103,12 @@ class DistillationOptions:
         if self.qat is None and (self.group_size is not None or self.sym):
             raise InvalidInputError("--group-size and --sym shape quantization-aware training; add --qat int8|int4")
         if self.group_size is not None and self.group_size != PER_CHANNEL and (
-                self.group_size < MIN_GROUP_SIZE or self.group_size & (self.group_size - 1)):
-            raise InvalidInputError(f"--group-size {self.group_size} is not a power of two >= {MIN_GROUP_SIZE} "
-                                    "(or -1 for per-channel), as export takes")
+                self.group_size < MIN_GROUP_SIZE or self.group_size > MAX_QAT_GROUP or self.group_size & (self.group_size - 1)):
+            raise InvalidInputError(f"--group-size {self.group_size}: QAT takes a power of two from {MIN_GROUP_SIZE} to "
+                                    f"{MAX_QAT_GROUP} (the blocks ONNX Runtime's MatMulNBits quantizer makes), or -1 for "
+                                    "per-channel")
+        if not self.kd and self.teacher_cache is not None:
+            raise InvalidInputError("--ce-only trains without the teacher; drop --teacher-cache")
         for runtime, weights in self.exports:
             if runtime not in RUNTIMES or weights not in WEIGHTS:
                 raise InvalidInputError(f"--export {runtime}:{weights}: want RUNTIME:WEIGHTS with RUNTIME one of "

@@ -43,8 +43,19 @@ class QATSpec:
 
 
 def _blocks(weight: torch.Tensor, group: int) -> torch.Tensor:
+    """(rows, blocks, group): a last partial block is zero-padded, as MatMulNBits pads K (zeros change
+    neither range, since both formulas take the range with 0 in it or by the largest magnitude)."""
     rows, columns = weight.shape
-    return weight.reshape(rows, columns // group, group) if group != PER_CHANNEL else weight.reshape(rows, 1, columns)
+    if group == PER_CHANNEL:
+        return weight.reshape(rows, 1, columns)
+    padding = -columns % group
+    if padding:
+        weight = torch.nn.functional.pad(weight, (0, padding))
+    return weight.reshape(rows, (columns + padding) // group, group)
+
+
+def _unblock(blocks: torch.Tensor, shape) -> torch.Tensor:
+    return blocks.reshape(shape[0], -1)[:, :shape[1]]
 
 
 def quantize_matmul_weight(weight: torch.Tensor, bits: int, group: int, sym: bool) -> torch.Tensor:
@@ -62,7 +73,7 @@ def quantize_matmul_weight(weight: torch.Tensor, bits: int, group: int, sym: boo
         zero = torch.where(scale != 0, -low / safe, torch.zeros_like(scale)).round().clamp(0, levels)
     reciprocal = torch.where(scale != 0, 1 / torch.where(scale != 0, scale, torch.ones_like(scale)), torch.zeros_like(scale))
     q = (blocks * reciprocal[..., None]).round().add(zero[..., None]).clamp(0, levels)
-    return ((q - zero[..., None]) * scale[..., None]).reshape(weight.shape)
+    return _unblock((q - zero[..., None]) * scale[..., None], weight.shape)
 
 
 def quantize_embedding_weight(weight: torch.Tensor, bits: int, group: int, sym: bool) -> torch.Tensor:
@@ -80,7 +91,7 @@ def quantize_embedding_weight(weight: torch.Tensor, bits: int, group: int, sym: 
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         zero = (-low / scale).round().clamp(0, levels)
     q = (blocks / scale[..., None]).round().add(zero[..., None]).clamp(0, levels)
-    return ((q - zero[..., None]) * scale[..., None]).reshape(weight.shape)
+    return _unblock((q - zero[..., None]) * scale[..., None], weight.shape)
 
 
 def matmul_group(in_channels: int, requested: int) -> int:

@@ -137,7 +137,11 @@ def given_student(student: Path, teacher):
             config = AutoConfig.from_pretrained(config_file, trust_remote_code=False)
         except Exception as e:
             raise ModelLoadError(f"cannot read the student's config {config_file}: {type(e).__name__}: {e}") from e
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        try:
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        except ValueError as e:
+            raise InvalidInputError(f"the student config {config_file} is not a causal language model "
+                                    f"({config.model_type}); give a *ForCausalLM config") from e
         count = config.num_hidden_layers
         layers = spaced_layers(teacher.config.num_hidden_layers, min(count, teacher.config.num_hidden_layers))
         copied = copy_teacher_weights(teacher, model, layers + [layers[-1]] * (count - len(layers)))
@@ -147,6 +151,17 @@ def given_student(student: Path, teacher):
                                 f"{teacher.config.vocab_size}: distillation compares their next-token distributions "
                                 "entry by entry, so they must share one tokenizer")
     return model
+
+
+def _vocabulary(tokenizer_json: Path) -> dict[str, int]:
+    """token -> id of a tokenizer.json (BPE/WordPiece keep a dict, Unigram a list of [token, score])."""
+    try:
+        vocab = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("model", {}).get("vocab", {})
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"cannot read {tokenizer_json}: {e}") from e
+    if isinstance(vocab, list):
+        return {str(entry[0]): index for index, entry in enumerate(vocab)}
+    return dict(vocab)
 
 
 def check_tokenizers(teacher_dir: Path, student_dir: Path | None) -> None:
@@ -159,7 +174,7 @@ def check_tokenizers(teacher_dir: Path, student_dir: Path | None) -> None:
     if not files[1].is_file():
         raise InvalidInputError(f"the student {student_dir} has a tokenizer.json and the teacher {teacher_dir} none; "
                                 "cannot check they are the same tokenizer")
-    vocabularies = [json.loads(f.read_text(encoding="utf-8")).get("model", {}).get("vocab", {}) for f in files]
+    vocabularies = [_vocabulary(f) for f in files]
     if vocabularies[0] != vocabularies[1]:
         student_vocab, teacher_vocab = vocabularies
         differing = next((t for t in sorted(set(student_vocab) | set(teacher_vocab), key=str)

@@ -48,16 +48,24 @@ def _packages(teacher: Path, students: list[Path], given: list[Path], output: Pa
     from edge_sdk.converters.export import ExportOptions, export
     from edge_sdk.quantization import QuantizationOptions
 
+    from edge_sdk.converters.sources import weights_sha256
+
     rows = []
     (output / "packages").mkdir(exist_ok=True)
-    for role, model in [("teacher", teacher)] + [(Path(s).name, Path(s)) for s in students]:
+    roles: list[tuple[str, Path]] = [("teacher", teacher)]
+    for student in students:
+        role = Path(student).name
+        while role in {r for r, _ in roles}:  # two students of one name, or one named "teacher"
+            role += "-2"
+        roles.append((role, Path(student)))
+    for role, model in roles:
         for weights in options.weights:
             name = f"{role}-{weights}"
             package = output / "packages" / name
-            if not (package / MANIFEST_NAME).is_file():
+            if not _reusable(package, weights_sha256(model), options.runtime, weights):
                 say(f"exporting {model} at {weights} ...")
                 export(model, package, ExportOptions(runtime=options.runtime, quantization=QuantizationOptions(weights=weights)),
-                       progress=False)
+                       progress=False, overwrite=True)
             rows.append((name, "teacher" if role == "teacher" else str(model), package))
     for package in given:
         package = Path(package).expanduser()
@@ -65,6 +73,16 @@ def _packages(teacher: Path, students: list[Path], given: list[Path], output: Pa
             raise InvalidInputError(f"--package {package} is not an edge-sdk package (no {MANIFEST_NAME})")
         rows.append((package.name, json.loads((package / MANIFEST_NAME).read_text())["source"]["model"], package))
     return rows
+
+
+def _reusable(package: Path, source_sha256: str | None, runtime: str, weights: str) -> bool:
+    """A package an earlier run exported here from these very weights, for this engine and precision."""
+    try:
+        manifest = json.loads((package / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return (manifest.get("source", {}).get("weights_sha256") == source_sha256 and manifest["runtime"]["name"] == runtime
+            and manifest["precision"]["weights"] == weights)
 
 
 def run(teacher, students: list, packages: list, device: str, data, output, options: TradeoffOptions | None = None,

@@ -72,16 +72,18 @@ class _Distributed:
     def __init__(self):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.device = torch.device("cpu")
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
         if self.world > 1:
+            import datetime
+
             import torch.distributed as dist
 
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            if backend == "nccl":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
             if not dist.is_initialized():
-                dist.init_process_group(backend)
+                # long enough for rank 0 to fill the teacher cache while the others wait at a barrier
+                dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
 
     @property
     def main(self) -> bool:
@@ -153,7 +155,8 @@ def _recipe(options: DistillationOptions) -> dict:
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
     for transient in ("save_every", "threads", "exports", "teacher_cache"):
         values.pop(transient)
-    return values
+    values["teacher_outputs"] = "top-k cache" if options.teacher_cache is not None else "on the fly"
+    return json.loads(json.dumps(values, sort_keys=True))  # tuples become lists, as a checkpoint reads them back
 
 
 def distill(teacher: str | os.PathLike, output: str | os.PathLike, data: str | os.PathLike,
@@ -169,22 +172,21 @@ def distill(teacher: str | os.PathLike, output: str | os.PathLike, data: str | o
         distill("out/tiny-lm", "out/student", "corpus.txt", DistillationOptions(keep_layers=2, steps=300))
     """
     from edge_sdk.converters.sources import resolve_model_dir
+    from edge_sdk.package import check_output_dir
 
     output = Path(output).expanduser().absolute()
     place = _Distributed()
     try:
-        if place.main:
-            _check_output(output, overwrite, resume)
-            for runtime, weights in options.exports:
-                from edge_sdk.package import check_output_dir
-
-                check_output_dir(output.with_name(f"{output.name}-{runtime}-{weights}"), overwrite)
+        # every rank checks (read-only): a refusal on rank 0 alone would strand the others in a collective
+        _check_output(output, overwrite, resume)
+        for runtime, weights in options.exports:
+            check_output_dir(output.with_name(f"{output.name}-{runtime}-{weights}"), overwrite)
         if options.batch_size % place.world:
             raise InvalidInputError(f"--batch-size {options.batch_size} does not split over {place.world} processes; "
                                     f"give a multiple of {place.world}")
         if options.threads:
             torch.set_num_threads(options.threads)
-        teacher_dir = resolve_model_dir(str(teacher))
+        teacher_dir = resolve_model_dir(str(teacher)).absolute()  # distill.json names it for later exports
         check_tokenizers(teacher_dir, options.student)
         run = _Run(teacher_dir, output, Path(data), options, place, resume, progress and place.main)
         run.on_step = on_step
@@ -224,6 +226,8 @@ class _Run:
                  resume: bool, progress: bool):
         from transformers import AutoTokenizer
 
+        from edge_sdk.converters.sources import weights_sha256
+
         self.teacher_dir, self.output, self.options, self.place = teacher_dir, output, options, place
         self.resume, self.progress = resume, progress
         self.on_step = None
@@ -231,8 +235,16 @@ class _Run:
         self.tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
         self.windows: TextWindows = load_windows(data, self.tokenizer, options.sequence_length, options.heldout_fraction,
                                                  options.eval_data, options.eval_windows)
+        self.teacher_sha256 = weights_sha256(teacher_dir)
         torch.manual_seed(options.seed)
         self.teacher = load_causal_lm(teacher_dir, "teacher").eval().requires_grad_(False).to(place.device)
+        config = self.teacher.config
+        if options.teacher_cache is not None and options.top_k > config.vocab_size:
+            raise InvalidInputError(f"--top-k {options.top_k} is more than the vocabulary's {config.vocab_size} tokens")
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit and options.sequence_length > limit:
+            raise InvalidInputError(f"--sequence-length {options.sequence_length} is longer than the teacher's "
+                                    f"{limit} positions; lower it")
         self.student, self.layers = self._make_student()
         self.student.to(place.device)
         self.qat = qat_module.QATSpec.from_options(options) if options.qat else None
@@ -268,10 +280,8 @@ class _Run:
         return heldout_figures(logits, self.teacher_heldout, [window[1:] for window in self.heldout])
 
     def _teacher_cache(self) -> TeacherCache:
-        from edge_sdk.converters.sources import weights_sha256
-
         options = self.options
-        key = {"teacher_sha256": weights_sha256(self.teacher_dir), "data": [s["sha256"] for s in self.windows.sources],
+        key = {"teacher_sha256": self.teacher_sha256, "data": [s["sha256"] for s in self.windows.sources],
                "sequence_length": options.sequence_length, "top_k": options.top_k, "temperature": options.temperature,
                "windows": len(self.windows.train), "steps": options.steps, "batch_size": options.batch_size,
                "seed": options.seed,
@@ -366,6 +376,7 @@ class _Run:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, options)
                 rows = self.windows.rows(step, options.batch_size, options.seed, place.rank, place.world)
+                torch.manual_seed(options.seed * 1_000_003 + step * 1009 + place.rank)  # dropout: a resumed step draws the same
                 loss = self._loss(model, step, rows)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -406,7 +417,7 @@ class _Run:
         directory = checkpoint_dir(self.output)
         directory.mkdir(exist_ok=True)
         state = {"step": step, "losses": torch.tensor(losses, dtype=torch.float64), "seconds": seconds,
-                 "recipe": json.dumps(_recipe(self.options), sort_keys=True), "initial": json.dumps(initial),
+                 "recipe": json.dumps(self._provenance(), sort_keys=True), "initial": json.dumps(initial),
                  "student": self.student.state_dict(), "optimizer": optimizer.state_dict()}
         fd, temporary = tempfile.mkstemp(prefix=".checkpoint.", dir=directory)
         os.close(fd)
@@ -417,11 +428,16 @@ class _Run:
             Path(temporary).unlink(missing_ok=True)
         log.info("checkpoint at step %d written to %s", step, directory)
 
+    def _provenance(self) -> dict:
+        """What a checkpoint must share with the run resuming it: recipe, teacher, data."""
+        return {**_recipe(self.options), "teacher_sha256": self.teacher_sha256,
+                "data_sha256": [s["sha256"] for s in self.windows.sources]}
+
     def _load_checkpoint(self, optimizer):
         state = torch.load(checkpoint_dir(self.output) / CHECKPOINT_FILE, map_location=self.place.device, weights_only=True)
-        if json.loads(state["recipe"]) != _recipe(self.options):
-            saved = json.loads(state["recipe"])
-            changed = sorted(k for k in saved if saved[k] != _recipe(self.options).get(k))
+        if json.loads(state["recipe"]) != self._provenance():
+            saved, now = json.loads(state["recipe"]), self._provenance()
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise InvalidInputError(f"--resume: the checkpoint was made with other options ({', '.join(changed)} differ); "
                                     "run with the same options, or start again without --resume")
         self.student.load_state_dict(state["student"])
@@ -432,7 +448,6 @@ class _Run:
 
     def _write_student(self, initial: dict, final: dict, losses: list[float], seconds: float) -> None:
         from edge_sdk.converters.causal_lm_torch import quiet_transformers
-        from edge_sdk.converters.sources import weights_sha256
         from edge_sdk.package import _umask
 
         options = self.options
@@ -443,7 +458,7 @@ class _Run:
                 self.student.save_pretrained(staging)
                 self.tokenizer.save_pretrained(staging)
             report = {
-                "teacher": {"model": str(self.teacher_dir), "weights_sha256": weights_sha256(self.teacher_dir),
+                "teacher": {"model": str(self.teacher_dir), "weights_sha256": self.teacher_sha256,
                             "layers": self.teacher_layers},
                 "student": {"layers_kept": self.layers, "num_layers": self.student.config.num_hidden_layers,
                             "parameters": sum(p.numel() for p in self.student.parameters()),
@@ -468,8 +483,13 @@ class _Run:
             if self.output.exists():
                 retired = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.old-", dir=self.output.parent))
                 os.replace(self.output, retired / "student")
-                os.replace(staging, self.output)
-                shutil.rmtree(retired, ignore_errors=True)
+                try:
+                    os.replace(staging, self.output)
+                except BaseException:
+                    os.replace(retired / "student", self.output)  # the previous student stays where it was
+                    raise
+                finally:
+                    shutil.rmtree(retired, ignore_errors=True)
             else:
                 os.replace(staging, self.output)
         finally:

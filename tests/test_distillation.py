@@ -110,7 +110,7 @@ def test_two_gloo_processes_match_one_at_the_same_global_batch(teacher, data, tm
 def test_resume_after_ctrl_c_gives_the_uninterrupted_result(teacher, data, tmp_path):
     from safetensors.numpy import load_file
 
-    options = replace(BASE, steps=8)
+    options = replace(BASE, steps=8, keep_layers=None, layers=(0, 3))  # explicit layers survive the checkpoint's JSON too
     whole = distill(teacher, tmp_path / "whole", data, options, progress=False)
 
     def interrupt(step, loss):
@@ -177,25 +177,28 @@ def test_fake_quantization_is_onnxruntimes_rounding():
 
     rng = np.random.default_rng(0)
     for bits, quantize in ((4, quantize_matmul_4bits), (8, quantize_matmul_8bits)):
-        for sym in (False, True):
-            weight = (rng.standard_normal((24, 64)) * 0.05).astype(np.float32)  # (out, in) as nn.Linear holds it
+        for sym, columns in ((False, 64), (True, 64), (False, 80), (True, 80)):  # 80: a partial last block, zero-padded
+            weight = (rng.standard_normal((24, columns)) * 0.05).astype(np.float32)  # (out, in) as nn.Linear holds it
             weight[0] = np.abs(weight[0])  # a row with no negative value: the range is stretched to 0
-            block, (rows, columns) = 32, weight.shape
+            block, rows = 32, weight.shape[0]
+            padded = -(-columns // block) * block
             per_byte = 8 // bits
-            packed = np.zeros((rows, columns // block, block // per_byte), np.uint8)
-            scales = np.zeros((rows, columns // block), np.float32)
-            zeros = np.zeros((rows, (columns // block + per_byte - 1) // per_byte), np.uint8)
-            quantize(packed, np.ascontiguousarray(weight.T), scales, zeros, block, rows, columns, sym)
+            packed = np.zeros((rows, padded // block, block // per_byte), np.uint8)
+            scales = np.zeros((rows, padded // block), np.float32)
+            zeros = np.zeros((rows, (padded // block + per_byte - 1) // per_byte), np.uint8)
+            source = np.zeros((padded, rows), np.float32)
+            source[:columns] = weight.T  # the quantizer pads K with zeros the same way
+            quantize(packed, source, scales, zeros, block, rows, padded, sym)
             if bits == 4:
                 q = np.stack([packed & 15, packed >> 4], -1).reshape(rows, -1, block)
-                z = np.stack([zeros & 15, zeros >> 4], -1).reshape(rows, -1)[:, :columns // block]
+                z = np.stack([zeros & 15, zeros >> 4], -1).reshape(rows, -1)[:, :padded // block]
             else:
-                q, z = packed.reshape(rows, -1, block), zeros[:, :columns // block]
+                q, z = packed.reshape(rows, -1, block), zeros[:, :padded // block]
             if sym:
                 z = np.full(scales.shape, 1 << (bits - 1))
-            expected = ((q.astype(np.float32) - z[..., None]) * scales[..., None]).reshape(rows, columns)
+            expected = ((q.astype(np.float32) - z[..., None]) * scales[..., None]).reshape(rows, padded)[:, :columns]
             ours = quantize_matmul_weight(torch.from_numpy(weight), bits, block, sym).numpy()
-            np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-7, err_msg=f"int{bits} sym={sym}")
+            np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-7, err_msg=f"int{bits} sym={sym} in={columns}")
 
 
 def _run(*args) -> object:
