@@ -30,15 +30,20 @@ class TextWindows:
 
     def rows(self, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
         """Indices of the training windows in step ``step``'s global batch that process ``rank`` of ``world`` trains on."""
-        count = len(self.train)
-        rows = [int(_order(seed, i // count, count)[i % count]) for i in range(step * batch_size, (step + 1) * batch_size)]
-        share = batch_size // world
-        return rows[rank * share:(rank + 1) * share]
+        return batch_rows(len(self.train), step, batch_size, seed, rank, world)
 
     def windows_used(self, steps: int, batch_size: int, seed: int) -> np.ndarray:
         """Indices of every training window the run draws (what the teacher cache must cover)."""
         used = {i for step in range(steps) for i in self.rows(step, batch_size, seed)}
         return np.array(sorted(used), dtype=np.int64)
+
+
+def batch_rows(count: int, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Of ``count`` training items, the ones in step ``step``'s global batch that process ``rank`` of
+    ``world`` trains on: epochs of seeded permutations, a function of (seed, step) only."""
+    rows = [int(_order(seed, i // count, count)[i % count]) for i in range(step * batch_size, (step + 1) * batch_size)]
+    share = batch_size // world
+    return rows[rank * share:(rank + 1) * share]
 
 
 @functools.lru_cache(maxsize=4)

@@ -23,9 +23,11 @@ class DistillationOptions:
     keep_layers: int | None = None  # keep N teacher layers, maximally spaced, first and last included
     layers: tuple[int, ...] | None = None  # or exactly these teacher layers (0-based)
     student: Path | None = None  # or this student (a Hugging Face directory, or a config.json to build from)
+    keep_decoder_layers: int | None = None  # Whisper: keep the encoder (frozen) and N decoder layers, maximally spaced
+    wer_threshold: float = 0.10  # Whisper: drop utterances whose pseudo-label's WER against a given transcript is above this
     # the loss
     temperature: float = 2.0  # softens both distributions in the KL term; the KL is scaled by T^2 (Hinton)
-    alpha: float = 0.5  # weight of the cross-entropy on the data, beside the KL to the teacher
+    alpha: float | None = None  # weight of the cross-entropy beside the KL (None: 0.5 text, 0.8 Whisper as distil-whisper)
     kd: bool = True  # False: cross-entropy only (the baseline a distilled student must beat)
     on_policy: float = 0.0  # share of steps trained on continuations the student samples itself (GKD's lambda)
     beta: float = 0.5  # on-policy loss: generalized JSD mixture; 0 ~ forward KL(teacher||student), 1 ~ reverse KL
@@ -55,12 +57,17 @@ class DistillationOptions:
 
     def __post_init__(self):
         chosen = [name for name, value in (("--keep-layers", self.keep_layers), ("--layers", self.layers),
-                                          ("--student", self.student)) if value is not None]
+                                          ("--student", self.student), ("--keep-decoder-layers", self.keep_decoder_layers))
+                  if value is not None]
         if len(chosen) > 1:
             raise InvalidInputError(f"{' and '.join(chosen)} both choose the student; pass one of them")
         if not chosen:
             raise InvalidInputError("choose the student: --keep-layers N (spaced teacher layers), --layers 0,3,7, "
-                                    "or --student DIR_OR_CONFIG")
+                                    "or --student DIR_OR_CONFIG (Whisper teachers: --keep-decoder-layers N)")
+        if self.keep_decoder_layers is not None and self.keep_decoder_layers < 1:
+            raise InvalidInputError(f"--keep-decoder-layers must be >= 1, got {self.keep_decoder_layers}")
+        if not 0 <= self.wer_threshold <= 1:
+            raise InvalidInputError(f"--wer-threshold is a share in [0, 1] (0.1 = 10%), got {self.wer_threshold}")
         if self.keep_layers is not None and self.keep_layers < 1:
             raise InvalidInputError(f"--keep-layers must be >= 1, got {self.keep_layers}")
         if self.layers is not None:
@@ -83,7 +90,7 @@ class DistillationOptions:
                                     f"({self.sequence_length}): the student continues the prompt to a full sequence")
         if not self.temperature > 0:
             raise InvalidInputError(f"--temperature must be > 0, got {self.temperature}")
-        if self.alpha < 0:
+        if self.alpha is not None and self.alpha < 0:
             raise InvalidInputError(f"--alpha must be >= 0, got {self.alpha}")
         if not 0 <= self.on_policy <= 1:
             raise InvalidInputError(f"--on-policy is a share of steps in [0, 1], got {self.on_policy}")

@@ -97,12 +97,13 @@ def student_from_teacher(teacher, layers: list[int]):
     return student
 
 
-def copy_teacher_weights(teacher, student, layers: list[int]) -> set[str]:
-    """Copy every teacher tensor whose name and shape the student shares, student layer i from
-    teacher layer ``layers[i]``; returns the student's names that were set."""
+def copy_teacher_weights(teacher, student, layers: list[int], path: str | None = None) -> set[str]:
+    """Copy every teacher tensor whose name and shape the student shares, student layer i of the
+    layer list ``path`` (default: the decoder layers ``layer_list`` finds) from teacher layer
+    ``layers[i]``; returns the student's names that were set."""
     import torch
 
-    path, _ = layer_list(teacher)
+    path = path or layer_list(teacher)[0]
     source = teacher.state_dict()
     target = student.state_dict()
     prefix = f"{path}."

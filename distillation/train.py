@@ -171,7 +171,6 @@ def distill(teacher: str | os.PathLike, output: str | os.PathLike, data: str | o
         from edge_sdk.distillation import DistillationOptions, distill
         distill("out/tiny-lm", "out/student", "corpus.txt", DistillationOptions(keep_layers=2, steps=300))
     """
-    from edge_sdk.converters.sources import resolve_model_dir
     from edge_sdk.package import check_output_dir
 
     output = Path(output).expanduser().absolute()
@@ -186,9 +185,9 @@ def distill(teacher: str | os.PathLike, output: str | os.PathLike, data: str | o
                                     f"give a multiple of {place.world}")
         if options.threads:
             torch.set_num_threads(options.threads)
-        teacher_dir = resolve_model_dir(str(teacher)).absolute()  # distill.json names it for later exports
+        teacher_dir = _teacher_path(str(teacher))
         check_tokenizers(teacher_dir, options.student)
-        run = _Run(teacher_dir, output, Path(data), options, place, resume, progress and place.main)
+        run = _run_class(teacher_dir)(teacher_dir, output, Path(data), options, place, resume, progress and place.main)
         run.on_step = on_step
         run.execute()
     finally:
@@ -219,23 +218,206 @@ def export_student(output: Path, teacher_dir: Path, options: DistillationOptions
     return packages
 
 
-class _Run:
-    """One distillation run's state: the models, the data, the optimizer and the record."""
+class Run:
+    """What every distillation run shares: the training loop, checkpoints, progress and the staged
+    write of the student. A task's run (``TextRun`` here, ``whisper.WhisperRun``) sets ``student``,
+    ``qat``, ``batches`` (``rows(step, batch_size, seed, rank, world)``) and ``sources`` (data files
+    and hashes), and implements ``_loss``, ``_figures``, ``_save_files`` and ``_sections``."""
 
-    def __init__(self, teacher_dir: Path, output: Path, data: Path, options: DistillationOptions, place: _Distributed,
+    qat = None
+    alpha = 0.5
+    tokens_per_step: int | None = None  # training tokens per step over all processes, where that is meaningful
+
+    def __init__(self, teacher_dir: Path, output: Path, options: DistillationOptions, place: _Distributed,
                  resume: bool, progress: bool):
-        from transformers import AutoTokenizer
-
         from edge_sdk.converters.sources import weights_sha256
 
         self.teacher_dir, self.output, self.options, self.place = teacher_dir, output, options, place
         self.resume, self.progress = resume, progress
         self.on_step = None
         self.started = time.perf_counter()
+        self.teacher_sha256 = weights_sha256(teacher_dir)
+
+    def _loss(self, model, step: int, rows: list[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _figures(self) -> dict:
+        raise NotImplementedError
+
+    def _save_files(self, staging: Path) -> None:
+        raise NotImplementedError
+
+    def _sections(self) -> dict:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _bar(self, title: str, total: int, fields: dict | None = None):
+        if not self.progress:
+            yield lambda done, **f: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+        columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in (fields or {})]
+        columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*columns, console=Console(stderr=True)) as bar:
+            task = bar.add_task(title, total=total, **(fields or {}))
+            yield lambda done, **f: bar.update(task, completed=done, **f)
+
+    def execute(self) -> Path:
+        options, place = self.options, self.place
+        model = self.student
+        if place.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(self.student)
+        optimizer = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad], lr=options.learning_rate,
+                                      weight_decay=options.weight_decay, betas=(0.9, 0.95))
+        initial = self._figures()
+        losses, first, seconds_before = [], 0, 0.0
+        if self.resume:
+            first, losses, seconds_before, initial = self._load_checkpoint(optimizer)
+        self.student.train()
+        tokens_per_step = options.batch_size * options.sequence_length
+        clock = time.perf_counter()
+        with _StopOnInterrupt() as interrupt, self._bar("Distilling", options.steps, {"loss": "-", "tok/s": "-"}) as advance:
+            for step in range(first, options.steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, options)
+                rows = self.batches.rows(step, options.batch_size, options.seed, place.rank, place.world)
+                torch.manual_seed(options.seed * 1_000_003 + step * 1009 + place.rank)  # dropout: a resumed step draws the same
+                loss = self._loss(model, step, rows)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in self.student.parameters() if p.requires_grad], 1.0)
+                optimizer.step()
+                value, stop = place.reduce(loss, interrupt.requested)
+                losses.append(value)
+                if not math.isfinite(value):
+                    raise InvalidInputError(f"the loss became {value} at step {step}; lower --learning-rate")
+                rate = (step + 1 - first) * tokens_per_step / (time.perf_counter() - clock)
+                advance(step + 1, loss=f"{value:.3f}", **{"tok/s": f"{rate:,.0f}"})
+                if self.on_step is not None and place.main:
+                    self.on_step(step, value)
+                elapsed = seconds_before + time.perf_counter() - clock
+                if stop:
+                    self._save_checkpoint(optimizer, step + 1, losses, elapsed, initial)
+                    place.barrier()
+                    raise DistillationInterrupted(
+                        f"interrupted after step {step + 1} of {options.steps}; a checkpoint is in "
+                        f"{checkpoint_dir(self.output)}: run the same command with --resume to continue")
+                if options.save_every and (step + 1) % options.save_every == 0 and step + 1 < options.steps:
+                    self._save_checkpoint(optimizer, step + 1, losses, elapsed, initial)
+        training_seconds = seconds_before + time.perf_counter() - clock
+        final = self._figures()
+        if self.qat:
+            qat_module.snap(self.student)
+        if place.main:
+            self._write_student(initial, final, losses, training_seconds)
+            shutil.rmtree(checkpoint_dir(self.output), ignore_errors=True)
+        place.barrier()
+        return self.output
+
+    def _save_checkpoint(self, optimizer, step: int, losses: list[float], seconds: float, initial: dict) -> None:
+        if not self.place.main:
+            return
+        directory = checkpoint_dir(self.output)
+        directory.mkdir(exist_ok=True)
+        state = {"step": step, "losses": torch.tensor(losses, dtype=torch.float64), "seconds": seconds,
+                 "recipe": json.dumps(self._provenance(), sort_keys=True), "initial": json.dumps(initial),
+                 "student": self.student.state_dict(), "optimizer": optimizer.state_dict()}
+        fd, temporary = tempfile.mkstemp(prefix=".checkpoint.", dir=directory)
+        os.close(fd)
+        try:
+            torch.save(state, temporary)
+            os.replace(temporary, directory / CHECKPOINT_FILE)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+        log.info("checkpoint at step %d written to %s", step, directory)
+
+    def _provenance(self) -> dict:
+        """What a checkpoint must share with the run resuming it: recipe, teacher, data."""
+        return {**_recipe(self.options), "teacher_sha256": self.teacher_sha256,
+                "data_sha256": [s["sha256"] for s in self.sources]}
+
+    def _load_checkpoint(self, optimizer):
+        state = torch.load(checkpoint_dir(self.output) / CHECKPOINT_FILE, map_location=self.place.device, weights_only=True)
+        if json.loads(state["recipe"]) != self._provenance():
+            saved, now = json.loads(state["recipe"]), self._provenance()
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise InvalidInputError(f"--resume: the checkpoint was made with other options ({', '.join(changed)} differ); "
+                                    "run with the same options, or start again without --resume")
+        self.student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"]), [float(x) for x in state["losses"]], float(state["seconds"]), json.loads(state["initial"])
+
+    def _write_student(self, initial: dict, final: dict, losses: list[float], seconds: float) -> None:
+        from edge_sdk.package import _umask
+
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.partial-", dir=self.output.parent))
+        os.chmod(staging, 0o777 & ~_umask())
+        options = self.options
+        try:
+            self._save_files(staging)
+            sections = self._sections()  # the task's own: "student", "data", and more about the teacher
+            report = {
+                **sections,
+                "teacher": {"model": str(self.teacher_dir), "weights_sha256": self.teacher_sha256, **sections.get("teacher", {})},
+                "recipe": {**_recipe(options), "loss": self._loss_name(), "teacher_outputs":
+                           f"top-{options.top_k} cache" if options.teacher_cache else "on the fly"},
+                "processes": self.place.world,
+                "steps": len(losses),
+                "training_seconds": seconds,
+                "seconds": time.perf_counter() - self.started,
+                "peak_rss_mb": _peak_rss_mb(),
+                "loss_curve": losses,
+                **({"tokens_seen": len(losses) * self.tokens_per_step} if self.tokens_per_step else {}),
+                "heldout": {"initial": initial, "final": final},
+            }
+            (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            _plot_losses(losses, report, staging / CURVE_FILE)
+            if self.output.exists():
+                retired = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.old-", dir=self.output.parent))
+                os.replace(self.output, retired / "student")
+                try:
+                    os.replace(staging, self.output)
+                except BaseException:
+                    os.replace(retired / "student", self.output)  # the previous student stays where it was
+                    raise
+                finally:
+                    shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, self.output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _loss_name(self) -> str:
+        o = self.options
+        if not o.kd:
+            return "cross-entropy on the data"
+        name = f"T^2 KL(teacher || student) at T={o.temperature:g} + {self.alpha:g} x cross-entropy"
+        if o.on_policy:
+            name += f"; on {o.on_policy:.0%} of steps generalized JSD (beta {o.beta:g}) on the student's own samples"
+        return name
+
+
+class TextRun(Run):
+    """A causal-LM student of a causal-LM teacher."""
+
+    def __init__(self, teacher_dir: Path, output: Path, data: Path, options: DistillationOptions, place: _Distributed,
+                 resume: bool, progress: bool):
+        from transformers import AutoTokenizer
+
+        super().__init__(teacher_dir, output, options, place, resume, progress)
         self.tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
         self.windows: TextWindows = load_windows(data, self.tokenizer, options.sequence_length, options.heldout_fraction,
                                                  options.eval_data, options.eval_windows)
-        self.teacher_sha256 = weights_sha256(teacher_dir)
+        self.batches, self.sources = self.windows, self.windows.sources
+        self.tokens_per_step = options.batch_size * options.sequence_length
+        self.alpha = 0.5 if options.alpha is None else options.alpha
+        if options.keep_decoder_layers is not None:
+            raise InvalidInputError("--keep-decoder-layers is for Whisper teachers; a causal LM's student takes --keep-layers N")
         torch.manual_seed(options.seed)
         self.teacher = load_causal_lm(teacher_dir, "teacher").eval().requires_grad_(False).to(place.device)
         config = self.teacher.config
@@ -301,23 +483,6 @@ class _Run:
         self.place.barrier()
         return cache
 
-    @contextlib.contextmanager
-    def _bar(self, title: str, total: int, fields: dict | None = None):
-        if not self.progress:
-            yield lambda done, **f: None
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
-        columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in (fields or {})]
-        columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*columns, console=Console(stderr=True)) as bar:
-            task = bar.add_task(title, total=total, **(fields or {}))
-            yield lambda done, **f: bar.update(task, completed=done, **f)
-
-    # ------------------------------------------------------------------ training
-
     def _loss(self, model, step: int, rows: list[int]) -> torch.Tensor:
         options, device = self.options, self.place.device
         ids = torch.from_numpy(self.windows.train[rows]).to(device)
@@ -335,7 +500,7 @@ class _Run:
         else:
             with torch.no_grad():
                 teacher = self.teacher(input_ids=ids).logits[:, :-1]
-        return soft_label_kl(logits, teacher, options.temperature) + options.alpha * ce
+        return soft_label_kl(logits, teacher, options.temperature) + self.alpha * ce
 
     def _on_policy_loss(self, model, ids: torch.Tensor, step: int) -> torch.Tensor:
         """The student continues each window's first ``prompt_tokens`` tokens by sampling (T = 1);
@@ -355,160 +520,55 @@ class _Run:
         logits = model(input_ids=sampled).logits[:, options.prompt_tokens - 1:-1]
         return generalized_jsd(logits, teacher, options.beta)
 
-    def execute(self) -> Path:
-        options, place = self.options, self.place
-        model = self.student
-        if place.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            model = DistributedDataParallel(self.student)
-        optimizer = torch.optim.AdamW(self.student.parameters(), lr=options.learning_rate,
-                                      weight_decay=options.weight_decay, betas=(0.9, 0.95))
-        initial = self._figures()
-        losses, first, seconds_before = [], 0, 0.0
-        if self.resume:
-            first, losses, seconds_before, initial = self._load_checkpoint(optimizer)
-        self.student.train()
-        tokens_per_step = options.batch_size * options.sequence_length
-        clock = time.perf_counter()
-        with _StopOnInterrupt() as interrupt, self._bar("Distilling", options.steps, {"loss": "-", "tok/s": "-"}) as advance:
-            for step in range(first, options.steps):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, options)
-                rows = self.windows.rows(step, options.batch_size, options.seed, place.rank, place.world)
-                torch.manual_seed(options.seed * 1_000_003 + step * 1009 + place.rank)  # dropout: a resumed step draws the same
-                loss = self._loss(model, step, rows)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
-                optimizer.step()
-                value, stop = place.reduce(loss, interrupt.requested)
-                losses.append(value)
-                if not math.isfinite(value):
-                    raise InvalidInputError(f"the loss became {value} at step {step}; lower --learning-rate")
-                rate = (step + 1 - first) * tokens_per_step / (time.perf_counter() - clock)
-                advance(step + 1, loss=f"{value:.3f}", **{"tok/s": f"{rate:,.0f}"})
-                if self.on_step is not None and place.main:
-                    self.on_step(step, value)
-                elapsed = seconds_before + time.perf_counter() - clock
-                if stop:
-                    self._save_checkpoint(optimizer, step + 1, losses, elapsed, initial)
-                    place.barrier()
-                    raise DistillationInterrupted(
-                        f"interrupted after step {step + 1} of {options.steps}; a checkpoint is in "
-                        f"{checkpoint_dir(self.output)}: run the same command with --resume to continue")
-                if options.save_every and (step + 1) % options.save_every == 0 and step + 1 < options.steps:
-                    self._save_checkpoint(optimizer, step + 1, losses, elapsed, initial)
-        training_seconds = seconds_before + time.perf_counter() - clock
-        final = self._figures()
-        if self.qat:
-            qat_module.snap(self.student)
-        if place.main:
-            self._write_student(initial, final, losses, training_seconds)
-            shutil.rmtree(checkpoint_dir(self.output), ignore_errors=True)
-        place.barrier()
-        return self.output
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def _save_checkpoint(self, optimizer, step: int, losses: list[float], seconds: float, initial: dict) -> None:
-        if not self.place.main:
-            return
-        directory = checkpoint_dir(self.output)
-        directory.mkdir(exist_ok=True)
-        state = {"step": step, "losses": torch.tensor(losses, dtype=torch.float64), "seconds": seconds,
-                 "recipe": json.dumps(self._provenance(), sort_keys=True), "initial": json.dumps(initial),
-                 "student": self.student.state_dict(), "optimizer": optimizer.state_dict()}
-        fd, temporary = tempfile.mkstemp(prefix=".checkpoint.", dir=directory)
-        os.close(fd)
-        try:
-            torch.save(state, temporary)
-            os.replace(temporary, directory / CHECKPOINT_FILE)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
-        log.info("checkpoint at step %d written to %s", step, directory)
-
-    def _provenance(self) -> dict:
-        """What a checkpoint must share with the run resuming it: recipe, teacher, data."""
-        return {**_recipe(self.options), "teacher_sha256": self.teacher_sha256,
-                "data_sha256": [s["sha256"] for s in self.windows.sources]}
-
-    def _load_checkpoint(self, optimizer):
-        state = torch.load(checkpoint_dir(self.output) / CHECKPOINT_FILE, map_location=self.place.device, weights_only=True)
-        if json.loads(state["recipe"]) != self._provenance():
-            saved, now = json.loads(state["recipe"]), self._provenance()
-            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise InvalidInputError(f"--resume: the checkpoint was made with other options ({', '.join(changed)} differ); "
-                                    "run with the same options, or start again without --resume")
-        self.student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        return int(state["step"]), [float(x) for x in state["losses"]], float(state["seconds"]), json.loads(state["initial"])
-
-    # ------------------------------------------------------------------ the student
-
-    def _write_student(self, initial: dict, final: dict, losses: list[float], seconds: float) -> None:
+    def _save_files(self, staging: Path) -> None:
         from edge_sdk.converters.causal_lm_torch import quiet_transformers
-        from edge_sdk.package import _umask
 
-        options = self.options
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.partial-", dir=self.output.parent))
-        os.chmod(staging, 0o777 & ~_umask())
-        try:
-            with quiet_transformers():
-                self.student.save_pretrained(staging)
-                self.tokenizer.save_pretrained(staging)
-            report = {
-                "teacher": {"model": str(self.teacher_dir), "weights_sha256": self.teacher_sha256,
-                            "layers": self.teacher_layers},
-                "student": {"layers_kept": self.layers, "num_layers": self.student.config.num_hidden_layers,
-                            "parameters": sum(p.numel() for p in self.student.parameters()),
-                            "qat": self.qat.as_dict() if self.qat else None},
-                "data": {"files": self.windows.sources, "training_windows": len(self.windows.train),
-                         "heldout_windows": len(self.windows.heldout), "sequence_length": options.sequence_length},
-                "recipe": {**_recipe(options), "loss": self._loss_name(), "teacher_outputs":
-                           f"top-{options.top_k} cache" if options.teacher_cache else "on the fly"},
-                "processes": self.place.world,
-                "steps": len(losses),
-                "tokens_seen": len(losses) * options.batch_size * options.sequence_length,
-                "training_seconds": seconds,
-                "seconds": time.perf_counter() - self.started,
-                "peak_rss_mb": _peak_rss_mb(),
-                "loss_curve": losses,
-                "heldout": {"initial": initial, "final": final},
-            }
-            (staging / HELDOUT_FILE).write_text(
-                "\n".join(self.tokenizer.decode(w, skip_special_tokens=True) for w in self.windows.heldout), encoding="utf-8")
-            (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            _plot_losses(losses, report, staging / CURVE_FILE)
-            if self.output.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.old-", dir=self.output.parent))
-                os.replace(self.output, retired / "student")
-                try:
-                    os.replace(staging, self.output)
-                except BaseException:
-                    os.replace(retired / "student", self.output)  # the previous student stays where it was
-                    raise
-                finally:
-                    shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, self.output)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with quiet_transformers():
+            self.student.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+        (staging / HELDOUT_FILE).write_text(
+            "\n".join(self.tokenizer.decode(w, skip_special_tokens=True) for w in self.windows.heldout), encoding="utf-8")
 
-    @property
-    def teacher_layers(self) -> int:
+    def _sections(self) -> dict:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.teacher_dir).num_hidden_layers
+        options = self.options
+        return {
+            "teacher": {"layers": AutoConfig.from_pretrained(self.teacher_dir).num_hidden_layers},
+            "student": {"layers_kept": self.layers, "num_layers": self.student.config.num_hidden_layers,
+                        "parameters": sum(p.numel() for p in self.student.parameters()),
+                        "qat": self.qat.as_dict() if self.qat else None},
+            "data": {"files": self.sources, "training_windows": len(self.windows.train),
+                     "heldout_windows": len(self.windows.heldout), "sequence_length": options.sequence_length},
+        }
 
-    def _loss_name(self) -> str:
-        o = self.options
-        if not o.kd:
-            return "cross-entropy on the data"
-        name = f"T^2 KL(teacher || student) at T={o.temperature:g} + {o.alpha:g} x cross-entropy"
-        if o.on_policy:
-            name += f"; on {o.on_policy:.0%} of steps generalized JSD (beta {o.beta:g}) on the student's own samples"
-        return name
+
+def _teacher_path(teacher: str) -> Path:
+    """The teacher's local path, absolute (distill.json names it for later exports): a Hugging Face
+    directory or hub snapshot, or a Whisper checkpoint (OpenAI .pt, CTranslate2 directory)."""
+    from edge_sdk.converters.sources import resolve_model_dir
+    from edge_sdk.converters.whisper_sources import whisper_source_kind
+
+    path = Path(teacher).expanduser()
+    if whisper_source_kind(path) is not None:
+        return path.absolute()
+    return resolve_model_dir(teacher).absolute()
+
+
+def _run_class(teacher_dir: Path) -> type[Run]:
+    """The run for the teacher's kind: a Whisper model (Hugging Face, OpenAI .pt, CTranslate2) or a causal LM."""
+    from edge_sdk.converters.whisper_sources import whisper_source_kind
+
+    config = Path(teacher_dir) / "config.json"
+    try:
+        whisper = json.loads(config.read_text(encoding="utf-8")).get("model_type") == "whisper" if config.is_file() else False
+    except (OSError, ValueError):
+        whisper = False
+    if whisper or whisper_source_kind(Path(teacher_dir)) is not None:
+        from edge_sdk.distillation.whisper import WhisperRun
+
+        return WhisperRun
+    return TextRun
 
 
 def _peak_rss_mb() -> float | None:
