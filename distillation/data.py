@@ -38,6 +38,16 @@ class TextWindows:
         return np.array(sorted(used), dtype=np.int64)
 
 
+class Items:
+    """``count`` training items (utterances, images) drawn as text windows are: see ``batch_rows``."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def rows(self, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+        return batch_rows(self.count, step, batch_size, seed, rank, world)
+
+
 def batch_rows(count: int, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
     """Of ``count`` training items, the ones in step ``step``'s global batch that process ``rank`` of
     ``world`` trains on: epochs of seeded permutations, a function of (seed, step) only."""

@@ -25,6 +25,12 @@ class DistillationOptions:
     student: Path | None = None  # or this student (a Hugging Face directory, or a config.json to build from)
     keep_decoder_layers: int | None = None  # Whisper: keep the encoder (frozen) and N decoder layers, maximally spaced
     wer_threshold: float = 0.10  # Whisper: drop utterances whose pseudo-label's WER against a given transcript is above this
+    layers_per_block: int | None = None  # diffusion UNet: resnet layers per block the student keeps (fewer than the teacher's)
+    drop_mid_block: bool = False  # diffusion UNet: the student has no mid block
+    denoise_weight: float = 1.0  # diffusion: weight of the denoising loss on the data (the task loss)
+    output_weight: float = 1.0  # diffusion: weight of output KD (the student's noise prediction vs the teacher's)
+    feature_weight: float = 1.0  # diffusion: weight of feature KD (each down/up block's output vs the teacher's)
+    teacher_samples: int = 256  # diffusion without --data: images the teacher samples once to train on
     # the loss
     temperature: float = 2.0  # softens both distributions in the KL term; the KL is scaled by T^2 (Hinton)
     alpha: float | None = None  # weight of the cross-entropy beside the KL (None: 0.5 text, 0.8 Whisper as distil-whisper)
@@ -57,13 +63,20 @@ class DistillationOptions:
 
     def __post_init__(self):
         chosen = [name for name, value in (("--keep-layers", self.keep_layers), ("--layers", self.layers),
-                                          ("--student", self.student), ("--keep-decoder-layers", self.keep_decoder_layers))
+                                          ("--student", self.student), ("--keep-decoder-layers", self.keep_decoder_layers),
+                                          ("--layers-per-block / --drop-mid-block",
+                                           True if self.layers_per_block is not None or self.drop_mid_block else None))
                   if value is not None]
         if len(chosen) > 1:
             raise InvalidInputError(f"{' and '.join(chosen)} both choose the student; pass one of them")
         if not chosen:
             raise InvalidInputError("choose the student: --keep-layers N (spaced teacher layers), --layers 0,3,7, "
-                                    "or --student DIR_OR_CONFIG (Whisper teachers: --keep-decoder-layers N)")
+                                    "or --student DIR_OR_CONFIG (Whisper teachers: --keep-decoder-layers N; diffusion UNets: "
+                                    "--layers-per-block N and/or --drop-mid-block)")
+        if self.layers_per_block is not None and self.layers_per_block < 1:
+            raise InvalidInputError(f"--layers-per-block must be >= 1, got {self.layers_per_block}")
+        if min(self.denoise_weight, self.output_weight, self.feature_weight) < 0 or self.teacher_samples < 1:
+            raise InvalidInputError("--denoise-weight, --output-weight and --feature-weight must be >= 0, --teacher-samples >= 1")
         if self.keep_decoder_layers is not None and self.keep_decoder_layers < 1:
             raise InvalidInputError(f"--keep-decoder-layers must be >= 1, got {self.keep_decoder_layers}")
         if not 0 <= self.wer_threshold <= 1:

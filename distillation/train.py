@@ -187,7 +187,11 @@ def distill(teacher: str | os.PathLike, output: str | os.PathLike, data: str | o
             torch.set_num_threads(options.threads)
         teacher_dir = _teacher_path(str(teacher))
         check_tokenizers(teacher_dir, options.student)
-        run = _run_class(teacher_dir)(teacher_dir, output, Path(data), options, place, resume, progress and place.main)
+        run_class = _run_class(teacher_dir)
+        if data is None and run_class is not _diffusion_run():
+            raise InvalidInputError("--data is required: training text (a causal LM) or a directory of audio (Whisper)")
+        run = run_class(teacher_dir, output, Path(data) if data is not None else None, options, place, resume,
+                        progress and place.main)
         run.on_step = on_step
         run.execute()
     finally:
@@ -249,6 +253,12 @@ class Run:
 
     def _sections(self) -> dict:
         raise NotImplementedError
+
+    def _change(self, initial: dict, final: dict) -> str:
+        """One line: how the held-out figures moved (distill.json's ``summary``, the CLI, the plot's title)."""
+        return (f"held-out KL to teacher {initial['kl_divergence']:.4f} -> {final['kl_divergence']:.4f}, top-1 "
+                f"{initial['top1_agreement']:.1%} -> {final['top1_agreement']:.1%}, perplexity {initial['perplexity']:.2f} -> "
+                f"{final['perplexity']:.2f} (teacher {final['teacher_perplexity']:.2f})")
 
     @contextlib.contextmanager
     def _bar(self, title: str, total: int, fields: dict | None = None):
@@ -374,6 +384,7 @@ class Run:
                 "loss_curve": losses,
                 **({"tokens_seen": len(losses) * self.tokens_per_step} if self.tokens_per_step else {}),
                 "heldout": {"initial": initial, "final": final},
+                "summary": self._change(initial, final),
             }
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             _plot_losses(losses, report, staging / CURVE_FILE)
@@ -550,7 +561,7 @@ def _teacher_path(teacher: str) -> Path:
     from edge_sdk.converters.whisper_sources import whisper_source_kind
 
     path = Path(teacher).expanduser()
-    if whisper_source_kind(path) is not None:
+    if whisper_source_kind(path) is not None or (path / "model_index.json").is_file():
         return path.absolute()
     return resolve_model_dir(teacher).absolute()
 
@@ -568,7 +579,24 @@ def _run_class(teacher_dir: Path) -> type[Run]:
         from edge_sdk.distillation.whisper import WhisperRun
 
         return WhisperRun
+    if (Path(teacher_dir) / "model_index.json").is_file() or _class_name(config).startswith("UNet"):
+        from edge_sdk.distillation.diffusion import DiffusionRun
+
+        return DiffusionRun
     return TextRun
+
+
+def _diffusion_run():
+    from edge_sdk.distillation.diffusion import DiffusionRun
+
+    return DiffusionRun
+
+
+def _class_name(config: Path) -> str:
+    try:
+        return str(json.loads(config.read_text(encoding="utf-8")).get("_class_name") or "")
+    except (OSError, ValueError):
+        return ""
 
 
 def _peak_rss_mb() -> float | None:
@@ -594,9 +622,7 @@ def _plot_losses(losses: list[float], report: dict, path: Path) -> None:
         width = max(5, len(losses) // 20)
         smooth = np.convolve(losses, np.ones(width) / width, mode="valid")
         axis.plot(range(width, len(losses) + 1), smooth, lw=2, label=f"mean of {width}")
-    h = report["heldout"]
-    axis.set_title(f"held-out KL to teacher {h['initial']['kl_divergence']:.3f} -> {h['final']['kl_divergence']:.3f}, "
-                   f"perplexity {h['final']['perplexity']:.2f} (teacher {h['final']['teacher_perplexity']:.2f})", fontsize=9)
+    axis.set_title(report["summary"], fontsize=8, wrap=True)
     axis.set_xlabel("step")
     axis.set_ylabel(report["recipe"]["loss"][:60], fontsize=8)
     axis.legend()

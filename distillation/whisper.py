@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_sdk.distillation.data import batch_rows
+from edge_sdk.distillation.data import Items
 from edge_sdk.distillation.losses import cross_entropy, heldout_figures, soft_label_kl
 from edge_sdk.distillation.student import copy_teacher_weights, spaced_layers
 from edge_sdk.distillation.train import Run
@@ -32,16 +32,6 @@ log = logging.getLogger("edge_sdk")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif")
 WINDOW_SAMPLES = 30 * 16000  # one Whisper window: 30 s at 16 kHz
 _BATCH = 8  # utterances per teacher pass while labelling
-
-
-class Utterances:
-    """Training utterances drawn in an order that depends only on (seed, step), as text windows are."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def rows(self, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
-        return batch_rows(self.count, step, batch_size, seed, rank, world)
 
 
 def audio_dataset(directory: Path) -> tuple[list[Path], dict[Path, str]]:
@@ -178,7 +168,7 @@ class WhisperRun(Run):
         held = max(1, round(len(self.utterances) * self.options.heldout_fraction))
         self.heldout = [index for index, _ in self.utterances[-held:]]
         self.train = [index for index, _ in self.utterances[:-held]]
-        self.batches = Utterances(len(self.train))
+        self.batches = Items(len(self.train))
 
     def _prompts(self, features: torch.Tensor) -> list[list[int]]:
         """The decoder prompt the teacher transcribed under, per utterance: start of transcript, for a

@@ -21,12 +21,18 @@ D = {f.name: f.default for f in fields(DistillationOptions)}  # the defaults, de
 @click.command()
 @click.argument("teacher")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Student directory to write (a Hugging Face model).")
-@click.option("--data", required=True, type=click.Path(), help="Training text: a file or a directory of .txt files (Whisper: a directory of audio, optionally with transcripts.tsv).")
+@click.option("--data", default=None, type=click.Path(), help="Training text: a file or a directory of .txt files (Whisper: a directory of audio, optionally with transcripts.tsv; diffusion: images, or none for the teacher's own samples).")
 @click.option("--keep-layers", type=int, default=None, help="Student = the teacher with N layers kept, maximally spaced (first and last included).")
 @click.option("--layers", default=None, help="Student = the teacher with exactly these layers kept, e.g. 0,3,7.")
 @click.option("--student", type=click.Path(), default=None, help="Student = this Hugging Face directory, or a config.json built with the teacher's matching weights.")
 @click.option("--keep-decoder-layers", type=int, default=None, help="Whisper: keep the encoder (frozen) and N decoder layers, maximally spaced.")
 @click.option("--wer-threshold", type=float, default=D["wer_threshold"], show_default=True, help="Whisper: drop utterances whose pseudo-label's WER against transcripts.tsv is above this.")
+@click.option("--layers-per-block", type=int, default=None, help="Diffusion UNet: resnet layers per block the student keeps (fewer than the teacher's).")
+@click.option("--drop-mid-block", is_flag=True, help="Diffusion UNet: the student has no mid block.")
+@click.option("--denoise-weight", type=float, default=D["denoise_weight"], show_default=True, help="Diffusion: weight of the denoising loss on the data.")
+@click.option("--output-weight", type=float, default=D["output_weight"], show_default=True, help="Diffusion: weight of output KD (noise prediction vs the teacher's).")
+@click.option("--feature-weight", type=float, default=D["feature_weight"], show_default=True, help="Diffusion: weight of feature KD (each down/up block's output vs the teacher's).")
+@click.option("--teacher-samples", type=int, default=D["teacher_samples"], show_default=True, help="Diffusion without --data: images the teacher samples once to train on.")
 @click.option("--temperature", type=float, default=D["temperature"], show_default=True, help="Softens teacher and student in the KL term; the KL is scaled by T^2.")
 @click.option("--alpha", type=float, default=None, help="Weight of the cross-entropy beside the KL to the teacher [0.5; Whisper 0.8, as distil-whisper].")
 @click.option("--ce-only", is_flag=True, help="Train on cross-entropy only, no teacher (the baseline distillation must beat).")
@@ -91,12 +97,9 @@ def _summary(student: Path, options) -> None:
         return
     record = student / REPORT_FILE
     report = json.loads(record.read_text())
-    initial, final = report["heldout"]["initial"], report["heldout"]["final"]
     click.echo(f"Student written to {student} ({report['student']['parameters'] / 1e6:.2f} M parameters, "
                f"{report['steps']} steps in {report['training_seconds']:.0f} s, peak RSS {report['peak_rss_mb']:.0f} MB)")
-    click.echo(f"  held-out KL to teacher {initial['kl_divergence']:.4f} -> {final['kl_divergence']:.4f}, top-1 "
-               f"{initial['top1_agreement']:.1%} -> {final['top1_agreement']:.1%}, perplexity {initial['perplexity']:.2f} -> "
-               f"{final['perplexity']:.2f} (teacher {final['teacher_perplexity']:.2f})")
+    click.echo(f"  {report['summary']}")
     for runtime, weights in options.exports:
         click.echo(f"  package: {student.with_name(f'{student.name}-{runtime}-{weights}')}")
     click.echo(f"Next: edge-sdk export {student} -o {student}-int4 --weights int4")

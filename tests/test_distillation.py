@@ -230,6 +230,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(teacher, data, kd_student, t
         ((teacher, "--data", tmp_path / "missing.txt", "--keep-layers", "2"), "does not exist"),
         ((teacher, "--data", tmp_path / "short.txt", "--keep-layers", "2"), "fewer than one sequence"),
         ((bert, "--data", data, "--keep-layers", "1"), "not a causal language model"),
+        ((teacher, "--keep-layers", "2"), "--data is required"),
     ]
     for args, message in cases:
         output = tmp_path / "student"
