@@ -16,7 +16,6 @@ Not yet here (issue 13 continues): step distillation.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
