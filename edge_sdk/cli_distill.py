@@ -61,19 +61,25 @@ D = {f.name: f.default for f in fields(DistillationOptions)}  # the defaults, de
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def distill(teacher: str, output: str, data: str, layers, student, ce_only: bool, teacher_cache, eval_data, resume: bool,
             overwrite: bool, exports, quiet: bool, **fields) -> None:
-    """Distill a smaller student from a causal-LM TEACHER (a Hugging Face directory or hub id).
+    """Distill a smaller student from TEACHER: a causal LM (Hugging Face directory or hub id), a
+    Whisper model (also an OpenAI .pt or a CTranslate2 directory) or a diffusion UNet.
 
-    The student starts as the teacher with layers dropped (or as --student), then learns the
-    teacher's next-token distributions: T^2 KL(teacher||student) + alpha x cross-entropy. It is
-    written as a Hugging Face directory that `edge-sdk export` takes, with distill.json (teacher,
-    data hashes, recipe, loss curve, held-out perplexity / KL / top-1 before and after) and a
-    loss-curve PNG. On several processes, launch the same command with torchrun.
+    A causal LM's student starts as the teacher with layers dropped (or as --student) and learns
+    its next-token distributions: T^2 KL(teacher||student) + alpha x cross-entropy. A Whisper
+    student keeps the encoder (frozen) and --keep-decoder-layers of the decoder, trained on the
+    teacher's own transcripts of --data. A UNet student has fewer layers per block
+    (--layers-per-block, --drop-mid-block), trained on denoising + output and feature KD. The
+    student is written as a directory `edge-sdk export` takes, with distill.json (teacher, data
+    hashes, recipe, loss curve, held-out figures before and after) and a loss-curve PNG. On several
+    processes, launch the same command with torchrun.
 
     \b
     Examples:
       edge-sdk distill out/tiny-lm -o out/student --data corpus/ --keep-layers 2
       edge-sdk distill out/tiny-lm -o out/student-qat --data corpus/ --keep-layers 2 --qat int4 --export onnxruntime:int4
       edge-sdk distill out/tiny-lm -o out/student --data corpus/ --layers 0,3 --on-policy 0.5 --beta 0.5
+      edge-sdk distill tiny.en/ -o out/whisper-student --data speech/ --keep-decoder-layers 2
+      edge-sdk distill out/ddpm-digits -o out/unet-student --drop-mid-block --steps 500
       torchrun --standalone --nproc-per-node 2 -m edge_sdk.distillation out/tiny-lm -o out/student --data corpus/ --keep-layers 2
     """
     from edge_sdk.distillation import DistillationOptions, distill as run
