@@ -6,7 +6,6 @@ teacher's top-k cache over those windows.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.errors import InvalidInputError
-from edge_sdk.evaluation import read_texts
+from edge_sdk.evaluation import read_text_files
 
 log = logging.getLogger("edge_sdk")
 
@@ -62,18 +61,14 @@ def _order(seed: int, epoch: int, count: int) -> np.ndarray:
 
 
 def _tokens(path: Path, tokenizer) -> tuple[np.ndarray, list[dict]]:
-    read_texts(path)  # the errors for missing, empty and non-UTF-8 data
-    files = sorted(p for p in path.rglob("*.txt") if p.is_file()) if path.is_dir() else [path]
+    from edge_sdk.package import sha256_file
+
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     sources = []
-    for file in files:
-        text = file.read_text(encoding="utf-8")
-        if not text.strip():
-            continue
+    for file, text in read_text_files(path):  # the errors for missing, empty and non-UTF-8 data
         ids += tokenizer(text)["input_ids"] + ([eos] if eos is not None else [])
-        sources.append({"path": str(file.absolute()), "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
-                        "characters": len(text)})
+        sources.append({"path": str(file.absolute()), "sha256": sha256_file(file), "characters": len(text)})
     return np.asarray(ids, dtype=np.int64), sources
 
 

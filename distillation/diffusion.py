@@ -116,14 +116,14 @@ def _read_images(directory: Path, size: int, channels: int) -> np.ndarray:
 class DiffusionRun(Run):
     """A block-removed UNet student of a UNet teacher."""
 
+    needs_data = False  # without --data it trains on the teacher's own samples
+
     def __init__(self, teacher_dir: Path, output: Path, data, options, place, resume: bool, progress: bool):
         super().__init__(teacher_dir, output, options, place, resume, progress)
         if options.layers_per_block is None and not options.drop_mid_block:
             raise InvalidInputError(f"{teacher_dir} is a diffusion UNet: choose its student with --layers-per-block N "
                                     "and/or --drop-mid-block")
-        for flag, used in (("--qat", options.qat), ("--teacher-cache", options.teacher_cache), ("--on-policy", options.on_policy)):
-            if used:
-                raise InvalidInputError(f"{flag} is not available for diffusion students yet; drop it")
+        self._refuse("diffusion", {"--qat": options.qat, "--teacher-cache": options.teacher_cache, "--on-policy": options.on_policy})
         self.teacher, self.scheduler_config = unet_teacher(teacher_dir)
         self.teacher.to(place.device)
         torch.manual_seed(options.seed)

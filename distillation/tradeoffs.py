@@ -59,10 +59,11 @@ def _packages(teacher: Path, students: list[Path], given: list[Path], output: Pa
             role += "-2"
         roles.append((role, Path(student)))
     for role, model in roles:
+        source_sha256 = weights_sha256(model)
         for weights in options.weights:
             name = f"{role}-{weights}"
             package = output / "packages" / name
-            if not _reusable(package, weights_sha256(model), options.runtime, weights):
+            if not _reusable(package, source_sha256, options.runtime, weights):
                 say(f"exporting {model} at {weights} ...")
                 export(model, package, ExportOptions(runtime=options.runtime, quantization=QuantizationOptions(weights=weights)),
                        progress=False, overwrite=True)

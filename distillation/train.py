@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -29,12 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_sdk.converters.training import learning_rate
+from edge_sdk.devices.measure import peak_rss_mb
 from edge_sdk.distillation import qat as qat_module
 from edge_sdk.distillation.data import TeacherCache, TextWindows, load_windows
 from edge_sdk.distillation.losses import cross_entropy, generalized_jsd, heldout_figures, soft_label_kl
 from edge_sdk.distillation.options import DistillationOptions
 from edge_sdk.distillation.student import check_tokenizers, given_student, load_causal_lm, spaced_layers, student_from_teacher
 from edge_sdk.errors import EdgeSDKError, InvalidInputError, OutputExistsError
+from edge_sdk.package import check_output_dir, move_into_place, staging_dir, write_atomically
 
 log = logging.getLogger("edge_sdk")
 
@@ -142,14 +144,6 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def learning_rate(step: int, options: DistillationOptions) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak at the last step."""
-    if step < options.warmup_steps:
-        return options.learning_rate * (step + 1) / options.warmup_steps
-    progress = (step - options.warmup_steps) / max(1, options.steps - options.warmup_steps)
-    return options.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def _recipe(options: DistillationOptions) -> dict:
     """The options that decide the result (a resumed run must share them)."""
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
@@ -171,8 +165,6 @@ def distill(teacher: str | os.PathLike, output: str | os.PathLike, data: str | o
         from edge_sdk.distillation import DistillationOptions, distill
         distill("out/tiny-lm", "out/student", "corpus.txt", DistillationOptions(keep_layers=2, steps=300))
     """
-    from edge_sdk.package import check_output_dir
-
     output = Path(output).expanduser().absolute()
     place = _Distributed()
     try:
@@ -188,7 +180,7 @@ def distill(teacher: str | os.PathLike, output: str | os.PathLike, data: str | o
         teacher_dir = _teacher_path(str(teacher))
         check_tokenizers(teacher_dir, options.student)
         run_class = _run_class(teacher_dir)
-        if data is None and run_class is not _diffusion_run():
+        if data is None and run_class.needs_data:
             raise InvalidInputError("--data is required: training text (a causal LM) or a directory of audio (Whisper)")
         run = run_class(teacher_dir, output, Path(data) if data is not None else None, options, place, resume,
                         progress and place.main)
@@ -230,6 +222,7 @@ class Run:
 
     qat = None
     alpha = 0.5
+    needs_data = True  # False: the run can make its own training data (a UNet's own samples)
     tokens_per_step: int | None = None  # training tokens per step over all processes, where that is meaningful
 
     def __init__(self, teacher_dir: Path, output: Path, options: DistillationOptions, place: _Distributed,
@@ -241,6 +234,12 @@ class Run:
         self.on_step = None
         self.started = time.perf_counter()
         self.teacher_sha256 = weights_sha256(teacher_dir)
+
+    def _refuse(self, kind: str, flags: dict) -> None:
+        """One error for the first option given that this kind of student does not take yet."""
+        for flag, used in flags.items():
+            if used:
+                raise InvalidInputError(f"{flag} is not available for {kind} students yet; drop it")
 
     def _loss(self, model, step: int, rows: list[int]) -> torch.Tensor:
         raise NotImplementedError
@@ -337,13 +336,7 @@ class Run:
         state = {"step": step, "losses": torch.tensor(losses, dtype=torch.float64), "seconds": seconds,
                  "recipe": json.dumps(self._provenance(), sort_keys=True), "initial": json.dumps(initial),
                  "student": self.student.state_dict(), "optimizer": optimizer.state_dict()}
-        fd, temporary = tempfile.mkstemp(prefix=".checkpoint.", dir=directory)
-        os.close(fd)
-        try:
-            torch.save(state, temporary)
-            os.replace(temporary, directory / CHECKPOINT_FILE)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        write_atomically(directory / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
         log.info("checkpoint at step %d written to %s", step, directory)
 
     def _provenance(self) -> dict:
@@ -363,10 +356,7 @@ class Run:
         return int(state["step"]), [float(x) for x in state["losses"]], float(state["seconds"]), json.loads(state["initial"])
 
     def _write_student(self, initial: dict, final: dict, losses: list[float], seconds: float) -> None:
-        from edge_sdk.package import _umask
-
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.partial-", dir=self.output.parent))
-        os.chmod(staging, 0o777 & ~_umask())
+        staging = staging_dir(self.output)
         options = self.options
         try:
             self._save_files(staging)
@@ -380,7 +370,7 @@ class Run:
                 "steps": len(losses),
                 "training_seconds": seconds,
                 "seconds": time.perf_counter() - self.started,
-                "peak_rss_mb": _peak_rss_mb(),
+                "peak_rss_mb": peak_rss_mb(),
                 "loss_curve": losses,
                 **({"tokens_seen": len(losses) * self.tokens_per_step} if self.tokens_per_step else {}),
                 "heldout": {"initial": initial, "final": final},
@@ -388,18 +378,7 @@ class Run:
             }
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             _plot_losses(losses, report, staging / CURVE_FILE)
-            if self.output.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.old-", dir=self.output.parent))
-                os.replace(self.output, retired / "student")
-                try:
-                    os.replace(staging, self.output)
-                except BaseException:
-                    os.replace(retired / "student", self.output)  # the previous student stays where it was
-                    raise
-                finally:
-                    shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, self.output)
+            move_into_place(staging, self.output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -421,14 +400,15 @@ class TextRun(Run):
         from transformers import AutoTokenizer
 
         super().__init__(teacher_dir, output, options, place, resume, progress)
+        if options.keep_decoder_layers is not None or options.layers_per_block is not None or options.drop_mid_block:
+            raise InvalidInputError("--keep-decoder-layers is for Whisper teachers and --layers-per-block / --drop-mid-block "
+                                    "for diffusion UNets; a causal LM's student takes --keep-layers N")
         self.tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
         self.windows: TextWindows = load_windows(data, self.tokenizer, options.sequence_length, options.heldout_fraction,
                                                  options.eval_data, options.eval_windows)
         self.batches, self.sources = self.windows, self.windows.sources
         self.tokens_per_step = options.batch_size * options.sequence_length
         self.alpha = 0.5 if options.alpha is None else options.alpha
-        if options.keep_decoder_layers is not None:
-            raise InvalidInputError("--keep-decoder-layers is for Whisper teachers; a causal LM's student takes --keep-layers N")
         torch.manual_seed(options.seed)
         self.teacher = load_causal_lm(teacher_dir, "teacher").eval().requires_grad_(False).to(place.device)
         config = self.teacher.config
@@ -448,6 +428,7 @@ class TextRun(Run):
         self.cache = None
         if options.teacher_cache is not None and options.kd:
             self.cache = self._teacher_cache()
+            self.cache_arrays = self.cache.open()  # memory maps, opened once
             del self.teacher  # the cache replaces it: only the student stays in memory
             self.teacher = None
 
@@ -505,7 +486,7 @@ class TextRun(Run):
         if not options.kd:
             return ce
         if self.cache is not None:
-            values, indices = self.cache.open()
+            values, indices = self.cache_arrays
             teacher = (torch.from_numpy(np.asarray(values[rows], np.float32)[:, :-1]).to(device),
                        torch.from_numpy(np.asarray(indices[rows], np.int64)[:, :-1]).to(device))
         else:
@@ -567,44 +548,24 @@ def _teacher_path(teacher: str) -> Path:
 
 
 def _run_class(teacher_dir: Path) -> type[Run]:
-    """The run for the teacher's kind: a Whisper model (Hugging Face, OpenAI .pt, CTranslate2) or a causal LM."""
+    """The run for the teacher's kind: a Whisper model (Hugging Face, OpenAI .pt, CTranslate2), a
+    diffusion UNet (a diffusers pipeline or UNet directory), or a causal LM."""
     from edge_sdk.converters.whisper_sources import whisper_source_kind
 
-    config = Path(teacher_dir) / "config.json"
+    teacher_dir = Path(teacher_dir)
     try:
-        whisper = json.loads(config.read_text(encoding="utf-8")).get("model_type") == "whisper" if config.is_file() else False
+        config = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        whisper = False
-    if whisper or whisper_source_kind(Path(teacher_dir)) is not None:
+        config = {}
+    if config.get("model_type") == "whisper" or whisper_source_kind(teacher_dir) is not None:
         from edge_sdk.distillation.whisper import WhisperRun
 
         return WhisperRun
-    if (Path(teacher_dir) / "model_index.json").is_file() or _class_name(config).startswith("UNet"):
+    if (teacher_dir / "model_index.json").is_file() or str(config.get("_class_name") or "").startswith("UNet"):
         from edge_sdk.distillation.diffusion import DiffusionRun
 
         return DiffusionRun
     return TextRun
-
-
-def _diffusion_run():
-    from edge_sdk.distillation.diffusion import DiffusionRun
-
-    return DiffusionRun
-
-
-def _class_name(config: Path) -> str:
-    try:
-        return str(json.loads(config.read_text(encoding="utf-8")).get("_class_name") or "")
-    except (OSError, ValueError):
-        return ""
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-    except ImportError:
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _plot_losses(losses: list[float], report: dict, path: Path) -> None:

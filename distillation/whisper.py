@@ -26,6 +26,7 @@ from edge_sdk.distillation.losses import cross_entropy, heldout_figures, soft_la
 from edge_sdk.distillation.student import copy_teacher_weights, spaced_layers
 from edge_sdk.distillation.train import Run
 from edge_sdk.errors import InvalidInputError
+from edge_sdk.package import sha256_file
 
 log = logging.getLogger("edge_sdk")
 
@@ -78,9 +79,7 @@ class WhisperRun(Run):
         if options.keep_decoder_layers is None:
             raise InvalidInputError(f"{teacher_dir} is a Whisper model: choose its student with --keep-decoder-layers N "
                                     "(the encoder is kept whole and frozen)")
-        for flag, used in (("--qat", options.qat), ("--teacher-cache", options.teacher_cache), ("--on-policy", options.on_policy)):
-            if used:
-                raise InvalidInputError(f"{flag} is not available for Whisper students yet; drop it")
+        self._refuse("Whisper", {"--qat": options.qat, "--teacher-cache": options.teacher_cache, "--on-policy": options.on_policy})
         self.alpha = 0.8 if options.alpha is None else options.alpha
         files, transcripts = audio_dataset(data)
         kind = whisper_source_kind(Path(teacher_dir)) or "huggingface"
@@ -92,7 +91,7 @@ class WhisperRun(Run):
                                     f"layers; keep 1 to {count}")
         self.layers = spaced_layers(count, options.keep_decoder_layers)
         self.student = self._make_student()
-        self.sources = [{"path": str(p.absolute()), "sha256": _sha256(p)} for p in files]
+        self.sources = [{"path": str(p.absolute()), "sha256": sha256_file(p)} for p in files]
         self._label(files, transcripts)
 
     def _make_student(self):
@@ -246,9 +245,3 @@ class WhisperRun(Run):
 
     def utterances_by_index(self, index: int) -> dict:
         return next(entry for i, entry in self.utterances if i == index)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()

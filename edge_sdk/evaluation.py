@@ -33,6 +33,12 @@ LogitsFn = Callable[[list[int]], np.ndarray]  # token ids (T,) -> logits (T, voc
 
 def read_texts(path: str | os.PathLike) -> list[str]:
     """The text of a file, or of every ``.txt`` file under a directory (sorted by path)."""
+    return [text for _, text in read_text_files(path)]
+
+
+def read_text_files(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """(file, text) of a file, or of every ``.txt`` file under a directory (sorted by path); files
+    holding only whitespace are left out, and no text at all is an error."""
     path = Path(path).expanduser()
     if not path.exists():
         raise InvalidInputError(f"text data {path} does not exist; pass a text file or a directory of .txt files")
@@ -42,10 +48,10 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     texts = []
     for file in files:
         try:
-            texts.append(file.read_text(encoding="utf-8"))
+            texts.append((file, file.read_text(encoding="utf-8")))
         except UnicodeDecodeError as e:
             raise InvalidInputError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from e
-    texts = [t for t in texts if t.strip()]
+    texts = [(file, text) for file, text in texts if text.strip()]
     if not texts:
         raise InvalidInputError(f"{path} contains no text")
     return texts
@@ -388,7 +394,8 @@ def text_package_accuracy(request: dict, step=None) -> dict:
     tokens = [t for text in read_texts(data or BUNDLED_EVAL_TEXT) for t in tokenizer.encode(text)]
     # one model in memory at a time: text_accuracy opens the reference, spills it, then the candidate
     open_reference = (lambda: load(reference, verify=False).logits) if reference else None
-    result = text_accuracy(lambda: load(candidate, verify=False).logits, token_windows(tokens), open_reference)
+    windows = token_windows(tokens)
+    result = text_accuracy(lambda: load(candidate, verify=False).logits, windows, open_reference)
     figures = {"data": data or "bundled edge_sdk/data/eval.txt", "reference": "FP32 ONNX graph" if reference else None,
                **result.as_dict()}
     if result.kl_divergence is None:
@@ -398,8 +405,7 @@ def text_package_accuracy(request: dict, step=None) -> dict:
                               f"perplexity {result.perplexity:.2f} (FP32 {result.reference_perplexity:.2f})")
     if request.get("teacher"):  # a distilled student: how far the package is from its teacher
         teacher = request["teacher"]
-        against = text_accuracy(lambda: load(candidate, verify=False).logits, token_windows(tokens),
-                                lambda: _model_logits(Path(teacher)))
+        against = text_accuracy(lambda: load(candidate, verify=False).logits, windows, lambda: _model_logits(Path(teacher)))
         figures["teacher"] = {"model": teacher, **against.as_dict()}
         figures["summary"] += (f"; vs teacher: KL {against.kl_divergence:.3g}, top-1 {against.top1_agreement:.1%}, "
                                f"perplexity {against.perplexity:.2f} (teacher {against.reference_perplexity:.2f})")

@@ -261,6 +261,30 @@ def check_output_dir(output: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{output} already holds a package; pass --overwrite to replace it")
 
 
+def staging_dir(output: Path) -> Path:
+    """A new empty directory beside ``output`` to build it in, with the user's ordinary permissions."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes the directory private (0700)
+    return staging
+
+
+def move_into_place(staging: Path, output: Path) -> None:
+    """Rename the complete directory ``staging`` to ``output``, replacing what is there; if the last
+    rename fails, the previous ``output`` is put back."""
+    if not output.exists():
+        os.replace(staging, output)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+    os.replace(output, retired / "previous")
+    try:
+        os.replace(staging, output)
+    except BaseException:
+        os.replace(retired / "previous", output)
+        raise
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
 @contextmanager
 def staged_output(output: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory beside ``output``; move it into place only on success.
@@ -270,18 +294,11 @@ def staged_output(output: str | os.PathLike, overwrite: bool = False) -> Iterato
     """
     output = Path(output).expanduser().absolute()
     check_output_dir(output, overwrite)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes the directory private (0700)
+    staging = staging_dir(output)
     try:
         yield staging
         check_output_dir(output, overwrite)  # something may have appeared while we worked
-        if output.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, retired / "package")
-            os.replace(staging, output)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, output)
+        move_into_place(staging, output)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
