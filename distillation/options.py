@@ -31,6 +31,8 @@ class DistillationOptions:
     output_weight: float = 1.0  # diffusion: weight of output KD (the student's noise prediction vs the teacher's)
     feature_weight: float = 1.0  # diffusion: weight of feature KD (each down/up block's output vs the teacher's)
     teacher_samples: int = 256  # diffusion without --data: images the teacher samples once to train on
+    step_distill: int = 0  # diffusion: rounds of progressive distillation, each halving the DDIM steps (student = teacher)
+    teacher_steps: int | None = None  # step distillation: the teacher's DDIM steps (None: what it was distilled for, else 64)
     # the loss
     temperature: float = 2.0  # softens both distributions in the KL term; the KL is scaled by T^2 (Hinton)
     alpha: float | None = None  # weight of the cross-entropy beside the KL (None: 0.5 text, 0.8 Whisper as distil-whisper)
@@ -65,18 +67,27 @@ class DistillationOptions:
         chosen = [name for name, value in (("--keep-layers", self.keep_layers), ("--layers", self.layers),
                                           ("--student", self.student), ("--keep-decoder-layers", self.keep_decoder_layers),
                                           ("--layers-per-block / --drop-mid-block",
-                                           True if self.layers_per_block is not None or self.drop_mid_block else None))
+                                           True if self.layers_per_block is not None or self.drop_mid_block else None),
+                                          ("--step-distill", True if self.step_distill else None))
                   if value is not None]
         if len(chosen) > 1:
             raise InvalidInputError(f"{' and '.join(chosen)} both choose the student; pass one of them")
         if not chosen:
             raise InvalidInputError("choose the student: --keep-layers N (spaced teacher layers), --layers 0,3,7, "
                                     "or --student DIR_OR_CONFIG (Whisper teachers: --keep-decoder-layers N; diffusion UNets: "
-                                    "--layers-per-block N and/or --drop-mid-block)")
+                                    "--layers-per-block N and/or --drop-mid-block, or --step-distill ROUNDS)")
         if self.layers_per_block is not None and self.layers_per_block < 1:
             raise InvalidInputError(f"--layers-per-block must be >= 1, got {self.layers_per_block}")
         if min(self.denoise_weight, self.output_weight, self.feature_weight) < 0 or self.teacher_samples < 1:
             raise InvalidInputError("--denoise-weight, --output-weight and --feature-weight must be >= 0, --teacher-samples >= 1")
+        if self.step_distill < 0 or self.step_distill > 8:
+            raise InvalidInputError(f"--step-distill is a number of rounds from 1 to 8, got {self.step_distill}")
+        if self.teacher_steps is not None:
+            if not self.step_distill:
+                raise InvalidInputError("--teacher-steps is the DDIM step count step distillation halves; add --step-distill ROUNDS")
+            if self.teacher_steps < 2 or self.teacher_steps % (2**self.step_distill):
+                raise InvalidInputError(f"--teacher-steps {self.teacher_steps} does not halve {self.step_distill} time(s); give a "
+                                        f"multiple of {2**self.step_distill} (e.g. {2**self.step_distill * 16})")
         if self.keep_decoder_layers is not None and self.keep_decoder_layers < 1:
             raise InvalidInputError(f"--keep-decoder-layers must be >= 1, got {self.keep_decoder_layers}")
         if not 0 <= self.wer_threshold <= 1:

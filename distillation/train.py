@@ -179,7 +179,7 @@ def distill(teacher: str | os.PathLike, output: str | os.PathLike, data: str | o
             torch.set_num_threads(options.threads)
         teacher_dir = _teacher_path(str(teacher))
         check_tokenizers(teacher_dir, options.student)
-        run_class = _run_class(teacher_dir)
+        run_class = _run_class(teacher_dir, options)
         if data is None and run_class.needs_data:
             raise InvalidInputError("--data is required: training text (a causal LM) or a directory of audio (Whisper)")
         run = run_class(teacher_dir, output, Path(data) if data is not None else None, options, place, resume,
@@ -241,6 +241,25 @@ class Run:
             if used:
                 raise InvalidInputError(f"{flag} is not available for {kind} students yet; drop it")
 
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (step distillation: ``steps`` per round)."""
+        return self.options.steps
+
+    def _schedule_step(self, step: int) -> int:
+        """Where ``step`` is on the learning-rate schedule (a new round starts it again)."""
+        return step
+
+    def _begin_step(self, step: int, optimizer) -> None:
+        """Called before each optimizer step (and once with the first step of a resumed run)."""
+
+    def _extra_state(self) -> dict:
+        """Tensors a checkpoint must keep beside the student's (step distillation: the round's teacher)."""
+        return {}
+
+    def _load_extra_state(self, state: dict) -> None:
+        pass
+
     def _loss(self, model, step: int, rows: list[int]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -290,10 +309,12 @@ class Run:
         self.student.train()
         tokens_per_step = options.batch_size * options.sequence_length
         clock = time.perf_counter()
-        with _StopOnInterrupt() as interrupt, self._bar("Distilling", options.steps, {"loss": "-", "tok/s": "-"}) as advance:
-            for step in range(first, options.steps):
+        total = self.total_steps
+        with _StopOnInterrupt() as interrupt, self._bar("Distilling", total, {"loss": "-", "tok/s": "-"}) as advance:
+            for step in range(first, total):
+                self._begin_step(step, optimizer)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, options)
+                    group["lr"] = learning_rate(self._schedule_step(step), options)
                 rows = self.batches.rows(step, options.batch_size, options.seed, place.rank, place.world)
                 torch.manual_seed(options.seed * 1_000_003 + step * 1009 + place.rank)  # dropout: a resumed step draws the same
                 loss = self._loss(model, step, rows)
@@ -314,9 +335,9 @@ class Run:
                     self._save_checkpoint(optimizer, step + 1, losses, elapsed, initial)
                     place.barrier()
                     raise DistillationInterrupted(
-                        f"interrupted after step {step + 1} of {options.steps}; a checkpoint is in "
+                        f"interrupted after step {step + 1} of {total}; a checkpoint is in "
                         f"{checkpoint_dir(self.output)}: run the same command with --resume to continue")
-                if options.save_every and (step + 1) % options.save_every == 0 and step + 1 < options.steps:
+                if options.save_every and (step + 1) % options.save_every == 0 and step + 1 < total:
                     self._save_checkpoint(optimizer, step + 1, losses, elapsed, initial)
         training_seconds = seconds_before + time.perf_counter() - clock
         final = self._figures()
@@ -335,7 +356,7 @@ class Run:
         directory.mkdir(exist_ok=True)
         state = {"step": step, "losses": torch.tensor(losses, dtype=torch.float64), "seconds": seconds,
                  "recipe": json.dumps(self._provenance(), sort_keys=True), "initial": json.dumps(initial),
-                 "student": self.student.state_dict(), "optimizer": optimizer.state_dict()}
+                 "student": self.student.state_dict(), "optimizer": optimizer.state_dict(), **self._extra_state()}
         write_atomically(directory / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
         log.info("checkpoint at step %d written to %s", step, directory)
 
@@ -352,6 +373,7 @@ class Run:
             raise InvalidInputError(f"--resume: the checkpoint was made with other options ({', '.join(changed)} differ); "
                                     "run with the same options, or start again without --resume")
         self.student.load_state_dict(state["student"])
+        self._load_extra_state(state)
         optimizer.load_state_dict(state["optimizer"])
         return int(state["step"]), [float(x) for x in state["losses"]], float(state["seconds"]), json.loads(state["initial"])
 
@@ -547,9 +569,9 @@ def _teacher_path(teacher: str) -> Path:
     return resolve_model_dir(teacher).absolute()
 
 
-def _run_class(teacher_dir: Path) -> type[Run]:
-    """The run for the teacher's kind: a Whisper model (Hugging Face, OpenAI .pt, CTranslate2), a
-    diffusion UNet (a diffusers pipeline or UNet directory), or a causal LM."""
+def teacher_kind(teacher_dir: Path) -> str:
+    """"speech" (a Whisper model: Hugging Face, OpenAI .pt, CTranslate2), "images" (a diffusion
+    UNet: a diffusers pipeline or UNet directory) or "text" (a causal LM)."""
     from edge_sdk.converters.whisper_sources import whisper_source_kind
 
     teacher_dir = Path(teacher_dir)
@@ -558,13 +580,25 @@ def _run_class(teacher_dir: Path) -> type[Run]:
     except (OSError, ValueError):
         config = {}
     if config.get("model_type") == "whisper" or whisper_source_kind(teacher_dir) is not None:
+        return "speech"
+    if (teacher_dir / "model_index.json").is_file() or str(config.get("_class_name") or "").startswith("UNet"):
+        return "images"
+    return "text"
+
+
+def _run_class(teacher_dir: Path, options: DistillationOptions) -> type[Run]:
+    """The run for the teacher's kind (block removal or step distillation for a diffusion UNet)."""
+    kind = teacher_kind(teacher_dir)
+    if kind == "speech":
         from edge_sdk.distillation.whisper import WhisperRun
 
         return WhisperRun
-    if (teacher_dir / "model_index.json").is_file() or str(config.get("_class_name") or "").startswith("UNet"):
-        from edge_sdk.distillation.diffusion import DiffusionRun
+    if kind == "images":
+        from edge_sdk.distillation.diffusion import DiffusionRun, StepDistillRun
 
-        return DiffusionRun
+        return StepDistillRun if options.step_distill else DiffusionRun
+    if options.step_distill:
+        raise InvalidInputError(f"--step-distill halves a diffusion model's sampling steps; {teacher_dir} is not a diffusion UNet")
     return TextRun
 
 

@@ -3,13 +3,16 @@
 Whisper's cost on a device is the decoder, run once per token, while the encoder runs once per
 30 s window: the student keeps the teacher's encoder (copied and frozen) and ``keep_decoder_layers``
 of its decoder layers, maximally spaced with the first and last kept. The targets are the teacher's
-own greedy transcripts (pseudo-labels), computed once; when ``transcripts.tsv`` is given, an
+own greedy transcripts (pseudo-labels) with their timestamps where the teacher predicts them,
+computed once; half of the training labels keep the timestamps (under the prompt that asks for
+them) and half drop them (under <|notimestamps|>), as distil-whisper trains, so that the student
+transcribes either way. When ``transcripts.tsv`` is given, an
 utterance whose pseudo-label's WER against it exceeds ``wer_threshold`` (normalised as ``eval``
 normalises) is dropped. Loss: ``alpha (0.8) x cross-entropy on the pseudo-labels + T^2 KL(teacher ||
 student)`` at T = 2. The encoder is frozen, so its outputs are computed once per utterance and
 shared by teacher and student.
 
-Not yet here (issue 13 continues): timestamped pseudo-labels, QAT, the teacher cache, on-policy.
+Not here: QAT, the teacher cache and on-policy steps (the text student's), refused with a message.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ log = logging.getLogger("edge_sdk")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif")
 WINDOW_SAMPLES = 30 * 16000  # one Whisper window: 30 s at 16 kHz
 _BATCH = 8  # utterances per teacher pass while labelling
+TIMESTAMP_SHARE = 0.5  # share of training labels with the teacher's timestamps (distil-whisper's timestamp_probability)
 
 
 def audio_dataset(directory: Path) -> tuple[list[Path], dict[Path, str]]:
@@ -124,20 +128,25 @@ class WhisperRun(Run):
         eot = self.teacher.generation_config.eos_token_id
         eot = eot[0] if isinstance(eot, list) else eot
         self.eot = int(eot)
-        encoded, labels, texts = [], [], []
+        no_timestamps = getattr(self.teacher.generation_config, "no_timestamps_token_id", None)
+        self.timestamps = no_timestamps is not None  # the teacher predicts timestamps: label with them
+        self.timestamp_begin = int(no_timestamps) + 1 if self.timestamps else None
+        encoded, labels, timed_labels, texts = [], [], [], []
         with self._bar("Labelling with the teacher", len(files)) as advance:
             for start in range(0, len(files), _BATCH):
                 batch = features[start:start + _BATCH]
                 encoded.append(self.teacher.model.encoder(batch).last_hidden_state.to(torch.float16).cpu())
-                sequences = self.teacher.generate(input_features=batch, return_timestamps=False,
+                sequences = self.teacher.generate(input_features=batch, return_timestamps=self.timestamps,
                                                   max_length=self.teacher.config.max_target_positions)
                 prompts = self._prompts(batch)
                 limit = self.teacher.config.max_target_positions + 1  # decoder inputs are the label less its last token
                 for prompt, sequence in zip(prompts, sequences.tolist()):
-                    # generate returns the text tokens (transformers 5 drops the prompt and the end token)
+                    # generate returns the transcript's tokens (transformers 5 drops the prompt), end-padded
                     text = [t for t in sequence if t < self.eot]
-                    label = (prompt + text)[:limit - 1] + [self.eot]
-                    labels.append(label)
+                    labels.append((prompt + text)[:limit - 1] + [self.eot])
+                    if self.timestamps:  # the same transcript with its timestamps, under the prompt that asks for them
+                        timed = [t for t in sequence if t < self.eot or t >= self.timestamp_begin]
+                        timed_labels.append((prompt[:-1] + timed)[:limit - 1] + [self.eot])
                     texts.append(tokenizer.decode(text, skip_special_tokens=True).strip())
                 advance(min(start + _BATCH, len(files)))
         self.encoded = torch.cat(encoded)
@@ -161,6 +170,7 @@ class WhisperRun(Run):
                         100 * self.options.wer_threshold)
         self.dropped = dropped
         self.labels = labels
+        self.timed_labels = timed_labels or None
         if len(self.utterances) < 2:
             raise InvalidInputError(f"{len(self.utterances)} utterance(s) left after the WER filter ({len(dropped)} dropped "
                                     f"above {self.options.wer_threshold:.0%}); give at least 2 (one is held back)")
@@ -180,12 +190,14 @@ class WhisperRun(Run):
             return [prompt + [int(language), task, int(config.no_timestamps_token_id)] for language in languages]
         return [prompt + [int(config.no_timestamps_token_id)]] * len(features)
 
-    def _batch(self, indices: list[int]):
-        """Encoder outputs, decoder inputs (the label shifted right), targets and the mask of real positions."""
+    def _batch(self, indices: list[int], timed: list[bool] | None = None):
+        """Encoder outputs, decoder inputs (the label shifted right), targets and the mask of real
+        positions; ``timed[i]``: the i-th utterance's label with timestamps."""
         from transformers.modeling_outputs import BaseModelOutput
 
         device = self.place.device
-        sequences = [self.labels[i] for i in indices]
+        timed = timed or [False] * len(indices)
+        sequences = [self.timed_labels[i] if with_time else self.labels[i] for i, with_time in zip(indices, timed)]
         length = max(len(s) for s in sequences) - 1
         inputs = torch.full((len(sequences), length), self.eot, dtype=torch.long)
         targets = torch.full((len(sequences), length), self.eot, dtype=torch.long)
@@ -199,7 +211,10 @@ class WhisperRun(Run):
         return BaseModelOutput(last_hidden_state=hidden), inputs.to(device), targets.to(device), mask.to(device)
 
     def _loss(self, model, step: int, rows: list[int]) -> torch.Tensor:
-        encoder, inputs, targets, mask = self._batch([self.train[r] for r in rows])
+        timed = None
+        if self.timed_labels is not None:  # distil-whisper's timestamp_probability 0.5: half the labels keep their timestamps
+            timed = (np.random.default_rng([self.options.seed, step, 7]).random(len(rows)) < TIMESTAMP_SHARE).tolist()
+        encoder, inputs, targets, mask = self._batch([self.train[r] for r in rows], timed)
         logits = model(encoder_outputs=encoder, decoder_input_ids=inputs).logits[mask]
         ce = cross_entropy(logits, targets[mask])
         if not self.options.kd:
@@ -240,6 +255,9 @@ class WhisperRun(Run):
             "data": {"files": self.sources, "utterances": len(self.labels), "training": len(self.train),
                      "heldout": [self.utterances_by_index(i)["file"] for i in self.heldout],
                      "wer_threshold": self.options.wer_threshold, "dropped_by_wer": self.dropped,
+                     "labels_with_timestamps": TIMESTAMP_SHARE if self.timed_labels is not None else 0.0,
+                     "timestamped_transcripts": sum(any(t >= self.timestamp_begin for t in label)
+                                                    for label in self.timed_labels or []),
                      "pseudo_labels": [entry for _, entry in self.utterances]},
         }
 

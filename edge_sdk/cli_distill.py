@@ -33,6 +33,8 @@ D = {f.name: f.default for f in fields(DistillationOptions)}  # the defaults, de
 @click.option("--output-weight", type=float, default=D["output_weight"], show_default=True, help="Diffusion: weight of output KD (noise prediction vs the teacher's).")
 @click.option("--feature-weight", type=float, default=D["feature_weight"], show_default=True, help="Diffusion: weight of feature KD (each down/up block's output vs the teacher's).")
 @click.option("--teacher-samples", type=int, default=D["teacher_samples"], show_default=True, help="Diffusion without --data: images the teacher samples once to train on.")
+@click.option("--step-distill", type=int, default=0, help="Diffusion: rounds of progressive distillation, each halving the DDIM steps (student = the teacher).")
+@click.option("--teacher-steps", type=int, default=None, help="Step distillation: the teacher's DDIM steps [what it was distilled for, else 64].")
 @click.option("--temperature", type=float, default=D["temperature"], show_default=True, help="Softens teacher and student in the KL term; the KL is scaled by T^2.")
 @click.option("--alpha", type=float, default=None, help="Weight of the cross-entropy beside the KL to the teacher [0.5; Whisper 0.8, as distil-whisper].")
 @click.option("--ce-only", is_flag=True, help="Train on cross-entropy only, no teacher (the baseline distillation must beat).")
@@ -68,7 +70,8 @@ def distill(teacher: str, output: str, data: str, layers, student, ce_only: bool
     its next-token distributions: T^2 KL(teacher||student) + alpha x cross-entropy. A Whisper
     student keeps the encoder (frozen) and --keep-decoder-layers of the decoder, trained on the
     teacher's own transcripts of --data. A UNet student has fewer layers per block
-    (--layers-per-block, --drop-mid-block), trained on denoising + output and feature KD. The
+    (--layers-per-block, --drop-mid-block), trained on denoising + output and feature KD; or
+    takes half the sampling steps per --step-distill round (progressive distillation). The
     student is written as a directory `edge-sdk export` takes, with distill.json (teacher, data
     hashes, recipe, loss curve, held-out figures before and after) and a loss-curve PNG. On several
     processes, launch the same command with torchrun.
@@ -80,6 +83,7 @@ def distill(teacher: str, output: str, data: str, layers, student, ce_only: bool
       edge-sdk distill out/tiny-lm -o out/student --data corpus/ --layers 0,3 --on-policy 0.5 --beta 0.5
       edge-sdk distill tiny.en/ -o out/whisper-student --data speech/ --keep-decoder-layers 2
       edge-sdk distill out/ddpm-digits -o out/unet-student --drop-mid-block --steps 500
+      edge-sdk distill out/ddpm-digits -o out/unet-fast --step-distill 2 --teacher-steps 40 --steps 500
       torchrun --standalone --nproc-per-node 2 -m edge_sdk.distillation out/tiny-lm -o out/student --data corpus/ --keep-layers 2
     """
     from edge_sdk.distillation import DistillationOptions, distill as run
@@ -108,7 +112,14 @@ def _summary(student: Path, options) -> None:
     click.echo(f"  {report['summary']}")
     for runtime, weights in options.exports:
         click.echo(f"  package: {student.with_name(f'{student.name}-{runtime}-{weights}')}")
-    click.echo(f"Next: edge-sdk export {student} -o {student}-int4 --weights int4")
+    from edge_sdk.distillation.train import teacher_kind
+
+    kind = teacher_kind(student)  # the student is of its teacher's kind
+    if kind == "images":
+        click.echo(f"Next: edge-sdk export {student} -o {student}-pkg && edge-sdk sample {student}-pkg -o grid.png")
+    else:
+        weights = "int8" if kind == "speech" else "int4"  # int4 breaks small Whisper models (BENCHMARKS.md)
+        click.echo(f"Next: edge-sdk export {student} -o {student}-{weights} --weights {weights}")
 
 
 @click.command()
@@ -116,27 +127,37 @@ def _summary(student: Path, options) -> None:
 @click.option("--student", "students", multiple=True, type=click.Path(), help="A student directory (repeatable).")
 @click.option("--package", "packages", multiple=True, type=click.Path(), help="A ready package to include, e.g. a QAT student's (repeatable).")
 @click.option("--device", required=True, help="Device profile (name or .toml) the packages are judged against.")
-@click.option("--data", required=True, type=click.Path(), help="Held-back text all models are measured on.")
+@click.option("--data", default=None, type=click.Path(), help="What all models are measured on: held-back text (text), a directory of audio with optional transcripts.tsv (speech); none for image models.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Directory for the packages and tradeoffs.{json,md,png}.")
 @click.option("--weights", "precisions", default="fp32,int8,int4", show_default=True, help="Precisions each model is exported at.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
-@click.option("--windows", type=int, default=16, show_default=True, help="Held-out windows of 128 tokens measured.")
-@click.option("--new-tokens", type=int, default=32, show_default=True, help="Bench: tokens decoded per run.")
+@click.option("--windows", type=int, default=16, show_default=True, help="Text: held-out windows of 128 tokens measured.")
+@click.option("--new-tokens", type=int, default=32, show_default=True, help="Text bench: tokens decoded per run.")
+@click.option("--images", type=int, default=32, show_default=True, help="Images: samples compared from the same noise.")
+@click.option("--steps", type=int, default=None, help="Images: the teacher's DDIM steps [its own default: 50 unless step-distilled]; a step-distilled student samples at its own.")
 @click.option("--min-runs", type=int, default=5, show_default=True, help="Bench: runs per package at least.")
 @click.option("--threads", type=int, default=None, help="Bench threads (default: the profile's, capped at this machine's cores).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress.")
-def tradeoffs(teacher: str, students, packages, device: str, data: str, output: str, precisions: str, runtime: str,
-              windows: int, new_tokens: int, min_runs: int, threads, quiet: bool) -> None:
+def tradeoffs(teacher: str, students, packages, device: str, data, output: str, precisions: str, runtime: str,
+              windows: int, new_tokens: int, images: int, steps, min_runs: int, threads, quiet: bool) -> None:
     """Both levers side by side: the TEACHER and each --student at every precision (plus any
-    --package), their quality against the teacher on --data (perplexity, KL, top-1) and their
-    speed on this machine projected to --device, in one table and one plot with the Pareto front
-    and the profile's budgets. Says which packages fit the device and which fitting one is best.
+    --package), their quality against the teacher and their speed on this machine projected to
+    --device, in one table and one plot with the Pareto front and the profile's budgets. Says which
+    packages fit the device and which fitting one is best.
+
+    Quality against the teacher: text — perplexity, KL, top-1 on --data; speech — WER against the
+    teacher's transcripts of the audio in --data (and against transcripts.tsv when there is one);
+    images — PSNR against the teacher's samples from the same noise, each model at its own steps,
+    and the digits judge where it applies. Speed: decode tok/s, real-time factor, seconds per image.
 
     \b
     Examples:
       edge-sdk tradeoffs out/tiny-lm --student out/student --device raspberry-pi-5 --data out/tiny-lm/heldout.txt -o out/tradeoffs
       edge-sdk tradeoffs out/tiny-lm --student out/student --package out/student-qat-onnxruntime-int4 \\
           --device raspberry-pi-4 --data heldout.txt -o out/tradeoffs --weights fp32,int4
+      edge-sdk tradeoffs tiny.en/ --student out/whisper-student --device raspberry-pi-5 --data speech/ -o out/tradeoffs-asr
+      edge-sdk tradeoffs out/ddpm-digits --student out/unet-student --student out/unet-fast --device raspberry-pi-5 \\
+          -o out/tradeoffs-images --weights fp32,int8
     """
     from edge_sdk.distillation.tradeoffs import TradeoffOptions, run
 
@@ -146,7 +167,7 @@ def tradeoffs(teacher: str, students, packages, device: str, data: str, output: 
         raise click.BadParameter(f"{','.join(bad) or precisions!r}; give a comma-separated list of {', '.join(WEIGHTS)}",
                                  param_hint="--weights")
     options = TradeoffOptions(weights=weights, runtime=runtime, windows=windows, new_tokens=new_tokens, min_runs=min_runs,
-                              threads=threads)
+                              threads=threads, images=images, steps=steps)
     say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
     report, written = run(teacher, list(students), list(packages), device, data, output, options, say=say)
     from edge_sdk.distillation.tradeoffs import markdown

@@ -353,11 +353,13 @@ class ImageFidelity:
         return asdict(self)
 
 
-def evaluate_images(candidate, reference=None, num_images: int = 32, steps: int = 50, scheduler: str = "ddim",
+def evaluate_images(candidate, reference=None, num_images: int = 32, steps: int | None = None, scheduler: str = "ddim",
                     seed: int = 0, judge_digits: bool = False) -> ImageFidelity:
     """Sample ``num_images`` from the same initial noise with loaded ``ImageGenerator``s
     ``candidate`` and ``reference`` (optional) and compare; ``judge_digits``: also judge both with
-    ``DigitsJudge`` (16x16 single-channel models, e.g. samples/train_digits_ddpm.py)."""
+    ``DigitsJudge`` (16x16 single-channel models, e.g. samples/train_digits_ddpm.py). ``steps``:
+    the candidate's default (a step-distilled model's own, else 50) unless given."""
+    steps = candidate.default_steps if steps is None else steps
     model = candidate.package.manifest["model"]
     shape = (num_images, int(model["channels"]), *model["sample_size"])
     noise = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
@@ -448,7 +450,8 @@ def image_package_accuracy(request: dict, step=None) -> dict:
 
     candidate = load(request["candidate"], verify=False)
     reference = load(request["reference"], verify=False) if request.get("reference") else None
-    result = evaluate_images(candidate, reference, num_images=ACCURACY_IMAGES, steps=ACCURACY_STEPS)
+    # a step-distilled model at the steps it was trained for
+    result = evaluate_images(candidate, reference, num_images=ACCURACY_IMAGES, steps=candidate.distilled_steps or ACCURACY_STEPS)
     figures = {"reference": "FP32 ONNX graph" if reference else None, "images": result.images, "steps": result.steps,
                "scheduler": result.scheduler, "psnr_db": result.psnr_db, "mean_abs_diff": result.mean_abs_diff,
                "identical": result.identical}

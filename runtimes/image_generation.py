@@ -28,9 +28,9 @@ class SamplingOptions:
     """How to sample; validated on construction (``steps`` against the model's scheduler when sampling)."""
 
     num_images: int = 1  # images generated together, as one batch
-    steps: int = 50  # denoising steps, 1 .. the scheduler's training timesteps
+    steps: int | None = None  # denoising steps, 1 .. the training timesteps (None: the model's — see ImageGenerator.default_steps)
     seed: int | None = 0  # seed of the initial noise (and DDPM's per-step noise); None draws fresh entropy
-    scheduler: str = "ddpm"  # "ddpm" or "ddim"
+    scheduler: str | None = None  # "ddpm" or "ddim" (None: ddim for a step-distilled model, else ddpm)
     eta: float = 0.0  # DDIM's stochasticity: 0 deterministic, 1 as noisy as DDPM
     output: str = "uint8"  # "uint8": (N, H, W, C) in 0..255; "float": (N, H, W, C) in [0, 1]
 
@@ -40,11 +40,11 @@ class SamplingOptions:
 
         if isinstance(self.num_images, bool) or not isinstance(self.num_images, int) or self.num_images < 1:
             bad(f"the number of images must be >= 1, got {self.num_images}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
             bad(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             bad(f"seed must be a non-negative integer or None, got {self.seed!r}")
-        if self.scheduler not in KINDS:
+        if self.scheduler is not None and self.scheduler not in KINDS:
             bad(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(KINDS)}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
             bad(f"eta must be in [0, 1], got {self.eta}")
@@ -99,6 +99,17 @@ class ImageGenerator:
     def train_steps(self) -> int:
         return int(self._scheduler_config.get("num_train_timesteps", 1000))
 
+    @property
+    def distilled_steps(self) -> int | None:
+        """The DDIM steps a step-distilled model was trained to sample in (None: not step-distilled)."""
+        steps = self._scheduler_config.get("distilled_steps")
+        return int(steps) if steps else None
+
+    @property
+    def default_steps(self) -> int:
+        """Steps when none are asked for: a step-distilled model's own, else 50."""
+        return self.distilled_steps or 50
+
     def noise_shape(self, num_images: int = 1) -> tuple[int, ...]:
         """Shape (N, C, H, W) of the initial noise (and of ``unet``'s samples) for ``num_images``."""
         return (num_images, int(self._model["channels"]), *self._model["sample_size"])
@@ -118,9 +129,9 @@ class ImageGenerator:
     def sample(
         self,
         num_images: int = 1,
-        steps: int = 50,
+        steps: int | None = None,
         seed: int | None = 0,
-        scheduler: str = "ddpm",
+        scheduler: str | None = None,
         noise: np.ndarray | None = None,
         eta: float = 0.0,
         output: str = "uint8",
@@ -153,8 +164,9 @@ class ImageGenerator:
         """
         opts = options or SamplingOptions()
         start = time.perf_counter()
-        sampler = Scheduler.from_config(self._scheduler_config, opts.scheduler)
-        sampler.timesteps(opts.steps)  # validates steps against the model before any work
+        steps = self.default_steps if opts.steps is None else opts.steps
+        sampler = Scheduler.from_config(self._scheduler_config, opts.scheduler or ("ddim" if self.distilled_steps else "ddpm"))
+        sampler.timesteps(steps)  # validates steps against the model before any work
         shape = self.noise_shape(opts.num_images)
         rng = np.random.default_rng(opts.seed)
         if noise is None:
@@ -173,7 +185,7 @@ class ImageGenerator:
             stats.steps += 1
             return prediction
 
-        x = sampler.denoise(unet, x, opts.steps, eta=opts.eta, draw=draw, progress=progress)
+        x = sampler.denoise(unet, x, steps, eta=opts.eta, draw=draw, progress=progress)
         images = np.clip(x / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
         if opts.output == "uint8":
             images = (images * 255).round().astype(np.uint8)

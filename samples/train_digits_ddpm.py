@@ -1,6 +1,6 @@
 """Train a small diffusion UNet (DDPM) on scikit-learn's bundled digits, on CPU, in about 11 minutes.
 
-    python samples/train_digits_ddpm.py [--out out/ddpm-digits] [--minutes 11] [--threads 2]
+    python samples/train_digits_ddpm.py [--out out/ddpm-digits] [--minutes 11] [--threads 2] [--layers-per-block 2]
 
 The 1797 8x8 digits are upsampled to 16x16; the result is a diffusers pipeline directory
 (``unet/`` + ``scheduler/``) that exports like any UNet2DModel checkpoint:
@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=11.0, help="training time budget")
     parser.add_argument("--steps", type=int, default=DDPMTrainingOptions.steps)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--layers-per-block", type=int, default=UNET["layers_per_block"],
+                        help="resnet layers per UNet block (2 leaves room for a block-removed student: edge-sdk distill "
+                             "--layers-per-block 1)")
     args = parser.parse_args()
 
     images, _ = digits()
@@ -43,7 +46,7 @@ def main() -> int:
         if step % 100 == 0:
             print(f"step {step:5d}  loss {loss:.4f}", file=sys.stderr, flush=True)
 
-    report = train_ddpm(args.out, images, UNET, options, on_step)
+    report = train_ddpm(args.out, images, {**UNET, "layers_per_block": args.layers_per_block}, options, on_step)
     print(f"trained {report['parameters'] / 1e6:.2f} M parameters for {report['steps']} steps in "
           f"{report['seconds'] / 60:.1f} min: loss {report['loss_first_50']:.3f} -> {report['loss_last_50']:.3f}; "
           f"saved to {args.out}", file=sys.stderr)

@@ -60,16 +60,47 @@ def test_student_keeps_the_frozen_encoder_and_learns_the_teachers_decoder(whispe
     assert encoder and all((student[name] == teacher[name]).all() for name in encoder)  # bit-identical after training
     assert json.loads((whisper_student / "config.json").read_text())["decoder_layers"] == 1
     assert record["data"]["utterances"] == len(SENTENCES) and not record["data"]["dropped_by_wer"]
+    # the teacher predicts timestamps (Whisper's rules make the first token one): half the labels keep them
+    assert record["data"]["labels_with_timestamps"] == 0.5 and record["data"]["timestamped_transcripts"] == len(SENTENCES)
 
 
-def test_whisper_student_exports_and_transcribes_without_torch(whisper_student, speech_dir, tmp_path):
+def test_whisper_student_exports_transcribes_and_tradeoffs_measure_it(whisper_teacher, whisper_student, speech_dir,
+                                                                      tmp_path):
+    """edge-sdk tradeoffs exports teacher and student and transcribes the audio with each package:
+    WER against the teacher's transcripts and against the references, RTF."""
+    import jiwer
+
     import edge_sdk
+    from edge_sdk.evaluation import normalize_transcript
 
-    package = edge_sdk.export(whisper_student, tmp_path / "pkg", progress=False)
-    manifest = json.loads((package / "manifest.json").read_text())
-    assert manifest["task"] == "automatic-speech-recognition"
-    result = edge_sdk.load(package).transcribe(speech_dir / "u0.wav")
-    assert isinstance(result.text, str)
+    data = tmp_path / "speech"
+    shutil.copytree(speech_dir, data)
+    (data / "transcripts.tsv").write_text("".join(f"u{n}.wav\t{s}\n" for n, s in enumerate(SENTENCES)))
+    out = tmp_path / "tradeoffs"
+    result = CliRunner().invoke(main, ["tradeoffs", str(whisper_teacher), "--student", str(whisper_student), "--device",
+                                       "raspberry-pi-5", "--data", str(data), "-o", str(out), "--weights", "fp32",
+                                       "--min-runs", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "tradeoffs.json").read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert report["kind"] == "speech" and set(rows) == {"teacher-fp32", "student-fp32"}
+    manifest = json.loads((out / "packages" / "student-fp32" / "manifest.json").read_text())
+    assert manifest["task"] == "automatic-speech-recognition" and manifest["model"]["num_layers"] == 1
+    teacher, student = rows["teacher-fp32"]["quality"], rows["student-fp32"]["quality"]
+    assert teacher["wer_vs_teacher"] == 0.0 and student["utterances"] == len(SENTENCES)
+    # the figures are the packages' own transcripts scored as eval scores them
+    texts = {}
+    for name in ("teacher-fp32", "student-fp32"):
+        recognizer = edge_sdk.load(out / "packages" / name)
+        texts[name] = [normalize_transcript(recognizer.transcribe(data / f"u{n}.wav").text) for n in range(len(SENTENCES))]
+    references = [normalize_transcript(sentence) for sentence in SENTENCES]
+    assert student["wer"] == pytest.approx(100 * jiwer.wer(references, texts["student-fp32"]))
+    assert teacher["wer"] == pytest.approx(100 * jiwer.wer(references, texts["teacher-fp32"]))
+    pairs = [(t, s) for t, s in zip(texts["teacher-fp32"], texts["student-fp32"]) if t]
+    expected = 100 * jiwer.wer([t for t, _ in pairs], [s for _, s in pairs]) if pairs else 0.0
+    assert student["wer_vs_teacher"] == pytest.approx(expected)
+    assert rows["student-fp32"]["bench"]["device_real_time_factor"] > 0
+    assert "WER vs teacher %" in (out / "tradeoffs.md").read_text()
 
 
 def test_wer_filter_drops_an_utterance_whose_transcript_disagrees_with_the_teacher(whisper_teacher, whisper_student,
