@@ -277,6 +277,10 @@ class StepDistillRun(DiffusionRun):
             raise InvalidInputError(f"the teacher samples in {self.teacher_steps} steps, which do not halve {rounds} time(s); "
                                     f"give --teacher-steps, a multiple of {2**rounds}")
         self.sampler = Scheduler.from_config(self.scheduler_config, "ddim")
+        cumprod = self.sampler.alphas_cumprod
+        final = 1.0 if self.scheduler_config.get("set_alpha_to_one", True) else float(cumprod[0])
+        # alphas_cumprod by timestep, and after them the end of sampling's (index -1 of a negative timestep)
+        self._alphas = torch.from_numpy(np.append(cumprod, np.float32(final))).to(self.place.device)
         self.sampler.timesteps(self.teacher_steps)  # validates against the model's training timesteps
         self.round, self.round_teacher = 0, self.teacher
         student = copy.deepcopy(self.teacher).requires_grad_(True).train()
@@ -314,9 +318,7 @@ class StepDistillRun(DiffusionRun):
 
     def _alpha(self, t: torch.Tensor) -> torch.Tensor:
         """alphas_cumprod at timesteps ``t``, where a negative one is the end of sampling."""
-        alphas = torch.from_numpy(self.sampler.alphas_cumprod).to(t.device)
-        final = 1.0 if self.scheduler_config.get("set_alpha_to_one", True) else float(alphas[0])
-        return torch.where(t >= 0, alphas[t.clamp(min=0)], torch.tensor(final, device=t.device)).view(-1, 1, 1, 1)
+        return self._alphas[torch.where(t >= 0, t, -1)].view(-1, 1, 1, 1)
 
     def _ddim(self, output: torch.Tensor, t: torch.Tensor, after: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """One deterministic DDIM step from ``z`` at ``t`` to ``after``, as the runtime's sampler takes it."""
