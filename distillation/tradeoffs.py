@@ -254,21 +254,11 @@ def _text_quality(teacher: Path, packages: list[Path], data, windows: int) -> li
     return results
 
 
-def _wer(references: list[str], hypotheses: list[str]) -> float:
-    """Percent, over the utterances whose reference is not empty once normalised (as ``eval``)."""
-    import jiwer
-
-    from edge_sdk.evaluation import normalize_transcript
-
-    pairs = [(normalize_transcript(r), normalize_transcript(h)) for r, h in zip(references, hypotheses)]
-    pairs = [(r, h) for r, h in pairs if r]
-    return 100 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else 0.0
-
-
 def _speech_quality(reference: Path, packages: list[Path], data, say) -> list[dict]:
     """Each package's transcripts of ``data`` against the teacher's (and the given references)."""
     import edge_sdk
     from edge_sdk.distillation.whisper import audio_dataset
+    from edge_sdk.evaluation import word_error_rate as _wer
 
     files, given = audio_dataset(Path(data))
 

@@ -238,27 +238,33 @@ def read_transcripts(directory: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
-def evaluate_speech(recognizer, directory: str | os.PathLike, progress=None) -> SpeechAccuracy:
-    """WER and real-time factor of a loaded ``SpeechRecognizer`` on ``directory`` (see ``read_transcripts``)."""
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """WER in percent (jiwer) after ``normalize_transcript``, over the utterances whose reference is
+    not empty once normalised."""
     import jiwer
 
+    pairs = [(normalize_transcript(r), normalize_transcript(h)) for r, h in zip(references, hypotheses)]
+    pairs = [(r, h) for r, h in pairs if r]
+    return 100 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else 0.0
+
+
+def evaluate_speech(recognizer, directory: str | os.PathLike, progress=None) -> SpeechAccuracy:
+    """WER and real-time factor of a loaded ``SpeechRecognizer`` on ``directory`` (see ``read_transcripts``)."""
     pairs = read_transcripts(Path(directory))
     references, hypotheses = [], []
     totals = dict(audio=0.0, total=0.0, features=0.0, encoder=0.0, decoder=0.0)
     for index, (path, text) in enumerate(pairs):
         result = recognizer.transcribe(path)
-        references.append(normalize_transcript(text))
-        hypotheses.append(normalize_transcript(result.text))
+        references.append(text)
+        hypotheses.append(result.text)
         stats = result.stats
         for key, value in (("audio", stats.audio_seconds), ("total", stats.total_seconds), ("features", stats.features_seconds),
                            ("encoder", stats.encoder_seconds), ("decoder", stats.decoder_seconds)):
             totals[key] += value
         if progress is not None:
             progress(index + 1, len(pairs))
-    scored = [(r, h) for r, h in zip(references, hypotheses) if r]
-    error = jiwer.wer([r for r, _ in scored], [h for _, h in scored]) if scored else 0.0
     return SpeechAccuracy(
-        utterances=len(pairs), wer=100 * error, audio_seconds=totals["audio"], total_seconds=totals["total"],
+        utterances=len(pairs), wer=word_error_rate(references, hypotheses), audio_seconds=totals["audio"], total_seconds=totals["total"],
         real_time_factor=totals["total"] / totals["audio"] if totals["audio"] else 0.0,
         features_seconds=totals["features"], encoder_seconds=totals["encoder"], decoder_seconds=totals["decoder"],
     )
