@@ -33,6 +33,9 @@ from pathlib import Path
 from common import dispatch, machine, peak_rss_mb, repeat, run_worker  # benchmarks/common.py (on sys.path)
 
 PROMPT_TOKENS, NEW_TOKENS = 32, 64
+# --shape: (architecture, config, label); random weights (speed does not depend on them)
+SHAPES = {"smollm2-135m": ("LlamaForCausalLM", "SMOLLM2_135M", "SmolLM2-135M-shaped Llama"),
+          "qwen2.5-0.5b": ("Qwen2ForCausalLM", "QWEN25_05B", "Qwen2.5-0.5B-shaped Qwen2")}
 DEFAULT_VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int4,openvino:fp32,openvino:int8,openvino:int4"
 
 
@@ -233,21 +236,28 @@ def main() -> None:
     parser.add_argument("--optimum-python", help="a Python with optimum-intel installed")
     parser.add_argument("--accuracy-model", help="trained Hugging Face model directory for the accuracy columns")
     parser.add_argument("--eval-data", help="held-back text for the accuracy columns")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m",
+                        help="model shape (random weights): SmolLM2-135M's Llama, or Qwen2.5-0.5B's Qwen2")
+    parser.add_argument("--optimum-weights", default="fp32,int8,int4", help="optimum-intel exports to run, comma-separated")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager row")
     parser.add_argument("--reuse-exports", action="store_true",
                         help="keep packages (and their export figures) from an earlier run in --out")
     args = parser.parse_args()
 
 
-    from edge_sdk.converters.tiny import SMOLLM2_135M, build_causal_lm
+    from edge_sdk.converters import tiny
 
-    model = args.out / "smollm2-135m-random"
+    architecture, config_name, label = SHAPES[args.shape]
+    overrides = {**getattr(tiny, config_name), "initializer_range": 0.02}
+    model = args.out / f"{args.shape}-random"
     if not (model / "config.json").is_file():
-        print(f"building SmolLM2-135M-shaped random model in {model}", file=sys.stderr)
-        build_causal_lm("LlamaForCausalLM", model, seed=0, config_overrides={**SMOLLM2_135M, "initializer_range": 0.02})
+        print(f"building the {label} random model in {model}", file=sys.stderr)
+        tiny.build_causal_lm(architecture, model, seed=0, config_overrides=overrides)
     weights_mb = sum(p.stat().st_size for p in model.glob("*.safetensors")) / 1e6
 
     engines: dict[str, dict] = {}  # row name -> {"package": path or None, "kind": worker, "python": ...}
-    engines["PyTorch eager fp32"] = {"kind": "torch", "model": model}
+    if not args.no_torch:
+        engines["PyTorch eager fp32"] = {"kind": "torch", "model": model}
     exports: dict[str, dict] = {}
     for variant in args.variants.split(","):
         package = args.out / f"edge-{variant.replace(':', '-')}"
@@ -255,7 +265,7 @@ def main() -> None:
             "export", args, model=model, package=package, variant=variant, group_size=args.group_size), f"exporting {variant}")
         engines[f"edge-sdk {variant.replace(':', ' ')}"] = {"kind": "package", "package": package, "variant": variant}
     if args.optimum_python:
-        for weights in ("fp32", "int8", "int4"):
+        for weights in args.optimum_weights.split(","):
             package = args.out / f"optimum-openvino-{weights}"
             exports[f"optimum:{weights}"] = reuse_or_run(
                 args, package, lambda: export_optimum(args, model, weights, package), f"optimum-cli export {weights}")
@@ -290,22 +300,27 @@ def main() -> None:
         return name, candidates[name]
 
     ratios = {}
-    if any(n.endswith("int8") for n in rows if n.startswith("edge-sdk")):
+    if args.optimum_python and "int4" in args.optimum_weights and any(n.endswith("int4") for n in rows if n.startswith("edge-sdk")):
+        for name in (n for n in rows if n.startswith("edge-sdk") and n.endswith("int4")):
+            ratios[f"{name} decode over optimum int4"] = (rows[name]["decode_tokens_per_s"]
+                                                         / rows["optimum-intel openvino int4"]["decode_tokens_per_s"])
+    if "PyTorch eager fp32" in rows and any(n.endswith("int8") for n in rows if n.startswith("edge-sdk")):
         ours8 = best("edge-sdk", "int8")
         ratios["best_int8_decode_over_pytorch"] = ours8[1] / rows["PyTorch eager fp32"]["decode_tokens_per_s"]
         if any(n.endswith("int4") for n in rows if n.startswith("edge-sdk")):
             ours4 = best("edge-sdk", "int4")
             ratios["best_int4_over_best_int8_decode"] = ours4[1] / ours8[1]
-            if args.optimum_python:
+            if args.optimum_python and "int8" in args.optimum_weights:
                 ratios["best_int8_over_optimum_int8_decode"] = ours8[1] / rows["optimum-intel openvino int8"]["decode_tokens_per_s"]
                 ratios["best_int4_over_optimum_int4_decode"] = ours4[1] / rows["optimum-intel openvino int4"]["decode_tokens_per_s"]
-    ratios["fp32_onnxruntime_decode_over_pytorch"] = (
-        rows.get("edge-sdk onnxruntime fp32", {}).get("decode_tokens_per_s", float("nan")) / rows["PyTorch eager fp32"]["decode_tokens_per_s"])
+    if "PyTorch eager fp32" in rows:
+        ratios["fp32_onnxruntime_decode_over_pytorch"] = (
+            rows.get("edge-sdk onnxruntime fp32", {}).get("decode_tokens_per_s", float("nan")) / rows["PyTorch eager fp32"]["decode_tokens_per_s"])
     ratios["max_export_peak_rss_over_fp32_weights"] = max(e["peak_rss_mb"] for k, e in exports.items() if not k.startswith("optimum")) / weights_mb
 
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(), "threads": args.threads,
               "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "rounds": args.rounds, "fp32_weights_mb": weights_mb,
-              "int4_group_size": args.group_size, "rows": rows, "exports": exports, "ratios": ratios}
+              "int4_group_size": args.group_size, "shape": label, "rows": rows, "exports": exports, "ratios": ratios}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     print_report(report)
@@ -315,7 +330,7 @@ def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), {report['threads']} threads, {report['date']}")
     print(", ".join(f"{k} {v}" for k, v in report["versions"].items()))
-    print(f"SmolLM2-135M-shaped Llama (random weights, {report['fp32_weights_mb']:.0f} MB FP32), "
+    print(f"{report.get('shape', 'SmolLM2-135M-shaped Llama')} (random weights, {report['fp32_weights_mb']:.0f} MB FP32), "
           f"{report['prompt_tokens']}-token prompt, {report['new_tokens']} new tokens, greedy; "
           f"median of {report['rounds']} interleaved rounds\n")
     print("| engine | first token (ms) | decode (tok/s) [by round] | peak RSS (MB) | package (MB) | export s / peak MB | KL vs FP32 | top-1 vs FP32 | perplexity |")

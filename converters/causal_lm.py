@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.converters.sources import ExportResult, Source
+from edge_sdk.runtimes.chat import TEMPLATE_FILE as CHAT_TEMPLATE_FILE
 
 log = logging.getLogger("edge_sdk")
 
@@ -99,11 +100,19 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
 
     steps.expect(4)
     work = staging / "fp32-work"
-    request = {"model_dir": str(source.path), "architecture": source.spec.architecture, "work": str(work), "atol": options.atol}
+    request = {"model_dir": str(source.path), "architecture": source.spec.architecture, "work": str(work), "atol": options.atol,
+               "attention": source.spec.attention}
+    if not source.spec.tested:
+        log.warning("%s is not among the families edge-sdk tests; exporting it by the generic path "
+                    "(the export still checks it against PyTorch)", source.spec.architecture)
     exported = run_stage("edge_sdk.converters.causal_lm_torch:export_fp32", request, work, steps)
     shapes = exported["shapes"]
     fp32_graph = work / DECODER_FILE
     os.replace(work / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+    tokenizer_section = {"path": TOKENIZER_FILE, "special_tokens": exported["special_tokens"]}
+    if exported["chat_template"]:
+        os.replace(work / CHAT_TEMPLATE_FILE, staging / CHAT_TEMPLATE_FILE)
+        tokenizer_section["chat_template"] = CHAT_TEMPLATE_FILE
     tokenizer = TextTokenizer.from_file(staging / TOKENIZER_FILE)
 
     quantization = options.quantization
@@ -115,7 +124,7 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
     return ExportResult(
         graphs=[graph], min_version=min_version, recipe=recipe,
         sections={
-            "tokenizer": {"path": TOKENIZER_FILE},
+            "tokenizer": tokenizer_section,
             "model": {"architecture": source.spec.architecture, "model_type": exported["model_type"], **shapes,
                       "kv_dtype": "float32"},
             "generation": exported["generation"],

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_sdk.converters.causal_lm import DECODER_FILE, TOKENIZER_FILE, input_names, output_names
+from edge_sdk.converters.causal_lm import CHAT_TEMPLATE_FILE, DECODER_FILE, TOKENIZER_FILE, input_names, output_names
 from edge_sdk.converters.onnx_export import export_onnx
-from edge_sdk.converters.registry import ARCHITECTURES
 from edge_sdk.converters.validate import Comparison
 from edge_sdk.errors import ModelLoadError
 
@@ -44,26 +43,100 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_model(model_dir: Path):
-    """The transformers model in FP32, eval mode, with SDPA attention (exports to plain ONNX ops)."""
+def attention_implementation(model_dir: Path, attention: str | None = None) -> str:
+    """The attention to trace: ``attention`` if the registry names one, else SDPA (plain ONNX ops,
+    fused by ONNX Runtime) where the family's class supports it, else eager (Gemma 2's soft-capping)."""
+    if attention:
+        return attention
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        model_class = AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(model_dir))]
+    except Exception:  # an unmapped config fails in from_pretrained with transformers' own message
+        return "sdpa"
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
+def load_model(model_dir: Path, attention: str | None = None):
+    """The transformers model in FP32 (bf16/fp16 checkpoints are upcast), eval mode.
+
+    Never with ``trust_remote_code``: a model whose code ships with its weights is refused before
+    this (``registry.lookup``) and transformers will not run it here either.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+            implementation = attention_implementation(model_dir, attention)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                         attn_implementation=implementation, trust_remote_code=False)
     except Exception as e:
         raise ModelLoadError(f"transformers cannot load the model in {model_dir}: {type(e).__name__}: {e}") from e
     return model.eval()
 
 
+def _cache_argument(model) -> str:
+    # transformers 5 renamed the cache argument and output field from past_key_values to cache
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_shapes(model, architecture: str) -> dict[str, Any]:
+    """The decoder's shapes, read from a real forward pass rather than config attribute names.
+
+    Families name their config fields differently (GPT-NeoX has no ``num_key_value_heads``, Gemma
+    sets ``head_dim`` apart from ``hidden_size / heads``); the cache a forward returns is the truth.
+    A family whose cache is not per-layer keys and values (state-space, recurrent) is refused here.
+    """
+    import torch
+
+    from edge_sdk.converters.registry import RECURRENT_STATE
+    from edge_sdk.errors import UnsupportedArchitectureError
+
+    with torch.no_grad():
+        out = model(input_ids=torch.zeros(1, 2, dtype=torch.int64), use_cache=True)
+    cache = getattr(out, _cache_argument(model), None)
+    layers = getattr(cache, "layers", None)
+    if not layers or any(getattr(layer, "keys", None) is None or getattr(layer, "values", None) is None
+                         or layer.keys.dim() != 4 or layer.values.dim() != 4 for layer in layers):
+        raise UnsupportedArchitectureError(
+            f"{architecture}'s transformers implementation returns a {type(cache).__name__} cache, not keys and values "
+            f"per layer; it {RECURRENT_STATE}, so it cannot become an edge-sdk decoder graph")
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    first = layers[0]
+    if any(layer.keys.shape[1:] != first.keys.shape[1:] or layer.values.shape[1:] != first.keys.shape[1:] for layer in layers):
+        raise UnsupportedArchitectureError(
+            f"{architecture} has layers whose keys and values differ in heads or head size; edge-sdk's decoder graph "
+            "needs one cache shape for every layer")
+    max_positions = getattr(text, "max_position_embeddings", None)
+    window = getattr(text, "sliding_window", None)
+    layer_types = list(getattr(text, "layer_types", None) or [])
+    sliding = "sliding_attention" in layer_types if layer_types else window is not None
+    return {
+        "num_layers": len(layers),
+        "num_heads": int(getattr(text, "num_attention_heads", first.keys.shape[1])),
+        "num_kv_heads": int(first.keys.shape[1]),
+        "head_dim": int(first.keys.shape[3]),
+        "hidden_size": int(text.hidden_size),
+        "vocab_size": int(out.logits.shape[-1]),
+        "max_positions": int(max_positions) if max_positions else None,
+        "sliding_window": int(window) if window and sliding else None,
+        "layer_types": layer_types or None,
+    }
+
+
 def _kv_cache_decoder(model, num_layers: int):
-    """Wrap ``model`` so its cache goes in and out as flat tensors (what an ONNX graph can carry)."""
+    """Wrap ``model`` so its cache goes in and out as flat tensors (what an ONNX graph can carry).
+
+    The cache is a plain ``DynamicCache`` of full layers for every family: sliding-window layers
+    keep their whole past, and the family's own mask code limits what they attend to, so a prompt
+    or generation longer than the window gives exactly transformers' result.
+    """
     import torch
     from transformers import DynamicCache
 
-    # transformers 5 renamed the cache argument and output field from past_key_values to cache
-    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_name = _cache_argument(model)
 
     class KVCacheDecoder(torch.nn.Module):
         def __init__(self):
@@ -85,6 +158,11 @@ def _kv_cache_decoder(model, num_layers: int):
             return (out.logits, *present)
 
     return KVCacheDecoder().eval()
+
+
+def _past_shapes(shapes: dict, batch: int, past: int) -> list[tuple[int, ...]]:
+    """Shapes of the flat cache inputs (key, value per layer) for ``batch`` rows of ``past`` positions."""
+    return [(batch, shapes["num_kv_heads"], past, shapes["head_dim"])] * (2 * shapes["num_layers"])
 
 
 @dataclass
@@ -110,7 +188,7 @@ def _reference_cases(wrapper, shapes: dict, token_ids: list[list[int]], pad_id: 
         ids[row, length - len(seq) :] = seq
         mask[row, length - len(seq) :] = 1
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    past = [np.zeros((len(token_ids), shapes["num_kv_heads"], 0, shapes["head_dim"]), np.float32)] * (2 * layers)
+    past = [np.zeros(shape, np.float32) for shape in _past_shapes(shapes, len(token_ids), 0)]
     cases = []
     rng = np.random.default_rng(0)
     for step in range(1 + _VALIDATION_DECODE_STEPS):
@@ -166,6 +244,9 @@ def _generation_config(model_dir: Path, config, tokenizer) -> dict[str, Any]:
     eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else [])]
     pad = first(generation.get("pad_token_id"), getattr(config, "pad_token_id", None), tokenizer.pad_token_id)
     defaults: dict[str, Any] = {"max_new_tokens": int(generation.get("max_new_tokens") or 128)}
+    penalty = generation.get("repetition_penalty")
+    if penalty is not None and float(penalty) != 1.0:  # transformers applies it in greedy search too
+        defaults["repetition_penalty"] = float(penalty)
     if generation.get("do_sample"):
         defaults["temperature"] = float(generation.get("temperature", 1.0))
         defaults["top_k"] = int(generation.get("top_k") or 0)
@@ -176,6 +257,23 @@ def _generation_config(model_dir: Path, config, tokenizer) -> dict[str, Any]:
         "pad_token_id": int(pad) if pad is not None else (eos_ids[0] if eos_ids else None),
         "defaults": defaults,
     }
+
+
+def _chat_template(tokenizer) -> str | None:
+    """The tokenizer's chat template (tokenizer_config.json's, or chat_template.jinja beside it);
+    of a set of named templates, the default one."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template if isinstance(template, str) and template.strip() else None
+
+
+def _special_tokens(tokenizer) -> dict[str, Any]:
+    """The special tokens a chat template is rendered with (bos_token, eos_token, ...), as strings."""
+    tokens = {}
+    for name, value in dict(getattr(tokenizer, "special_tokens_map", {}) or {}).items():
+        tokens[name] = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+    return tokens
 
 
 def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
@@ -195,10 +293,9 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
 
         raise missing_extra(e.name or "torch", "convert", "exporting a model") from e
     model_dir, work = Path(request["model_dir"]), Path(request["work"])
-    spec = ARCHITECTURES[request["architecture"]]
     step("loading model")
-    model = load_model(model_dir)
-    shapes = spec.read(model.config)
+    model = load_model(model_dir, request.get("attention"))
+    shapes = cache_shapes(model, request["architecture"])
     model_type = model.config.model_type
     tokenizer = _tokenizer(model_dir)
     generation = _generation_config(model_dir, model.config, tokenizer)
@@ -217,12 +314,15 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
         torch.ones(_TRACE_BATCH, _TRACE_PAST + _TRACE_SEQUENCE, dtype=torch.int64),
         torch.arange(_TRACE_PAST, _TRACE_PAST + _TRACE_SEQUENCE).repeat(_TRACE_BATCH, 1),
         # one tensor per input: aliased example inputs would be traced as one graph input
-        *(torch.zeros(_TRACE_BATCH, shapes["num_kv_heads"], _TRACE_PAST, shapes["head_dim"]) for _ in range(2 * layers)),
+        *(torch.zeros(shape) for shape in _past_shapes(shapes, _TRACE_BATCH, _TRACE_PAST)),
     )
     dynamic = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, tuple({0: batch, 2: past} for _ in range(2 * layers)))
     graph = work / DECODER_FILE
     export_onnx(wrapper, trace, graph, input_names=input_names(layers), output_names=output_names(layers), dynamic_shapes=dynamic)
     tokenizer.backend_tokenizer.save(str(work / TOKENIZER_FILE))
+    chat_template = _chat_template(tokenizer)
+    if chat_template is not None:
+        (work / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
     del wrapper, model
     gc.collect()
 
@@ -237,6 +337,8 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
         "shapes": shapes,
         "model_type": model_type,
         "generation": generation,
+        "chat_template": chat_template is not None,
+        "special_tokens": _special_tokens(tokenizer),
         "max_abs_diff": comparison.max_diffs(),
         "validation_inputs": f"{len(_VALIDATION_TEXTS)} left-padded prompts, prefill + {_VALIDATION_DECODE_STEPS} decode steps",
     }

@@ -120,7 +120,8 @@ def _huggingface(model: str, path: Path) -> Source:
     from edge_sdk.converters.registry import lookup
 
     model_dir = resolve_model_dir(model)
-    return Source(model_dir, lookup(read_config(model_dir).get("architectures"), source=model))
+    config = read_config(model_dir)
+    return Source(model_dir, lookup(config.get("architectures"), source=model, config=config))
 
 
 @dataclass

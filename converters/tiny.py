@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 # Enough varied English for a byte-level BPE tokenizer to learn some merges.
@@ -33,22 +34,64 @@ SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 # use hidden 64 with 4 heads: head size 16, the smallest ONNX Runtime's fused attention accepts.
 # initializer_range 0.5 (not the usual 0.02) gives random models peaked, varied next-token
 # distributions: greedy output changes token to token, so token-for-token parity means something.
+_LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.5)
+# Sliding windows far shorter than the test prompts plus their generations, so the window matters.
+TINY_WINDOW = 8
 TINY_CONFIGS = {
     "GPT2LMHeadModel": dict(n_embd=32, n_layer=2, n_head=4, n_positions=256, initializer_range=0.5),
-    "LlamaForCausalLM": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.5,
-    ),
-    "Qwen2ForCausalLM": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.5,
-    ),
+    "LlamaForCausalLM": dict(_LLAMA_LIKE, tie_word_embeddings=True),
+    "Qwen2ForCausalLM": dict(_LLAMA_LIKE, tie_word_embeddings=True),
+    # Mistral: a Llama with a sliding window on every layer
+    "MistralForCausalLM": dict(_LLAMA_LIKE, head_dim=16, sliding_window=TINY_WINDOW, tie_word_embeddings=False),
+    # Phi-3: fused qkv and gate/up projections, a sliding window (Phi-3-mini ships one)
+    "Phi3ForCausalLM": dict(_LLAMA_LIKE, sliding_window=TINY_WINDOW, tie_word_embeddings=False),
+    # Phi (phi-2): parallel attention and MLP, partial rotary, biases, LayerNorm
+    "PhiForCausalLM": dict(_LLAMA_LIKE, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                         "partial_rotary_factor": 0.5}),
+    # Gemma: embeddings scaled by sqrt(hidden), (1 + weight) RMSNorm, GeGLU
+    "GemmaForCausalLM": dict(_LLAMA_LIKE, head_dim=16, tie_word_embeddings=True),
+    # Gemma 2: alternating sliding-window and global layers, attention and final logit soft-capping
+    "Gemma2ForCausalLM": dict(_LLAMA_LIKE, head_dim=16, query_pre_attn_scalar=16, sliding_window=TINY_WINDOW,
+                              layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=50.0,
+                              final_logit_softcapping=30.0, tie_word_embeddings=False),
+    # Gemma 3 (text): QK-norm, sliding layers with their own rotary base
+    "Gemma3ForCausalLM": dict(_LLAMA_LIKE, head_dim=16, query_pre_attn_scalar=16, sliding_window=TINY_WINDOW,
+                              layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False),
+    # GPT-NeoX (Pythia): parallel residual, a quarter of each head rotated, biases
+    "GPTNeoXForCausalLM": dict(_LLAMA_LIKE, num_key_value_heads=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                             "partial_rotary_factor": 0.25}),
+    # OPT: learned positions (offset 2), ReLU, biases
+    "OPTForCausalLM": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                           word_embed_proj_dim=64, max_position_embeddings=256, init_std=0.5),
+    # Qwen3: QK-norm, explicit head_dim
+    "Qwen3ForCausalLM": dict(_LLAMA_LIKE, head_dim=16, tie_word_embeddings=True),
+    # StableLM 2: partial rotary, per-head QK LayerNorm, qkv biases
+    "StableLmForCausalLM": dict(_LLAMA_LIKE, qk_layernorm=True, use_qkv_bias=True,
+                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                 "partial_rotary_factor": 0.25}),
+    # SmolLM3: every other layer without rotary embeddings (NoPE)
+    "SmolLM3ForCausalLM": dict(_LLAMA_LIKE, no_rope_layers=[1, 0], tie_word_embeddings=True),
+    # OLMo 2: norms after attention and MLP, QK-norm over all heads
+    "Olmo2ForCausalLM": dict(_LLAMA_LIKE, tie_word_embeddings=False),
+    # Granite: embedding, residual, attention and logits multipliers
+    "GraniteForCausalLM": dict(_LLAMA_LIKE, embedding_multiplier=2.0, residual_multiplier=0.5,
+                               attention_multiplier=0.2, logits_scaling=2.0, tie_word_embeddings=True),
 }
+# generation_config.json settings of tiny models, as some checkpoints ship them
+TINY_GENERATION = {"Olmo2ForCausalLM": {"repetition_penalty": 1.3}}
 # SmolLM2-135M's shape: the benchmark model (random weights; speed does not depend on them).
 SMOLLM2_135M = dict(
     hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
     num_key_value_heads=3, max_position_embeddings=8192, vocab_size=49152, tie_word_embeddings=True,
     rope_theta=100000.0, rms_norm_eps=1e-5,
+)
+
+# Qwen2.5-0.5B's shape (tied embeddings, a 151936-token vocabulary: a third of its weights)
+QWEN25_05B = dict(
+    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+    vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+    initializer_range=0.02, sliding_window=None,
 )
 
 
@@ -86,17 +129,32 @@ def train_tokenizer(vocab_size: int = 512, add_bos: bool = True, corpus=CORPUS, 
     )
 
 
+_TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")  # end-of-turn tokens of chat templates
+
+
+def causal_lm_model_type(architecture: str) -> str:
+    """The transformers model type of the causal LM class ``architecture`` (e.g. "mistral"): its
+    config class's (several model types alias LlamaForCausalLM, so the mapping alone is ambiguous)."""
+    import transformers
+
+    return getattr(transformers, architecture).config_class.model_type
+
+
 def build_causal_lm(
     architecture: str,
     output: str | os.PathLike,
     seed: int = 0,
     config_overrides: dict | None = None,
     tokenizer_vocab_size: int = 512,
+    chat_template: str | None = None,
 ) -> Path:
     """Save a seeded random-weight causal LM of ``architecture`` with a trained tokenizer to ``output``.
 
     ``config_overrides`` replace entries of the tiny config (e.g. ``SMOLLM2_135M`` for full size);
     a ``vocab_size`` larger than the tokenizer's is allowed (the extra rows are never produced by it).
+    ``chat_template``: a Jinja chat template for the tokenizer; its control tokens (``<|im_start|>``,
+    ``<end_of_turn>``, ``[INST]`` ...) become special tokens, and its end-of-turn token an EOS id
+    in generation_config.json, as instruction-tuned checkpoints ship them.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -105,11 +163,17 @@ def build_causal_lm(
 
     output = Path(output)
     tokenizer = train_tokenizer(tokenizer_vocab_size, add_bos=architecture != "GPT2LMHeadModel")
-    settings = {**TINY_CONFIGS[architecture], **(config_overrides or {})}
+    turn_end = None
+    if chat_template is not None:
+        controls = list(dict.fromkeys(re.findall(r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>|\[/?INST\]", chat_template)))
+        tokenizer.add_special_tokens({"additional_special_tokens": controls})
+        tokenizer.chat_template = chat_template
+        turn_end = next((t for t in _TURN_ENDS if t in controls), None)
+    settings = {**TINY_CONFIGS.get(architecture, {}), **(config_overrides or {})}
     settings.setdefault("vocab_size", len(tokenizer))
     if settings["vocab_size"] < len(tokenizer):
         raise ValueError(f"vocab_size {settings['vocab_size']} is smaller than the tokenizer's {len(tokenizer)}")
-    model_type = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}[architecture]
+    model_type = causal_lm_model_type(architecture)
     config = AutoConfig.for_model(
         model_type,
         architectures=[architecture],
@@ -121,6 +185,10 @@ def build_causal_lm(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    for key, value in TINY_GENERATION.get(architecture, {}).items():
+        setattr(model.generation_config, key, value)
+    if turn_end is not None:
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(turn_end)]
     with quiet_transformers():
         model.save_pretrained(output)
         tokenizer.save_pretrained(output)

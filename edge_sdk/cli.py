@@ -206,37 +206,83 @@ def inspect(package: str, as_json: bool, no_verify: bool) -> None:
     Console().print(render_manifest(pkg, verified=not no_verify))
 
 
+def _sampling_options(function):
+    """The generation options ``generate`` and ``chat`` share (unset: the package's defaults)."""
+    for option in reversed([
+        click.option("-n", "--max-new-tokens", type=int, default=None, help="Tokens to generate at most [package default]."),
+        click.option("-t", "--temperature", type=float, default=None, help="0 is greedy; > 0 samples [package default]."),
+        click.option("--top-k", type=int, default=None, help="Sample among the k most likely tokens (0: off)."),
+        click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold in (0, 1] (1: off)."),
+        click.option("--repetition-penalty", type=float, default=None,
+                     help="> 1 discourages repeating tokens (1: off) [package default, from generation_config.json]."),
+        click.option("--seed", type=int, default=None, help="Seed of the sampling RNG (reproducible samples)."),
+        click.option("--stop", multiple=True, help="Stop before this string (repeatable)."),
+        click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core)."),
+    ]):
+        function = option(function)
+    return function
+
+
+def _generation_setup(command: str, package: str, threads: int | None, overrides: dict):
+    """The loaded generator and its validated options (before anything is printed)."""
+    if threads is not None and threads < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--threads")
+    # shells pass "\n" literally; stop strings are mostly newlines, so unescape the common escapes
+    overrides["stop"] = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in overrides["stop"]) or None
+    generator = _load_for(command, package, threads)
+    return generator, generator.options(**overrides)
+
+
+def _read_messages(path: str) -> list:
+    from edge_sdk.errors import InvalidInputError
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInputError(f"cannot read the chat messages in {path}: {e}; give a JSON list like "
+                                '[{"role": "user", "content": "Hi"}]') from e
+
+
 @main.command()
 @click.argument("package", type=click.Path())
-@click.argument("prompt")
-@click.option("-n", "--max-new-tokens", type=int, default=None, help="Tokens to generate at most [package default].")
-@click.option("-t", "--temperature", type=float, default=None, help="0 is greedy; > 0 samples [package default].")
-@click.option("--top-k", type=int, default=None, help="Sample among the k most likely tokens (0: off).")
-@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold in (0, 1] (1: off).")
-@click.option("--seed", type=int, default=None, help="Seed of the sampling RNG (reproducible samples).")
-@click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
+@click.argument("prompt", required=False)
+@click.option("--chat", "chat_message", default=None, help="Reply to this user message with the package's chat template.")
+@click.option("--system", default=None, help="System message for --chat.")
+@click.option("--messages", type=click.Path(), default=None, help='JSON file of chat messages to reply to ("-": stdin).')
+@_sampling_options
 @click.option("--ignore-eos", is_flag=True, default=None, help="Keep generating past end-of-sequence tokens.")
-@click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
 @click.option("--stats/--no-stats", default=True, show_default=True, help="Print timings to stderr at the end.")
-def generate(package: str, prompt: str, threads: int | None, stats: bool, **overrides) -> None:
+def generate(package: str, prompt: str | None, chat_message, system, messages, threads: int | None, stats: bool,
+             **overrides) -> None:
     """Continue PROMPT with the text-generation PACKAGE, streaming to stdout ("-" reads the prompt from stdin).
+
+    With --chat (or --messages) the package's chat template turns the conversation into the prompt,
+    as transformers' apply_chat_template does, and the assistant's reply is printed.
 
     \b
     Examples:
       edge-sdk generate out/smollm "The capital of France is" -n 16
       edge-sdk generate out/smollm "Once upon a time" -t 0.8 --top-p 0.95 --seed 1
       echo "def fib(n):" | edge-sdk generate out/smollm - --stop "\\n\\n"
+      edge-sdk generate out/qwen-instruct --chat "What is an NPU?" --system "Answer in one sentence."
+      edge-sdk generate out/qwen-instruct --messages conversation.json
     """
-
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    if threads is not None and threads < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--threads")
-    # shells pass "\n" literally; stop strings are mostly newlines, so unescape the common escapes
-    overrides["stop"] = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in overrides["stop"]) or None
-    generator = _load_for("generate", package, threads)
-    options = generator.options(**overrides)  # validate before printing anything
-    for piece in generator.stream(prompt, options):
+    chatting = chat_message is not None or messages is not None
+    if chatting == (prompt is not None):
+        raise click.UsageError("give either a PROMPT to continue or --chat/--messages, not both or neither")
+    if chat_message is not None and messages is not None:
+        raise click.UsageError("give --chat or --messages, not both")
+    if system is not None and chat_message is None:
+        raise click.UsageError("--system goes with --chat")
+    generator, options = _generation_setup("generate", package, threads, overrides)
+    if chatting:
+        conversation = _read_messages(messages) if messages is not None else (
+            ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": chat_message}])
+        pieces = generator.stream_chat(conversation, options)
+    else:
+        pieces = generator.stream(sys.stdin.read() if prompt == "-" else prompt, options)
+    for piece in pieces:
         click.echo(piece, nl=False)
     click.echo()
     if stats and generator.last_stats:
@@ -246,6 +292,74 @@ def generate(package: str, prompt: str, threads: int | None, stats: bool, **over
             f"{s.first_token_seconds * 1e3:.0f} ms; decode {s.decode_tokens_per_second:.1f} tok/s]",
             err=True,
         )
+
+
+@main.command()
+@click.argument("package", type=click.Path())
+@click.option("--system", default=None, help="System message that starts the conversation (kept through /reset).")
+@_sampling_options
+def chat(package: str, system: str | None, threads: int | None, **overrides) -> None:
+    """Talk with the text-generation PACKAGE in the terminal; replies stream as they are generated.
+
+    Type a message and press Enter. /reset starts the conversation over, /exit (or Ctrl-D) ends
+    the session, Ctrl-C stops a reply (the session goes on). The oldest turns are dropped when the
+    conversation outgrows the model's context. The package needs a chat template.
+
+    \b
+    Examples:
+      edge-sdk chat out/qwen-instruct
+      edge-sdk chat out/qwen-instruct --system "You are a terse assistant." -t 0.7 --seed 1
+    """
+    generator, options = _generation_setup("generate", package, threads, overrides)
+    generator.chat_template  # noqa: B018  (no template: a clear error before the session starts)
+    start = [{"role": "system", "content": system}] if system is not None else []
+    history = list(start)
+    click.echo("Chatting with " + package + ": /reset starts over, /exit or Ctrl-D ends, Ctrl-C stops a reply.", err=True)
+    while True:
+        try:
+            click.echo(">>> ", nl=False, err=True)
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            click.echo("\n(/exit or Ctrl-D ends the session)", err=True)
+            continue
+        if not line:  # end of input (Ctrl-D)
+            click.echo(err=True)
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            if text in ("/exit", "/quit"):
+                return
+            if text == "/reset":
+                history = list(start)
+                click.echo("(history cleared)", err=True)
+            else:
+                click.echo(f"(unknown command {text}: /reset, /exit)", err=True)
+            continue
+        history = _chat_turn(generator, options, history, text)
+
+
+def _chat_turn(generator, options, history: list[dict], text: str) -> list[dict]:
+    """One exchange: the reply streamed to stdout; returns the history with both messages (or unchanged on an error)."""
+    from edge_sdk.errors import InvalidInputError
+
+    try:
+        messages = generator.fit_chat(history + [{"role": "user", "content": text}], options.max_new_tokens)
+        if len(messages) < len(history) + 1:
+            click.echo("(the oldest turns no longer fit the context and were dropped)", err=True)
+        pieces = []
+        try:
+            for piece in generator.stream_chat(messages, options):
+                click.echo(piece, nl=False)
+                pieces.append(piece)
+        except KeyboardInterrupt:
+            click.echo(" (stopped)", nl=False, err=True)
+        click.echo()
+    except InvalidInputError as e:  # too long for the context, or the template refuses the conversation
+        click.echo(f"error: {_one_line(str(e))}", err=True)
+        return history
+    return messages + [{"role": "assistant", "content": "".join(pieces)}]
 
 
 @main.command("eval")

@@ -58,6 +58,10 @@ def render_manifest(package: Package, verified: bool):
     for key in ("model", "generation"):
         if key in m:
             rows.append((key, _fmt({k: v for k, v in m[key].items()})))
+    if m.get("task") == "text-generation" and "tokenizer" in m:
+        template = m["tokenizer"].get("chat_template")
+        rows.append(("chat", f"template {template} (edge-sdk chat, generate --chat)" if template
+                     else "no chat template: plain completion only"))
     for name, value in rows:
         overview.add_row(name, value)
 

@@ -1,4 +1,4 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p. numpy only."""
+"""Choosing the next token from logits: repetition penalty, greedy, temperature, top-k, top-p. numpy only."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def filter_top_p(logits: np.ndarray, top_p: float) -> np.ndarray:
     drop = np.zeros_like(drop_sorted)
     np.put_along_axis(drop, order, drop_sorted, axis=-1)
     return np.where(drop, -np.inf, logits)
+
+
+def penalize_repetition(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """CTRL's repetition penalty (as transformers applies it): the logits of tokens already ``seen``
+    (batch, vocab) are divided by ``penalty`` where positive and multiplied by it where negative."""
+    penalized = np.where(logits < 0, logits * penalty, logits / penalty)
+    return np.where(seen, penalized, logits).astype(logits.dtype, copy=False)
 
 
 def select_next_tokens(

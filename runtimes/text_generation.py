@@ -19,7 +19,8 @@ from edge_sdk.package import Package
 from edge_sdk.runtimes.backend import open_session
 from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState, sequence_logits
 from edge_sdk.runtimes.options import with_overrides
-from edge_sdk.runtimes.sampling import select_next_tokens
+from edge_sdk.runtimes.chat import ChatTemplate
+from edge_sdk.runtimes.sampling import penalize_repetition, select_next_tokens
 from edge_sdk.runtimes.tokenizer import StreamDecoder, TextTokenizer
 
 
@@ -34,6 +35,7 @@ class GenerationOptions:
     seed: int | None = None  # seed of the sampling RNG; None draws fresh entropy
     stop: tuple[str, ...] = ()  # strings that end generation; the text is cut before the first one
     ignore_eos: bool = False  # keep generating past end-of-sequence tokens (benchmarks want fixed lengths)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the output (CTRL's rule); 1 disables
 
     def __post_init__(self):
         def bad(message: str):
@@ -49,6 +51,9 @@ class GenerationOptions:
             bad(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             bad(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
+        if (isinstance(self.repetition_penalty, bool) or not isinstance(self.repetition_penalty, (int, float))
+                or not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0):
+            bad(f"repetition_penalty must be a number > 0 (1 disables it), got {self.repetition_penalty!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             bad(f"seed must be a non-negative integer or None, got {self.seed!r}")
         if isinstance(self.stop, str):
@@ -141,11 +146,14 @@ class TextGenerator:
         print(lm.generate("The capital of France is", max_new_tokens=16).text)
         for piece in lm.stream("Once upon a time", temperature=0.8, seed=1):
             print(piece, end="", flush=True)
+        print(lm.chat([{"role": "user", "content": "What is an NPU?"}]).text)   # instruction-tuned models
 
-    Options (keyword arguments of ``generate``/``stream``, or one ``GenerationOptions``):
-    ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``seed``, ``stop``,
-    ``ignore_eos``. ``eos_token_ids`` (from the package) end a row unless ``ignore_eos``;
-    ``last_stats`` holds the timings of the last call.
+    Options (keyword arguments of ``generate``/``stream``/``chat``, or one ``GenerationOptions``):
+    ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``repetition_penalty``,
+    ``seed``, ``stop``, ``ignore_eos``; unset ones come from the model's generation_config.json.
+    ``eos_token_ids`` (from the package) end a row unless ``ignore_eos``; ``last_stats`` holds the
+    timings of the last call. ``chat(messages)`` / ``stream_chat`` render a conversation with the
+    package's chat template first.
     """
 
     def __init__(self, package: Package, threads: int | None = None):
@@ -165,6 +173,82 @@ class TextGenerator:
         known = {f.name for f in dataclasses.fields(GenerationOptions)}
         self.defaults = GenerationOptions(**{k: v for k, v in generation.get("defaults", {}).items() if k in known})
         self.last_stats: GenerationStats | None = None  # timings of the last generate()/stream()
+        self._chat_template: ChatTemplate | None = None
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence (prompt + generated tokens) the model takes, if it has a limit."""
+        return self._max_positions
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.package.manifest["tokenizer"].get("chat_template"))
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The package's chat template (compiled on first use), or a clear error when it has none."""
+        if self._chat_template is None:
+            section = self.package.manifest["tokenizer"]
+            if not section.get("chat_template"):
+                raise InvalidInputError(
+                    "this package has no chat template (the model's tokenizer came without one), so it cannot chat; "
+                    "use generate() / 'edge-sdk generate' for plain completion, or export an instruction-tuned model")
+            source = self.package.path(section["chat_template"]).read_text(encoding="utf-8")
+            self._chat_template = ChatTemplate(source, section.get("special_tokens"))
+        return self._chat_template
+
+    def chat_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True, **template_kwargs) -> str:
+        """The prompt text the chat template renders for ``messages`` (what ``chat()`` tokenizes)."""
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
+
+    def chat(self, messages: Sequence[dict], options: GenerationOptions | None = None, *,
+             template_kwargs: dict | None = None, **overrides) -> GenerationResult:
+        """The assistant's reply to ``messages`` ([{"role": "user", "content": "Hi"}, ...]), rendered
+        with the package's chat template as transformers' ``apply_chat_template`` renders it.
+
+        Example::
+
+            reply = lm.chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}])
+            print(reply.text)
+        """
+        opts = self.options(options, **overrides)
+        encoded = [self._chat_ids(messages, template_kwargs)]
+        rows = [_Row(self.tokenizer, opts.stop)]
+        for _ in self._decode(encoded, rows, opts):
+            pass
+        return GenerationResult(rows[0].text, rows[0].token_ids, encoded[0], rows[0].finish_reason, self.last_stats)
+
+    def stream_chat(self, messages: Sequence[dict], options: GenerationOptions | None = None, *,
+                    template_kwargs: dict | None = None, **overrides) -> Iterator[str]:
+        """``chat()``, streamed: yield the reply's text pieces as they are generated."""
+        opts = self.options(options, **overrides)
+        encoded = [self._chat_ids(messages, template_kwargs)]
+        for (piece,) in self._decode(encoded, [_Row(self.tokenizer, opts.stop)], opts):
+            if piece:
+                yield piece
+
+    def fit_chat(self, messages: Sequence[dict], max_new_tokens: int, **template_kwargs) -> list[dict]:
+        """``messages`` without their oldest turns until the rendered prompt plus ``max_new_tokens``
+        fits the context; system messages at the start and the last message are always kept."""
+        messages = list(messages)
+        if not self._max_positions:
+            return messages
+        system = 0
+        while system < len(messages) and messages[system].get("role") in ("system", "developer"):
+            system += 1
+        while True:
+            prompt = self.tokenizer.encode(self.chat_prompt(messages, **template_kwargs), add_special_tokens=False)
+            if len(prompt) + max_new_tokens <= self._max_positions or len(messages) <= system + 1:
+                return messages
+            drop = system + 1  # the oldest turn and the replies that follow it, up to the next user message
+            while drop < len(messages) - 1 and messages[drop].get("role") != "user":
+                drop += 1
+            messages = messages[:system] + messages[drop:]
+
+    def _chat_ids(self, messages: Sequence[dict], template_kwargs: dict | None) -> list[int]:
+        prompt = self.chat_prompt(messages, **(template_kwargs or {}))
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)  # the template wrote BOS and the like itself
+        return self._check_length(ids, "the chat")
 
     def options(self, options: GenerationOptions | None = None, **overrides) -> GenerationOptions:
         """The package defaults (or ``options``) with ``overrides`` applied and validated."""
@@ -223,11 +307,20 @@ class TextGenerator:
         first_token = start
         steps = 0
         eos = np.array(self.eos_token_ids, dtype=np.int64)
+        seen = None
         state = self.decoder()
         try:
             logits = state.prefill(encoded)[:, -1, :]
+            if opts.repetition_penalty != 1.0:  # tokens of each row's prompt (not its padding) and output
+                seen = np.zeros(logits.shape, dtype=bool)
+                for row, ids in enumerate(encoded):
+                    seen[row, np.asarray(ids, dtype=np.int64)] = True
             while True:
+                if seen is not None:
+                    logits = penalize_repetition(logits, seen, opts.repetition_penalty)
                 tokens = select_next_tokens(logits, opts.temperature, opts.top_k, opts.top_p, rng)
+                if seen is not None:
+                    seen[np.arange(len(tokens)), tokens] = True
                 steps += 1
                 if steps == 1:
                     first_token = time.perf_counter()
@@ -259,8 +352,11 @@ class TextGenerator:
         ids = self.tokenizer.encode(prompt)
         if not ids:
             raise InvalidInputError(f"the prompt {prompt!r} encodes to no tokens; give some text to continue")
+        return self._check_length(ids, "the prompt")
+
+    def _check_length(self, ids: list[int], what: str) -> list[int]:
         if self._max_positions and len(ids) >= self._max_positions:
             raise InvalidInputError(
-                f"the prompt has {len(ids)} tokens but the model's context is {self._max_positions}; shorten it"
+                f"{what} has {len(ids)} tokens but the model's context is {self._max_positions}; shorten it"
             )
         return ids

@@ -29,9 +29,10 @@ class TextTokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise PackageError(f"cannot read tokenizer {path.name}: {e}; re-export the package") from e
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, with the special tokens the model expects (e.g. BOS) added."""
-        return self._tokenizer.encode(text, add_special_tokens=True).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``, with the special tokens the model expects (e.g. BOS) added unless
+        ``add_special_tokens`` is False (a rendered chat template already has them)."""
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)

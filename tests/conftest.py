@@ -13,6 +13,7 @@ from edge_sdk.converters.registry import supported_architectures
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 ARCHITECTURES = supported_architectures("text-generation")
+CHAT_TEMPLATES = Path(__file__).parent / "data" / "chat_templates"  # <architecture>.jinja, in each family's style
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +30,9 @@ def tiny_model_dir(build_dir):
 
     def get(architecture: str) -> Path:
         if architecture not in built:
-            built[architecture] = build_causal_lm(architecture, build_dir / f"hf-{architecture}", seed=0)
+            template = CHAT_TEMPLATES / f"{architecture}.jinja"  # families that ship instruction-tuned models
+            built[architecture] = build_causal_lm(architecture, build_dir / f"hf-{architecture}", seed=0,
+                                                  chat_template=template.read_text() if template.is_file() else None)
         return built[architecture]
 
     return get
@@ -37,17 +40,35 @@ def tiny_model_dir(build_dir):
 
 @pytest.fixture(scope="session")
 def tiny_package_dir(build_dir, tiny_model_dir):
-    """architecture -> directory of the exported FP32 package (exported on first use)."""
+    """architecture -> directory of the exported FP32 package (exported on first use).
+
+    ``get.prefetch(architectures)`` starts exporting all of them two at a time (each export runs
+    in its own child process, so two share CI's two cores); ``get(a)`` waits for ``a``'s. Models
+    are built here, one at a time: their seeded weights come from torch's one global RNG.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from edge_sdk.converters.export import export
 
-    exported: dict[str, Path] = {}
+    pool = ThreadPoolExecutor(max_workers=2)
+    exports: dict = {}
+
+    def start(architecture: str):
+        if architecture not in exports:
+            model_dir = tiny_model_dir(architecture)
+            exports[architecture] = pool.submit(export, model_dir, build_dir / f"pkg-{architecture}", progress=False)
+        return exports[architecture]
 
     def get(architecture: str) -> Path:
-        if architecture not in exported:
-            exported[architecture] = export(tiny_model_dir(architecture), build_dir / f"pkg-{architecture}", progress=False)
-        return exported[architecture]
+        return start(architecture).result()
 
-    return get
+    def prefetch(architectures) -> None:
+        for architecture in architectures:
+            start(architecture)
+
+    get.prefetch = prefetch
+    yield get
+    pool.shutdown(cancel_futures=True)
 
 
 @pytest.fixture

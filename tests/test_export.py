@@ -41,8 +41,72 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
     model = tmp_path / "bert"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
-    with pytest.raises(UnsupportedArchitectureError, match="BertForMaskedLM.*supported: GPT2LMHeadModel, LlamaForCausalLM"):
+    with pytest.raises(UnsupportedArchitectureError, match="BertForMaskedLM: an encoder-only model"):
         export(model, tmp_path / "out", progress=False)
+    (model / "config.json").write_text(json.dumps({"architectures": ["FancyNetForMagic"], "model_type": "fancy"}))
+    with pytest.raises(UnsupportedArchitectureError, match="FancyNetForMagic.*supported: GPT2LMHeadModel, GPTNeoXForCausalLM, Gemma2ForCausalLM"):
+        export(model, tmp_path / "out", progress=False)
+
+
+_SENTINEL = "remote-code-ran"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"architectures": ["BertForMaskedLM"], "model_type": "bert"}, "an encoder-only model"),
+    ({"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True}, "an encoder-decoder model"),
+    ({"architectures": ["MambaForCausalLM"], "model_type": "mamba"}, "keeps a recurrent state"),
+    ({"architectures": ["LlamaModel"], "model_type": "llama"}, "without a language-modelling head"),
+    ({"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3"}, "a multimodal model"),
+    ({"architectures": ["EvilForCausalLM"], "model_type": "evil",
+      "auto_map": {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}},
+     "edge-sdk never runs a model's own code"),
+])
+def test_models_that_cannot_be_text_generation_fail_in_one_line_and_run_no_code(config, message, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_sdk.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    # a model's own code, which must never be imported: it would leave a file behind
+    (model / "modeling_evil.py").write_text(f"open({str(tmp_path / _SENTINEL)!r}, 'w').write('ran')\n")
+    result = CliRunner().invoke(main, ["export", str(model), "-o", str(tmp_path / "out"), "--task", "text-generation", "-q"])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and config["architectures"][0] in lines[0], result.output
+    assert not (tmp_path / _SENTINEL).exists() and _nothing_written(tmp_path, "out")
+
+
+def test_bf16_sharded_checkpoint_of_an_unlisted_family_exports_generically(tmp_path):
+    """Real checkpoints ship bf16 and in shards with an index; a transformers-native *ForCausalLM
+    the registry does not list (Starcoder2) goes through the same generic path."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import edge_sdk
+    from edge_sdk.converters.registry import ARCHITECTURES
+    from edge_sdk.converters.tiny import build_causal_lm
+
+    assert "Starcoder2ForCausalLM" not in ARCHITECTURES
+    source = build_causal_lm("Starcoder2ForCausalLM", tmp_path / "fp32", config_overrides=dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, initializer_range=0.5, sliding_window=None))
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+    shards = tmp_path / "bf16-sharded"
+    model.save_pretrained(shards, max_shard_size="40KB")
+    AutoTokenizer.from_pretrained(source).save_pretrained(shards)
+    assert (shards / "model.safetensors.index.json").is_file() and len(list(shards.glob("model-*.safetensors"))) > 2
+
+    package = export(shards, tmp_path / "pkg", progress=False)
+    lm = edge_sdk.load(package)
+    assert lm.package.manifest["model"]["architecture"] == "Starcoder2ForCausalLM"
+    reference = AutoModelForCausalLM.from_pretrained(shards, dtype=torch.float32).eval()  # bf16 weights, fp32 math
+    tokenizer = AutoTokenizer.from_pretrained(shards)
+    inputs = tokenizer("The quick brown fox", return_tensors="pt")
+    expected = reference.generate(**inputs, max_new_tokens=24, min_new_tokens=24, do_sample=False)[0, inputs.input_ids.shape[1]:]
+    result = lm.generate("The quick brown fox", max_new_tokens=24, ignore_eos=True)
+    assert result.token_ids == expected.tolist() and len(set(result.token_ids)) > 5
 
 
 def test_unknown_task_and_bad_atol_are_refused():

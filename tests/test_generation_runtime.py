@@ -79,7 +79,7 @@ def test_stop_string_cuts_the_text_and_ends_generation(lm):
 
 
 def test_eos_ends_generation_and_is_reported(lm, tiny_package_dir):
-    full = lm.generate("Hello", max_new_tokens=20)
+    full = lm.generate("Hello", max_new_tokens=20, ignore_eos=True)
     # make the 5th generated token an end-of-sequence token (restored below)
     package_eos, lm.eos_token_ids = lm.eos_token_ids, (full.token_ids[4],)
     try:

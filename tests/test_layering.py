@@ -34,6 +34,8 @@ lm = edge_sdk.load(sys.argv[1], threads=1)
 text = lm.generate(["Hello", "Once upon a time"], max_new_tokens=8)[1].text
 pieces = list(lm.stream("Hello", max_new_tokens=8, temperature=0.7, seed=1))
 main(["generate", sys.argv[1], "Hello", "-n", "4"], standalone_mode=False)
+main(["generate", sys.argv[1], "--chat", "Hello", "-n", "4"], standalone_mode=False)
+main(["chat", sys.argv[1], "-n", "4"], standalone_mode=False)  # reads "Hi" and "/exit" from stdin
 main(["inspect", sys.argv[1]], standalone_mode=False)
 main(["devices", "list"], standalone_mode=False)
 main(["distill", "--help"], standalone_mode=False)  # the CLI's distill help reads the options, torch-free
@@ -49,7 +51,7 @@ print(json.dumps({"loaded": loaded, "text": text, "pieces": len(pieces)}))
 
 
 def test_load_generate_and_cli_run_without_the_conversion_stack(tiny_package_dir, tmp_path):
-    """generate, transcribe, sample, bench and inspect with torch & co. and every converter module unimportable."""
+    """generate (and chat), transcribe, sample, bench and inspect with torch & co. and every converter module unimportable."""
     from edge_sdk.devices.bench import SPEECH_SAMPLE
 
     package = tiny_package_dir("LlamaForCausalLM")
@@ -59,6 +61,7 @@ def test_load_generate_and_cli_run_without_the_conversion_stack(tiny_package_dir
         capture_output=True,
         text=True,
         timeout=300,
+        input="Hi\n/exit\n",
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])

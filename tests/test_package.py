@@ -31,7 +31,7 @@ def test_manifest_describes_the_package(tiny_package_dir):
     assert m["format_version"] == FORMAT_VERSION
     assert m["task"] == "text-generation"
     assert m["source"]["architecture"] == "LlamaForCausalLM" and len(m["source"]["weights_sha256"]) == 64
-    assert {f["path"] for f in m["files"]} == {"decoder.onnx", "decoder.onnx.data", "tokenizer.json"}
+    assert {f["path"] for f in m["files"]} == {"decoder.onnx", "decoder.onnx.data", "tokenizer.json", "chat_template.jinja"}
     decoder = package.graph("decoder")
     assert [i["name"] for i in decoder["inputs"]][:3] == ["input_ids", "attention_mask", "position_ids"]
     assert decoder["inputs"][0]["shape"] == ["batch", "sequence"]
