@@ -69,8 +69,10 @@ def load_model(model_dir: Path, attention: str | None = None):
     try:
         with quiet_transformers():
             implementation = attention_implementation(model_dir, attention)
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                         attn_implementation=implementation, trust_remote_code=False)
+            # mixture-of-experts layers run as batched matmuls over gathered expert weights: their
+            # default grouped_mm is a custom op that torch.onnx cannot translate (Mixtral, Qwen3-MoE)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=implementation,
+                                                         experts_implementation="batched_mm", trust_remote_code=False)
     except Exception as e:
         raise ModelLoadError(f"transformers cannot load the model in {model_dir}: {type(e).__name__}: {e}") from e
     return model.eval()

@@ -229,6 +229,57 @@ def describe(xml: Path, names: dict[str, list] | None = None) -> dict:
     return {"inputs": [entry(p) for p in model.inputs], "outputs": [entry(p) for p in model.outputs]}
 
 
+BEAM_INPUT = "beam_idx"  # stateful decoders: which row of the kept cache each row of this call continues
+
+
+def make_stateful(xml: Path, graph: dict, pairs: list[tuple[str, str]]) -> dict:
+    """Keep the KV cache of decoder IR ``xml`` inside the infer request (ReadValue/Assign), as
+    OpenVINO's MakeStateful transformation does; save it in place and return the new manifest entry.
+
+    ``pairs``: (cache input, cache output) names. Each cache input is first read through a Gather
+    over the batch axis by a new ``beam_idx`` input (int32, one index per row), so a caller can
+    reorder or select rows (beams) without touching the state; then the pairs become variables
+    whose initial value is an empty cache (batch from ``input_ids``, 0 positions). The dynamic axis
+    names of the remaining inputs and outputs are kept from ``graph``.
+    """
+    import openvino as ov
+    from openvino import opset13
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    names = {entry["name"]: entry["shape"] for entry in graph["inputs"] + graph["outputs"]}
+    batch = model.input("input_ids").get_partial_shape()[0]
+    beam = opset13.parameter(ov.PartialShape([batch]), ov.Type.i32, name=BEAM_INPUT)
+    beam.output(0).get_tensor().set_names({BEAM_INPUT})
+    model.add_parameters([beam])
+    for past, _ in pairs:
+        port = model.input(past)
+        consumers = port.get_target_inputs()
+        gathered = opset13.gather(port, beam, opset13.constant(0))
+        for consumer in consumers:
+            consumer.replace_source_output(gathered.output(0))
+    model.validate_nodes_and_infer_types()
+    apply_make_stateful_transformation(model, dict(pairs))
+    # the initial value of every variable: an empty cache with this call's batch
+    rows = opset13.gather(opset13.shape_of(model.input("input_ids"), output_type="i64"), opset13.constant([0]), opset13.constant(0))
+    for op in model.get_ops():
+        if op.get_type_name() == "ReadValue":
+            shape = op.get_output_partial_shape(0)
+            dims = [rows if i == 0 else opset13.constant(np.array([0 if i == 2 else shape[i].get_length()], dtype=np.int64))
+                    for i in range(shape.rank.get_length())]
+            op.set_arguments([opset13.broadcast(opset13.constant(0.0, dtype=op.get_output_element_type(0)),
+                                                opset13.concat(dims, axis=0))])
+    model.validate_nodes_and_infer_types()
+    temporary = xml.with_name(xml.stem + ".stateful.xml")
+    ov.save_model(model, str(temporary), compress_to_fp16=False)
+    del model
+    os.replace(temporary, xml)
+    os.replace(temporary.with_suffix(".bin"), xml.with_suffix(".bin"))
+    entry = describe(xml, {**names, BEAM_INPUT: ["batch"]})
+    return {**entry, "kv_cache": "stateful"}
+
+
 def make_static(xml: Path, graph: dict, sizes: dict[str, int]) -> dict:
     """Fix every dynamic axis of the IR ``xml`` to ``sizes[axis name]`` (names from the manifest
     entry ``graph``), check that it compiles on the CPU device with those shapes, and save it in

@@ -63,6 +63,7 @@ for _spec in (
     CausalLMSpec("GPTNeoXForCausalLM", features=("parallel residual", "partial rotary", "biases")),  # Pythia
     CausalLMSpec("OPTForCausalLM", features=("learned positions with offset", "ReLU", "biases")),
     CausalLMSpec("Qwen3ForCausalLM", features=("QK-norm", "explicit head_dim")),
+    CausalLMSpec("Qwen3MoeForCausalLM", features=("mixture of experts (traced as batched matmuls)", "QK-norm")),
     CausalLMSpec("StableLmForCausalLM", features=("partial rotary", "per-head QK LayerNorm", "qkv biases")),
     CausalLMSpec("SmolLM3ForCausalLM", features=("NoPE layers (no rotary every few layers)",)),
     CausalLMSpec("Olmo2ForCausalLM", features=("post-norms", "QK-norm over all heads")),

@@ -66,6 +66,9 @@ TINY_CONFIGS = {
                            word_embed_proj_dim=64, max_position_embeddings=256, init_std=0.5),
     # Qwen3: QK-norm, explicit head_dim
     "Qwen3ForCausalLM": dict(_LLAMA_LIKE, head_dim=16, tie_word_embeddings=True),
+    # Qwen3-MoE: 4 experts, 2 per token (and QK-norm)
+    "Qwen3MoeForCausalLM": dict(_LLAMA_LIKE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                                tie_word_embeddings=False),
     # StableLM 2: partial rotary, per-head QK LayerNorm, qkv biases
     "StableLmForCausalLM": dict(_LLAMA_LIKE, qk_layernorm=True, use_qkv_bias=True,
                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,

@@ -5,6 +5,10 @@ A backend wraps one graph: ``run(inputs: dict[str, np.ndarray]) -> dict[str, np.
 ``run(inputs, keep=names)`` may return the outputs in ``keep`` as the engine's own values (a KV
 cache that goes straight back in as the next step's input, never copied to numpy); such values are
 only ever passed back to the same session.
+
+A backend whose graphs can keep state between calls (OpenVINO's stateful decoders, the KV cache
+inside the infer request) also offers ``state_request()``: a request of its own with ``run(inputs)``
+and ``reset()``, one per sequence batch.
 """
 
 from __future__ import annotations

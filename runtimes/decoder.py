@@ -11,7 +11,9 @@ Every decoder graph a package ships (a text model's, Whisper's) follows one cont
              present.{i}.key / .value (batch, heads, past_sequence + sequence, head_dim)
 
 The same graph serves prefill (many tokens, empty cache) and decode (one token per row, growing
-cache). Names are read from the graph's description (the manifest's graph entry, or an open
+cache). A stateful graph (OpenVINO packages) has no cache inputs or outputs: the cache stays in the
+engine's request, and ``beam_idx`` (int32, one row index per row) says which kept row each row
+continues; ``DecoderState`` hides the difference. Names are read from the graph's description (the manifest's graph entry, or an open
 session's inputs and outputs), never assumed per task. A graph without position inputs places its
 tokens after its cache (Whisper); one without a mask takes batches whose rows have one length.
 Whisper packages written before the one naming scheme call their cache inputs ``past.{i}.key``;
@@ -37,6 +39,7 @@ from edge_sdk.errors import InvalidInputError, PackageError
 from edge_sdk.runtimes.backend import Session, describe_session
 
 IDS, MASK, POSITIONS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
+BEAM = "beam_idx"  # stateful graphs: the row of the kept cache each row of this call continues
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 LEGACY_PAST_PREFIX = "past."  # Whisper decoders exported before the one naming scheme
 
@@ -63,6 +66,7 @@ class DecoderGraph:
     fixed: tuple[str, ...]  # inputs given once and passed on every call (Whisper's cross-attention keys/values)
     has_mask: bool  # takes attention_mask (and so left-padded batches)
     has_positions: bool  # takes position_ids
+    stateful: bool = False  # the cache lives in the engine's request (OpenVINO ReadValue/Assign), reordered by beam_idx
 
     @classmethod
     def from_description(cls, description: dict[str, Any], model: dict[str, Any] | None = None) -> "DecoderGraph":
@@ -78,6 +82,9 @@ class DecoderGraph:
             raise PackageError(f"a decoder graph takes '{IDS}' and returns '{LOGITS}'; this one has inputs "
                                f"{', '.join(inputs)} and outputs {', '.join(sorted(outputs))}: re-export the package")
         cache, fixed = [], []
+        if BEAM in inputs and not any(name.startswith((PAST_PREFIX, LEGACY_PAST_PREFIX)) for name in inputs):
+            return cls((), tuple(n for n in inputs if n not in (IDS, MASK, POSITIONS, BEAM)), MASK in inputs,
+                       POSITIONS in inputs, stateful=True)
         for name, entry in inputs.items():
             prefix = next((p for p in (PAST_PREFIX, LEGACY_PAST_PREFIX) if name.startswith(p)), None)
             if prefix is None:
@@ -143,6 +150,8 @@ class DecoderState:
         if missing:
             raise InvalidInputError(f"the decoder graph also takes {', '.join(missing)}; pass them as fixed=")
         self._session = session
+        self._request = None  # stateful graphs: this state's own engine request, holding the cache
+        self._beam: np.ndarray | None = None
         self._fixed = {name: fixed[name] for name in self.graph.fixed}
         self._keep = self.graph.present_names
         self._pad_id = int(pad_id)
@@ -177,6 +186,11 @@ class DecoderState:
         positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)
         self._last_position = positions[:, -1:]
         self.past = {c.past: c.empty(batch) for c in self.graph.cache}
+        if self.graph.stateful:
+            if self._request is None:
+                self._request = self._session.state_request()
+            self._request.reset()
+            self._beam = np.arange(batch, dtype=np.int32)
         return self._forward(ids, positions)
 
     def step(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -190,9 +204,25 @@ class DecoderState:
         self._last_position = self._last_position + 1
         return self._forward(tokens, self._last_position)[:, -1, :]
 
+    def reorder(self, rows: Sequence[int] | np.ndarray) -> None:
+        """Continue row ``rows[i]`` of the cache as row ``i`` from the next step on (beam search keeps
+        and duplicates rows; a batch can drop finished ones). The number of rows may change."""
+        if self.mask is None:
+            raise InvalidInputError("reorder() needs a prefill() first")
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) == 0 or rows.min() < 0 or rows.max() >= len(self.mask):
+            raise InvalidInputError(f"reorder() takes row indices in [0, {len(self.mask)}), got {rows.tolist()}")
+        self.mask, self._last_position = self.mask[rows], self._last_position[rows]
+        if self.graph.stateful:
+            self._beam = self._beam[rows]  # applied inside the graph by the next call's Gather
+        else:
+            self.past = {name: _as_numpy(value)[rows] for name, value in self.past.items()}
+
     def close(self) -> None:
         """Release the cache (the state can be prefilled again afterwards)."""
         self.past, self.mask, self._last_position = {}, None, None
+        if self._request is not None:
+            self._request.reset()
 
     def _forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         inputs = {IDS: ids}
@@ -200,9 +230,18 @@ class DecoderState:
             inputs[MASK] = self.mask
         if self.graph.has_positions:
             inputs[POSITIONS] = positions
+        if self.graph.stateful:
+            outputs = self._request.run({**inputs, BEAM: self._beam, **self._fixed})
+            self._beam = np.arange(len(ids), dtype=np.int32)  # rows continue themselves unless reorder() says otherwise
+            return outputs[LOGITS]
         outputs = self._session.run({**inputs, **self.past, **self._fixed}, keep=self._keep)
         self.past = {c.past: outputs[c.present] for c in self.graph.cache}
         return outputs[LOGITS]
+
+
+def _as_numpy(value) -> np.ndarray:
+    """A cache value as numpy: engines may hand back their own values (``Session.run(keep=...)``)."""
+    return value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else np.asarray(value)
 
 
 def sequence_logits(session: Session, token_ids: Sequence[int], graph: DecoderGraph | None = None) -> np.ndarray:

@@ -50,12 +50,36 @@ class OpenVINOSession:
 
         return ov.get_version().split("-")[0]
 
+    @property
+    def stateful(self) -> bool:
+        """The graph keeps state between calls (a stateful decoder's KV cache)."""
+        return bool(self._request.query_state())
+
+    def state_request(self) -> "StatefulRequest":
+        """A request of its own for one stateful sequence batch: ``run`` keeps the state, ``reset`` empties it."""
+        return StatefulRequest(self._compiled.create_infer_request(), self._output_ports)
+
     def run(self, inputs: dict[str, np.ndarray], keep: Collection[str] = ()) -> dict[str, np.ndarray]:
         # share_outputs=False copies results out: the next call would overwrite OpenVINO's buffers,
         # and the KV cache outputs are fed back in as inputs. ``keep`` (outputs that may stay
         # engine values) is accepted for the common interface; every output is numpy here.
         results = self._request.infer(inputs, share_inputs=True, share_outputs=False)
         return {name: results[port] for name, port in self._output_ports}
+
+
+class StatefulRequest:
+    """One infer request of a stateful graph: the KV cache stays inside it between ``run`` calls."""
+
+    def __init__(self, request, output_ports):
+        self._request = request
+        self._output_ports = output_ports
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._request.infer(inputs, share_inputs=True, share_outputs=False)
+        return {name: results[port] for name, port in self._output_ports}
+
+    def reset(self) -> None:
+        self._request.reset_state()
 
 
 def _shape(port) -> tuple:

@@ -71,6 +71,36 @@ def tiny_package_dir(build_dir, tiny_model_dir):
     pool.shutdown(cancel_futures=True)
 
 
+CALIBRATION_TEXT = " ".join(
+    "Edge devices run small models. A student learns from a teacher. Numbers like 42 and 3.14 appear."
+    for _ in range(40)
+)
+
+
+@pytest.fixture(scope="session")
+def package_of(build_dir, tiny_model_dir):
+    """(architecture, runtime, weights, mode) -> exported package directory (exported once)."""
+    from edge_sdk.converters.export import ExportOptions, export
+    from edge_sdk.quantization import QuantizationOptions
+
+    made: dict[tuple, Path] = {}
+    calibration = build_dir / "calibration.txt"
+    calibration.write_text(CALIBRATION_TEXT)
+
+    def get(architecture: str, runtime: str, weights: str, mode: str | None = None, **quant) -> Path:
+        key = (architecture, runtime, weights, mode, tuple(sorted(quant.items())))
+        if key not in made:
+            if mode == "static":
+                quant.setdefault("calibration", calibration)
+                quant.setdefault("num_samples", 4)
+            options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights, mode=mode, **quant))
+            name = "-".join(str(part) for part in key[:4] + tuple(v for _, v in key[4] if not isinstance(v, Path)))
+            made[key] = export(tiny_model_dir(architecture), build_dir / f"q-{name}", options, progress=False)
+        return made[key]
+
+    return get
+
+
 @pytest.fixture
 def llama_package_copy(tiny_package_dir, tmp_path) -> Path:
     """A private copy of the tiny Llama package that a test may damage."""
