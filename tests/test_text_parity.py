@@ -69,6 +69,7 @@ def test_greedy_tokens_identical_to_transformers_generate_single_and_left_padded
         architecture, tiny_model_dir, family_package):
     model_dir = tiny_model_dir(architecture)
     model, tokenizer = _torch_model(model_dir), AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model.generation_config.eos_token_id = None  # 32 tokens on both sides: no stop, and no EOS suppression either
     lm = edge_sdk.load(family_package(architecture))
     window = lm.package.manifest["model"].get("sliding_window")
     assert (window is not None) == (getattr(model.config, "sliding_window", None) is not None and architecture != "Qwen2ForCausalLM")
@@ -76,9 +77,9 @@ def test_greedy_tokens_identical_to_transformers_generate_single_and_left_padded
     generated = []
     for prompt in [*PROMPTS, LONG_PROMPT]:
         inputs = tokenizer(prompt, return_tensors="pt")
-        expected = _until_eos(model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, inputs.input_ids.shape[1]:],
-                              lm.eos_token_ids)
-        result = lm.generate(prompt, max_new_tokens=NEW_TOKENS, temperature=0)
+        expected = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, inputs.input_ids.shape[1]:].tolist()
+        result = lm.generate(prompt, max_new_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+        assert len(result.token_ids) == NEW_TOKENS
         assert result.prompt_token_ids == inputs.input_ids[0].tolist()
         assert result.token_ids == expected, prompt
         generated += result.token_ids
@@ -91,13 +92,6 @@ def test_greedy_tokens_identical_to_transformers_generate_single_and_left_padded
     inputs = tokenizer(batch, return_tensors="pt", padding=True)
     assert inputs.attention_mask[0].sum() < inputs.attention_mask[1].sum()
     expected = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[:, inputs.input_ids.shape[1]:]
-    results = lm.generate(batch, max_new_tokens=NEW_TOKENS, temperature=0)
+    results = lm.generate(batch, max_new_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
     for row, result in enumerate(results):
-        assert result.token_ids == _until_eos(expected[row], lm.eos_token_ids), batch[row]
-
-
-def _until_eos(tokens, eos_ids) -> list[int]:
-    """transformers' tokens up to and including the first EOS (after it, a batch pads finished rows)."""
-    tokens = tokens.tolist()
-    end = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
-    return tokens if end is None else tokens[: end + 1]
+        assert result.token_ids == expected[row].tolist() and len(result.token_ids) == NEW_TOKENS, batch[row]
