@@ -19,33 +19,19 @@ import sys
 import time
 from pathlib import Path
 
-from common import dispatch, machine, peak_rss_mb, run_worker  # benchmarks/common.py (on sys.path)
+from common import machine, run_worker  # benchmarks/common.py (on sys.path)
 
-def worker_export(args) -> dict:
-    import edge_sdk
-    from edge_sdk.converters.export import ExportOptions
-    from edge_sdk.quantization import QuantizationOptions
-
-    runtime, weights = args.variant.split(":")
-    options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights))
-    start = time.perf_counter()
-    package = edge_sdk.export(args.model, args.package, options, overwrite=True, progress=False)
-    seconds = time.perf_counter() - start
-    manifest = json.loads((Path(package) / "manifest.json").read_text())
-    return {"export_seconds": seconds, "peak_rss_mb": peak_rss_mb(children=True),
-            "package_mb": sum(f["size"] for f in manifest["files"]) / 1e6,
-            "max_abs_diff": max(manifest["accuracy"]["max_abs_diff"].values(), default=None)}
-
-
-WORKERS = {"export": worker_export}
-
-
-def worker_entry(request: dict, step=None) -> dict:
-    return dispatch(WORKERS, request)
+TEXT_BENCHMARK = str(Path(__file__).with_name("text_generation.py"))  # its "export" worker: timed, peak RSS with children
 
 
 def export_in_subprocess(model: Path, package: Path, variant: str, threads: int) -> dict:
-    return run_worker(__file__, "export", threads, {"model": str(model), "package": str(package), "variant": variant})
+    """Export in a fresh process (text_generation.py's worker); add the package's size and its
+    FP32 graph's largest difference from PyTorch, read from the manifest."""
+    figures = run_worker(TEXT_BENCHMARK, "export", threads, {"model": str(model), "package": str(package), "variant": variant,
+                                                             "group_size": None, "eval_data": None})
+    manifest = json.loads((package / "manifest.json").read_text())
+    return {**figures, "package_mb": sum(f["size"] for f in manifest["files"]) / 1e6,
+            "max_abs_diff": max(manifest["accuracy"]["max_abs_diff"].values(), default=None)}
 
 
 def main() -> None:

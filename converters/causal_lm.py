@@ -125,9 +125,7 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
         if options.runtime == "openvino" and not static:  # NPU graphs stay stateless: static shapes, numpy cache
             from edge_sdk.converters.openvino_engine import make_stateful
 
-            layers = shapes["num_layers"]
-            pairs = list(zip(input_names(layers)[3:], output_names(layers)[1:]))
-            graph = {**graph, **make_stateful(staging / graph["path"], graph, pairs)}
+            graph = {**graph, **make_stateful(staging / graph["path"], graph)}
         else:
             graph["kv_cache"] = "inputs"  # past_key_values.* in, present.* out, through the caller
     return ExportResult(

@@ -229,14 +229,12 @@ def describe(xml: Path, names: dict[str, list] | None = None) -> dict:
     return {"inputs": [entry(p) for p in model.inputs], "outputs": [entry(p) for p in model.outputs]}
 
 
-BEAM_INPUT = "beam_idx"  # stateful decoders: which row of the kept cache each row of this call continues
-
-
-def make_stateful(xml: Path, graph: dict, pairs: list[tuple[str, str]]) -> dict:
+def make_stateful(xml: Path, graph: dict) -> dict:
     """Keep the KV cache of decoder IR ``xml`` inside the infer request (ReadValue/Assign), as
     OpenVINO's MakeStateful transformation does; save it in place and return the new manifest entry.
 
-    ``pairs``: (cache input, cache output) names. Each cache input is first read through a Gather
+    The cache inputs and outputs are the ones the decoder contract names in ``graph`` (its manifest
+    entry: ``runtimes.decoder.DecoderGraph``). Each cache input is first read through a Gather
     over the batch axis by a new ``beam_idx`` input (int32, one index per row), so a caller can
     reorder or select rows (beams) without touching the state; then the pairs become variables
     whose initial value is an empty cache (batch from ``input_ids``, 0 positions). The dynamic axis
@@ -246,21 +244,24 @@ def make_stateful(xml: Path, graph: dict, pairs: list[tuple[str, str]]) -> dict:
     from openvino import opset13
     from openvino._offline_transformations import apply_make_stateful_transformation
 
-    core = ov.Core()
-    model = core.read_model(str(xml))
+    from edge_sdk.runtimes.decoder import BEAM, DecoderGraph
+
+    decoder = DecoderGraph.from_description(graph)
+    pairs = dict(zip(decoder.past_names, decoder.present_names))
+    model = ov.Core().read_model(str(xml))
     names = {entry["name"]: entry["shape"] for entry in graph["inputs"] + graph["outputs"]}
     batch = model.input("input_ids").get_partial_shape()[0]
-    beam = opset13.parameter(ov.PartialShape([batch]), ov.Type.i32, name=BEAM_INPUT)
-    beam.output(0).get_tensor().set_names({BEAM_INPUT})
+    beam = opset13.parameter(ov.PartialShape([batch]), ov.Type.i32, name=BEAM)
+    beam.output(0).get_tensor().set_names({BEAM})
     model.add_parameters([beam])
-    for past, _ in pairs:
+    for past in pairs:
         port = model.input(past)
         consumers = port.get_target_inputs()
         gathered = opset13.gather(port, beam, opset13.constant(0))
         for consumer in consumers:
             consumer.replace_source_output(gathered.output(0))
     model.validate_nodes_and_infer_types()
-    apply_make_stateful_transformation(model, dict(pairs))
+    apply_make_stateful_transformation(model, pairs)
     # the initial value of every variable: an empty cache with this call's batch
     rows = opset13.gather(opset13.shape_of(model.input("input_ids"), output_type="i64"), opset13.constant([0]), opset13.constant(0))
     for op in model.get_ops():
@@ -271,13 +272,8 @@ def make_stateful(xml: Path, graph: dict, pairs: list[tuple[str, str]]) -> dict:
             op.set_arguments([opset13.broadcast(opset13.constant(0.0, dtype=op.get_output_element_type(0)),
                                                 opset13.concat(dims, axis=0))])
     model.validate_nodes_and_infer_types()
-    temporary = xml.with_name(xml.stem + ".stateful.xml")
-    ov.save_model(model, str(temporary), compress_to_fp16=False)
-    del model
-    os.replace(temporary, xml)
-    os.replace(temporary.with_suffix(".bin"), xml.with_suffix(".bin"))
-    entry = describe(xml, {**names, BEAM_INPUT: ["batch"]})
-    return {**entry, "kv_cache": "stateful"}
+    _save_in_place(model, xml)
+    return {**describe(xml, {**names, BEAM: ["batch"]}), "kv_cache": "stateful"}
 
 
 def make_static(xml: Path, graph: dict, sizes: dict[str, int]) -> dict:
@@ -309,9 +305,16 @@ def make_static(xml: Path, graph: dict, sizes: dict[str, int]) -> dict:
     except Exception as e:
         raise ExportError(f"the static-shape graph {xml.name} does not compile on the CPU device ({type(e).__name__}: {e}); "
                           "try other --static-prompt-length / --static-cache-length") from e
-    temporary = xml.with_name(xml.stem + ".static.xml")
+    _save_in_place(model, xml)
+    return describe(xml)
+
+
+def _save_in_place(model, xml: Path) -> None:
+    """Save a model read from ``xml`` over it: written beside it first (its weights are still mapped
+    from the old .bin), then moved into place. The weights keep the types they have."""
+    import openvino as ov
+
+    temporary = xml.with_name(xml.stem + ".rewritten.xml")
     ov.save_model(model, str(temporary), compress_to_fp16=False)
-    del model
     os.replace(temporary, xml)
     os.replace(temporary.with_suffix(".bin"), xml.with_suffix(".bin"))
-    return describe(xml)

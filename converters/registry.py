@@ -101,9 +101,9 @@ def lookup(architectures: list[str] | None, source: str, config: dict | None = N
             return ARCHITECTURES[name]
     model_type = config.get("model_type")
     native = _native_causal_lms()
-    for name in architectures or []:
-        if name in native and model_type not in NOT_EXPORTABLE and model_type not in _encoder_families():
-            if name.endswith(("ForCausalLM", "LMHeadModel")):
+    if model_type not in NOT_EXPORTABLE and model_type not in _encoder_families():
+        for name in architectures or []:
+            if name in native and name.endswith(("ForCausalLM", "LMHeadModel")):
                 return CausalLMSpec(name, tested=False)
     found = ", ".join(architectures) if architectures else "none declared in config.json"
     raise UnsupportedArchitectureError(f"{source} has architecture {found}: {_reason(architectures or [], config, native)}")

@@ -36,6 +36,10 @@ SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 # distributions: greedy output changes token to token, so token-for-token parity means something.
 _LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.5)
+def _partial_rotary(fraction: float) -> dict:
+    return {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": fraction}
+
+
 # Sliding windows far shorter than the test prompts plus their generations, so the window matters.
 TINY_WINDOW = 8
 TINY_CONFIGS = {
@@ -47,8 +51,7 @@ TINY_CONFIGS = {
     # Phi-3: fused qkv and gate/up projections, a sliding window (Phi-3-mini ships one)
     "Phi3ForCausalLM": dict(_LLAMA_LIKE, sliding_window=TINY_WINDOW, tie_word_embeddings=False),
     # Phi (phi-2): parallel attention and MLP, partial rotary, biases, LayerNorm
-    "PhiForCausalLM": dict(_LLAMA_LIKE, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                         "partial_rotary_factor": 0.5}),
+    "PhiForCausalLM": dict(_LLAMA_LIKE, rope_parameters=_partial_rotary(0.5)),
     # Gemma: embeddings scaled by sqrt(hidden), (1 + weight) RMSNorm, GeGLU
     "GemmaForCausalLM": dict(_LLAMA_LIKE, head_dim=16, tie_word_embeddings=True),
     # Gemma 2: alternating sliding-window and global layers, attention and final logit soft-capping
@@ -59,8 +62,7 @@ TINY_CONFIGS = {
     "Gemma3ForCausalLM": dict(_LLAMA_LIKE, head_dim=16, query_pre_attn_scalar=16, sliding_window=TINY_WINDOW,
                               layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False),
     # GPT-NeoX (Pythia): parallel residual, a quarter of each head rotated, biases
-    "GPTNeoXForCausalLM": dict(_LLAMA_LIKE, num_key_value_heads=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                             "partial_rotary_factor": 0.25}),
+    "GPTNeoXForCausalLM": dict(_LLAMA_LIKE, num_key_value_heads=None, rope_parameters=_partial_rotary(0.25)),
     # OPT: learned positions (offset 2), ReLU, biases
     "OPTForCausalLM": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                            word_embed_proj_dim=64, max_position_embeddings=256, init_std=0.5),
@@ -70,9 +72,7 @@ TINY_CONFIGS = {
     "Qwen3MoeForCausalLM": dict(_LLAMA_LIKE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
                                 tie_word_embeddings=False),
     # StableLM 2: partial rotary, per-head QK LayerNorm, qkv biases
-    "StableLmForCausalLM": dict(_LLAMA_LIKE, qk_layernorm=True, use_qkv_bias=True,
-                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                 "partial_rotary_factor": 0.25}),
+    "StableLmForCausalLM": dict(_LLAMA_LIKE, qk_layernorm=True, use_qkv_bias=True, rope_parameters=_partial_rotary(0.25)),
     # SmolLM3: every other layer without rotary embeddings (NoPE)
     "SmolLM3ForCausalLM": dict(_LLAMA_LIKE, no_rope_layers=[1, 0], tie_word_embeddings=True),
     # OLMo 2: norms after attention and MLP, QK-norm over all heads

@@ -50,11 +50,6 @@ class OpenVINOSession:
 
         return ov.get_version().split("-")[0]
 
-    @property
-    def stateful(self) -> bool:
-        """The graph keeps state between calls (a stateful decoder's KV cache)."""
-        return bool(self._request.query_state())
-
     def state_request(self) -> "StatefulRequest":
         """A request of its own for one stateful sequence batch: ``run`` keeps the state, ``reset`` empties it."""
         return StatefulRequest(self._compiled.create_infer_request(), self._output_ports)

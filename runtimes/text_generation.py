@@ -181,10 +181,6 @@ class TextGenerator:
         return self._max_positions
 
     @property
-    def has_chat_template(self) -> bool:
-        return bool(self.package.manifest["tokenizer"].get("chat_template"))
-
-    @property
     def chat_template(self) -> ChatTemplate:
         """The package's chat template (compiled on first use), or a clear error when it has none."""
         if self._chat_template is None:
@@ -212,20 +208,13 @@ class TextGenerator:
             print(reply.text)
         """
         opts = self.options(options, **overrides)
-        encoded = [self._chat_ids(messages, template_kwargs)]
-        rows = [_Row(self.tokenizer, opts.stop)]
-        for _ in self._decode(encoded, rows, opts):
-            pass
-        return GenerationResult(rows[0].text, rows[0].token_ids, encoded[0], rows[0].finish_reason, self.last_stats)
+        return self._complete([self._chat_ids(messages, template_kwargs)], opts)[0]
 
     def stream_chat(self, messages: Sequence[dict], options: GenerationOptions | None = None, *,
                     template_kwargs: dict | None = None, **overrides) -> Iterator[str]:
         """``chat()``, streamed: yield the reply's text pieces as they are generated."""
         opts = self.options(options, **overrides)
-        encoded = [self._chat_ids(messages, template_kwargs)]
-        for (piece,) in self._decode(encoded, [_Row(self.tokenizer, opts.stop)], opts):
-            if piece:
-                yield piece
+        yield from self._stream(self._chat_ids(messages, template_kwargs), opts)
 
     def fit_chat(self, messages: Sequence[dict], max_new_tokens: int, **template_kwargs) -> list[dict]:
         """``messages`` without their oldest turns until the rendered prompt plus ``max_new_tokens``
@@ -262,14 +251,7 @@ class TextGenerator:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise InvalidInputError("no prompts given; pass a string or a non-empty list of strings")
-        encoded = [self._encode(p) for p in prompts]
-        rows = [_Row(self.tokenizer, opts.stop) for _ in prompts]
-        for _ in self._decode(encoded, rows, opts):
-            pass
-        results = [
-            GenerationResult(row.text, row.token_ids, ids, row.finish_reason, self.last_stats)
-            for row, ids in zip(rows, encoded)
-        ]
+        results = self._complete([self._encode(p) for p in prompts], opts)
         return results[0] if isinstance(prompt, str) else results
 
     def stream(self, prompt: str, options: GenerationOptions | None = None, **overrides) -> Iterator[str]:
@@ -280,8 +262,19 @@ class TextGenerator:
         opts = self.options(options, **overrides)
         if not isinstance(prompt, str):
             raise InvalidInputError("stream() takes one prompt string; use generate() for a batch")
-        encoded = [self._encode(prompt)]
-        for (piece,) in self._decode(encoded, [_Row(self.tokenizer, opts.stop)], opts):
+        yield from self._stream(self._encode(prompt), opts)
+
+    def _complete(self, encoded: list[list[int]], opts: GenerationOptions) -> list[GenerationResult]:
+        """Generate for every row of ``encoded`` (token ids) to the end; one result per row."""
+        rows = [_Row(self.tokenizer, opts.stop) for _ in encoded]
+        for _ in self._decode(encoded, rows, opts):
+            pass
+        return [GenerationResult(row.text, row.token_ids, ids, row.finish_reason, self.last_stats)
+                for row, ids in zip(rows, encoded)]
+
+    def _stream(self, ids: list[int], opts: GenerationOptions) -> Iterator[str]:
+        """The text pieces of one row's generation, as they become final."""
+        for (piece,) in self._decode([ids], [_Row(self.tokenizer, opts.stop)], opts):
             if piece:
                 yield piece
 

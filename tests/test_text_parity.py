@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import edge_sdk
+from edge_sdk.converters.causal_lm_torch import _cache_argument
 from edge_sdk.converters.tiny import TINY_WINDOW
 
 from conftest import ARCHITECTURES
@@ -34,17 +35,11 @@ def _torch_model(model_dir):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
-def _cache_keyword(model) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_logits_match_pytorch_for_prefill_and_decode_steps(architecture, tiny_model_dir, family_package):
     model = _torch_model(tiny_model_dir(architecture))
     lm = edge_sdk.load(family_package(architecture))
-    keyword = _cache_keyword(model)
+    keyword = _cache_argument(model)
     ids = lm.tokenizer.encode(LONG_PROMPT)
 
     with torch.no_grad():
