@@ -3,7 +3,7 @@
 The loop, step by step: draw the step's windows (a function of seed and step only), get the
 teacher's next-token distributions (on the fly, or from the top-k cache), compute the loss
 (soft-label KD + alpha x CE; CE only; or, on an on-policy step, the generalized JSD on the
-student's own continuations), step AdamW. Under ``torchrun`` (WORLD_SIZE > 1) the student is
+student's own continuations), step AdamW. Under ``torchrun`` (any WORLD_SIZE) the student is
 wrapped in DistributedDataParallel (gloo on CPU, nccl on GPUs), each rank trains its share of the
 global batch, the teacher is never wrapped nor optimized, and only rank 0 writes.
 
@@ -69,23 +69,35 @@ def _check_output(output: Path, overwrite: bool, resume: bool) -> None:
 
 
 class _Distributed:
-    """This process's place in a torchrun launch (rank 0 of 1 when launched plainly)."""
+    """This process's place in a torchrun launch (rank 0 of 1 when launched plainly).
+
+    Under torchrun the process group is set up and the student wrapped in DDP even for one process
+    (``--nproc-per-node 1``), so the distributed path is the one that runs wherever torchrun is used;
+    one process per GPU (nccl), any number on CPU (gloo)."""
 
     def __init__(self):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        self.distributed = self.world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
         cuda = torch.cuda.is_available()
-        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda and local >= torch.cuda.device_count():
+            per_node = os.environ.get("LOCAL_WORLD_SIZE", str(local + 1))
+            raise InvalidInputError(f"torchrun started {per_node} processes on this machine but it has "
+                                    f"{torch.cuda.device_count()} GPU(s): pass --nproc-per-node "
+                                    f"{torch.cuda.device_count()} (one process per GPU), or CUDA_VISIBLE_DEVICES= to train on CPU")
+        self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(self.device)
-        if self.world > 1:
+        self.backend = ("nccl" if cuda else "gloo") if self.distributed else None
+        if self.distributed:
             import datetime
 
             import torch.distributed as dist
 
             if not dist.is_initialized():
                 # long enough for rank 0 to fill the teacher cache while the others wait at a barrier
-                dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+                dist.init_process_group(self.backend, timeout=datetime.timedelta(hours=2))
 
     @property
     def main(self) -> bool:
@@ -93,7 +105,7 @@ class _Distributed:
 
     def reduce(self, loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
         """The loss averaged over processes, and whether any process was asked to stop."""
-        if self.world == 1:
+        if not self.distributed:
             return float(loss.detach()), stop
         import torch.distributed as dist
 
@@ -102,13 +114,13 @@ class _Distributed:
         return float(values[0]) / self.world, bool(values[1] > 0)
 
     def barrier(self) -> None:
-        if self.world > 1:
+        if self.distributed:
             import torch.distributed as dist
 
             dist.barrier()
 
     def close(self) -> None:
-        if self.world > 1:
+        if self.distributed:
             import torch.distributed as dist
 
             if dist.is_initialized():
@@ -296,7 +308,7 @@ class Run:
     def execute(self) -> Path:
         options, place = self.options, self.place
         model = self.student
-        if place.world > 1:
+        if place.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(self.student)
@@ -389,6 +401,8 @@ class Run:
                 "recipe": {**_recipe(options), "loss": self._loss_name(), "teacher_outputs":
                            f"top-{options.top_k} cache" if options.teacher_cache else "on the fly"},
                 "processes": self.place.world,
+                "device": self.place.device.type,
+                "backend": self.place.backend,  # the torch.distributed backend under torchrun, else null
                 "steps": len(losses),
                 "training_seconds": seconds,
                 "seconds": time.perf_counter() - self.started,

@@ -102,7 +102,7 @@ def test_two_gloo_processes_match_one_at_the_same_global_batch(teacher, data, tm
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
     assert done.returncode == 0, done.stderr[-2000:]
     record = _record(tmp_path / "two")
-    assert record["processes"] == 2
+    assert (record["processes"], record["backend"], record["device"]) == (2, "gloo", "cpu")
     # float sums in another order: equal to ~1e-6; the tolerance stated here is 1e-4 per step
     np.testing.assert_allclose(record["loss_curve"], single, rtol=0, atol=1e-4)
 
