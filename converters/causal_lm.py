@@ -8,6 +8,12 @@ The graph serves both prefill (many tokens, empty past) and decode (one token, g
              past_key_values.{i}.key / .value (batch, kv_heads, past_sequence, head_dim) float32
     outputs  logits (batch, sequence, vocab) float32
              present.{i}.key / .value (batch, kv_heads, past_sequence + sequence, head_dim)
+
+The package's graph is that one (manifest ``kv_cache: "inputs"``), or on ONNX Runtime where every
+layer's attention fuses, one whose attention runs over a preallocated buffer per cache tensor
+(``kv_cache: "shared"``: ``seqlens_k`` and ``total_sequence_length`` instead of
+``attention_mask``, see ``ort_attention``), or on OpenVINO a stateful one (``kv_cache:
+"stateful"``, the cache inside the engine's request).
 """
 
 from __future__ import annotations
@@ -70,6 +76,16 @@ _PROBE_TEXTS = ("Hello", "A longer prompt, so that the first row of the batch is
 _PROBE_CONTINUATION = " and then the story went on"
 
 
+def attention_windows(shapes: dict) -> list[int | None]:
+    """Each layer's sliding window (None: full attention), from the manifest's model section."""
+    window, types = shapes.get("sliding_window"), shapes.get("layer_types")
+    if not window:
+        return [None] * shapes["num_layers"]
+    if not types:
+        return [window] * shapes["num_layers"]
+    return [window if kind == "sliding_attention" else None for kind in types]
+
+
 def _probe(shapes: dict, tokenizer):
     """A check for graph rewrites: next-token logits of a left-padded batch at prefill and 3 decode steps."""
     from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState
@@ -119,13 +135,16 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
     with steps.step(f"building the {options.runtime} {quantization.weights} graph"):
         calibration = (lambda: calibration_feeds(fp32_graph, shapes, tokenizer, options)) if quantization.calibration else None
         graph, recipe, min_version = build_graph(
-            fp32_graph, staging, "decoder", options.runtime, quantization, calibration, _probe(shapes, tokenizer)
+            fp32_graph, staging, "decoder", options.runtime, quantization, calibration, _probe(shapes, tokenizer),
+            attention={"windows": attention_windows(shapes)},
         )
         static = options.device is not None and options.device.static_shapes
         if options.runtime == "openvino" and not static:  # NPU graphs stay stateless: static shapes, numpy cache
             from edge_sdk.converters.openvino_engine import make_stateful
 
             graph = {**graph, **make_stateful(staging / graph["path"], graph)}
+        elif "group_query_attention" in graph.get("fusions", {}).get("applied", {}):
+            graph["kv_cache"] = "shared"  # one preallocated buffer per cache tensor, past and present (GroupQueryAttention)
         else:
             graph["kv_cache"] = "inputs"  # past_key_values.* in, present.* out, through the caller
     return ExportResult(

@@ -23,6 +23,7 @@ import gc
 import logging
 import os
 import shutil
+import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,21 @@ from edge_sdk.quantization import DEFAULT_GROUP_SIZE, MIN_GROUP_SIZE, PER_CHANNE
 
 log = logging.getLogger("edge_sdk")
 
+# onnxscript's rewriter and optimizer are not safe to run from two threads at once (seen: a
+# "number of values and replacements must match" PassError when two exports fused together)
+_FUSION_LOCK = threading.Lock()
+
 # the oldest ONNX Runtime that implements each default-domain opset our graphs may use
 _MIN_ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
 
 
 def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, calibration: CalibrationFeeds | None = None,
-          probe: Probe | None = None, model_type: str = "transformer") -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+          probe: Probe | None = None, model_type: str = "transformer",
+          attention: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Write graph ``role`` (``<role>.onnx`` + data) into ``staging``; return (manifest graph entry,
-    recipe or None, minimum ONNX Runtime version). ``fp32`` stays where it is."""
+    recipe or None, minimum ONNX Runtime version). ``fp32`` stays where it is. ``attention`` (a
+    KV decoder's ``{"windows": [per-layer sliding window or None]}``) lets its attention run over
+    a preallocated cache (``ort_attention``)."""
     path = staging / f"{role}.onnx"
     fused = staging / "fused-work" / path.name
     fused.parent.mkdir()
@@ -54,7 +62,7 @@ def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, ca
     # static QDQ calibrated on the fused graph lost accuracy (top-1 vs FP32 0.65 against 0.93 unfused,
     # trained tiny LM): static packages keep the primitive ops
     fuse = options.effective_mode != "static"
-    fusions = fuse_for_onnxruntime(fp32, fused, probe, untie_weights=options.quantized, fuse=fuse)
+    fusions = fuse_for_onnxruntime(fp32, fused, probe, untie_weights=options.quantized, fuse=fuse, attention=attention)
     recipe = None
     if options.weights == "fp32":
         for source in (fused, fused.with_name(fused.name + ".data")):
@@ -87,7 +95,8 @@ def describe(path: Path) -> dict[str, Any]:
 
 
 def fuse_for_onnxruntime(
-    src: Path, dst: Path, probe: Probe | None = None, untie_weights: bool = False, fuse: bool = True
+    src: Path, dst: Path, probe: Probe | None = None, untie_weights: bool = False, fuse: bool = True,
+    attention: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``src`` to ``dst`` with the exporter's primitive ops fused into ONNX Runtime kernels.
 
@@ -97,7 +106,10 @@ def fuse_for_onnxruntime(
     prefill and decode) on a session; the fused graph is kept only if it reproduces ``src``,
     else the unfused (but otherwise prepared) graph is written and the reason recorded.
     ``untie_weights`` stores a tied LM head as its own matrix (to be quantized like the others);
-    ``fuse=False`` applies only those preparing rewrites. Returns ``{"applied": {fusion: count}, "rejected": reason or None}``.
+    ``fuse=False`` applies only those preparing rewrites. ``attention`` (a KV decoder's sliding
+    windows per layer) adds GroupQueryAttention over a shared cache buffer where every layer
+    matches; if that graph fails the probe, the fusions without it are tried before none.
+    Returns ``{"applied": {fusion: count}, "rejected": reason or None}``.
     """
     import onnx_ir as ir
 
@@ -106,7 +118,7 @@ def fuse_for_onnxruntime(
     if not fuse:
         return {"applied": {}, "rejected": None}
     model = ir.load(str(dst))  # weights read lazily from dst's data file
-    with quiet_exporter():
+    with _FUSION_LOCK, quiet_exporter():
         counts = _fuse_transformer_ops(model)
     applied = {name: count for name, count in counts.items() if count}
     if not applied:
@@ -117,14 +129,47 @@ def fuse_for_onnxruntime(
     with quiet_exporter():
         ir.save(model, str(fused), external_data=f"{dst.name}.data")
     del model
-    problem = _compare_probes(probe, src, fused) if probe is not None else None
+    problem = shared_cache_problem = None
+    if attention is not None:
+        applied["group_query_attention"], without = _shared_cache_attention(fused, attention["windows"])
+        if not applied["group_query_attention"]:
+            del applied["group_query_attention"]
+        elif probe is not None:
+            shared_cache_problem = _compare_probes(probe, src, fused)
+            if shared_cache_problem:  # keep the other fusions: the graph as it was before this rewrite
+                log.warning("attention over a shared cache not kept: %s", shared_cache_problem)
+                import onnx
+
+                onnx.save(without, str(fused))
+                del applied["group_query_attention"]
+    if probe is not None and "group_query_attention" not in applied:
+        problem = _compare_probes(probe, src, fused)
     if problem:
         log.warning("kept the unfused graph: %s", problem)
     else:
         for produced in fused.parent.iterdir():
             os.replace(produced, dst.parent / produced.name)
     shutil.rmtree(fused.parent)
-    return {"applied": {} if problem else applied, "rejected": problem}
+    result = {"applied": {} if problem else applied, "rejected": problem}
+    if shared_cache_problem:
+        result["group_query_attention_rejected"] = shared_cache_problem
+    return result
+
+
+def _shared_cache_attention(path: Path, windows: list[int | None]) -> tuple[int, Any]:
+    """Rewrite the graph at ``path`` (weights stay in its data file) to GroupQueryAttention; return
+    the layers rewritten and the graph as it was (to restore if the probe rejects the rewrite)."""
+    import onnx
+
+    from edge_sdk.converters.ort_attention import group_query_attention
+
+    model = onnx.load(str(path), load_external_data=False)
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    count = group_query_attention(model, windows)
+    if count:
+        onnx.save(model, str(path))
+    return count, before
 
 
 def _fuse_transformer_ops(model) -> dict[str, int]:

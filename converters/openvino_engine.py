@@ -32,10 +32,12 @@ MIN_OPENVINO = "2024.4"  # IR with NNCF's u4/u8 weight decompression patterns
 
 
 def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, calibration: CalibrationFeeds | None = None,
-          probe: Probe | None = None, model_type: str = "transformer") -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+          probe: Probe | None = None, model_type: str = "transformer",
+          attention: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Write graph ``role`` (``<role>.xml`` + ``.bin``) into ``staging``; return (manifest graph entry,
-    recipe or None, minimum OpenVINO version). ``probe`` is accepted for the common signature: the
-    IR is converted, not rewritten, so there is no fusion to check."""
+    recipe or None, minimum OpenVINO version). ``probe`` and ``attention`` are accepted for the
+    common signature: the IR is converted, not rewritten (its cache becomes state in
+    ``make_stateful``), so there is no fusion to check."""
     from edge_sdk.converters.onnxruntime_engine import describe as describe_onnx
 
     xml = staging / f"{role}.xml"

@@ -32,12 +32,15 @@ def build_graph(
     calibration: CalibrationFeeds | None = None,
     probe: Probe | None = None,
     model_type: str = "transformer",
+    attention: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Write graph ``role`` into ``staging`` for ``runtime``; return (manifest graph entry, recipe or
     None, minimum engine version).
 
     ``fp32`` is the validated FP32 ONNX graph (with ``<fp32>.data`` beside it); ``probe`` runs a
     task's check on a session (kept fusions must reproduce the unfused graph on it); ``model_type``
-    ("transformer" or "cnn", see ``quantize.MODEL_TYPES``) decides which layers quantization covers.
+    ("transformer" or "cnn", see ``quantize.MODEL_TYPES``) decides which layers quantization covers;
+    ``attention`` (a KV decoder's ``{"windows": [...]}``) lets an engine run attention over a
+    preallocated cache.
     """
-    return engine(runtime).build(fp32, staging, role, options, calibration, probe, model_type)
+    return engine(runtime).build(fp32, staging, role, options, calibration, probe, model_type, attention)

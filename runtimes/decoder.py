@@ -11,7 +11,11 @@ Every decoder graph a package ships (a text model's, Whisper's) follows one cont
              present.{i}.key / .value (batch, heads, past_sequence + sequence, head_dim)
 
 The same graph serves prefill (many tokens, empty cache) and decode (one token per row, growing
-cache). A stateful graph (OpenVINO packages) has no cache inputs or outputs: the cache stays in the
+cache). A shared-cache graph (ONNX Runtime packages whose attention is GroupQueryAttention) takes
+``seqlens_k`` (batch,) int32 and ``total_sequence_length`` () int32 instead of ``attention_mask``;
+each cache input and its present output are one preallocated buffer (batch, heads, capacity,
+head_dim) that the kernel writes in place, and rows are not padded on the left: each row's
+tokens start at cache position 0 (``converters.ort_attention``). A stateful graph (OpenVINO packages) has no cache inputs or outputs: the cache stays in the
 engine's request, and ``beam_idx`` (int32, one row index per row) says which kept row each row
 continues; ``DecoderState`` hides the difference. Names are read from the graph's description (the manifest's graph entry, or an open
 session's inputs and outputs), never assumed per task. A graph without position inputs places its
@@ -39,6 +43,8 @@ from edge_sdk.errors import InvalidInputError, PackageError
 from edge_sdk.runtimes.backend import Session, describe_session
 
 IDS, MASK, POSITIONS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
+SEQLENS, TOTAL = "seqlens_k", "total_sequence_length"  # shared-cache graphs: cached tokens per row - 1, the longest row's
+DEFAULT_CAPACITY_MARGIN = 256  # shared cache: tokens allocated beyond the prompt when the caller gives no capacity
 BEAM = "beam_idx"  # stateful graphs: the row of the kept cache each row of this call continues
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 LEGACY_PAST_PREFIX = "past."  # Whisper decoders exported before the one naming scheme
@@ -67,6 +73,7 @@ class DecoderGraph:
     has_mask: bool  # takes attention_mask (and so left-padded batches)
     has_positions: bool  # takes position_ids
     stateful: bool = False  # the cache lives in the engine's request (OpenVINO ReadValue/Assign), reordered by beam_idx
+    shared_cache: bool = False  # past and present share one preallocated buffer (GroupQueryAttention), rows start at 0
 
     @classmethod
     def from_description(cls, description: dict[str, Any], model: dict[str, Any] | None = None) -> "DecoderGraph":
@@ -98,7 +105,8 @@ class DecoderGraph:
             cache.append(CacheTensor(name, present, heads, head_dim, _dtype(entry.get("dtype"))))
         if not cache:
             raise PackageError(f"the decoder graph has no '{PAST_PREFIX}*' cache inputs; re-export the package")
-        return cls(tuple(cache), tuple(fixed), MASK in inputs, POSITIONS in inputs)
+        return cls(tuple(cache), tuple(f for f in fixed if f not in (SEQLENS, TOTAL)), MASK in inputs, POSITIONS in inputs,
+                   shared_cache=SEQLENS in inputs and TOTAL in inputs)
 
     @classmethod
     def from_session(cls, session: Session, model: dict[str, Any] | None = None) -> "DecoderGraph":
@@ -158,6 +166,10 @@ class DecoderState:
         self.past: dict[str, Any] = {}
         self.mask: np.ndarray | None = None  # (batch, past + new) 1 on real tokens, 0 on left padding
         self._last_position: np.ndarray | None = None
+        self._buffers: dict[str, np.ndarray] = {}  # shared-cache graphs: one (batch, heads, capacity, head_dim) buffer per cache tensor
+        self._shared = None  # ... and the engine request bound to them
+        self._lengths: np.ndarray | None = None  # ... and the tokens each row's cache holds
+        self._vocab = 0  # ... and the logits' last axis, once seen
 
     def __enter__(self) -> "DecoderState":
         return self
@@ -169,20 +181,27 @@ class DecoderState:
     def past_length(self) -> int:
         return 0 if self.mask is None else self.mask.shape[1]
 
-    def prefill(self, prompts: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    def prefill(self, prompts: Sequence[Sequence[int]] | np.ndarray, capacity: int | None = None) -> np.ndarray:
         """Start from an empty cache: run the prompts (token id rows; shorter rows are left-padded)
-        and return the logits of every prompt position, (batch, longest prompt, vocab)."""
+        and return the logits of every prompt position, (batch, longest prompt, vocab).
+
+        ``capacity``: tokens the cache will hold in all (prompt and generated), where the graph keeps
+        its cache in a preallocated buffer (shared-cache graphs); it grows if a generation outruns
+        it. Other graphs ignore it."""
         rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
         if not rows or any(len(r) == 0 for r in rows):
             raise InvalidInputError("prefill needs at least one prompt, each of at least one token")
         batch, length = len(rows), max(len(r) for r in rows)
-        if not self.graph.has_mask and any(len(r) != length for r in rows):
+        if not (self.graph.has_mask or self.graph.shared_cache) and any(len(r) != length for r in rows):
             raise InvalidInputError("this decoder graph has no attention mask: the prompts of one batch must have one length")
-        ids = np.full((batch, length), self._pad_id, dtype=np.int64)
         self.mask = np.zeros((batch, length), dtype=np.int64)
+        for row, prompt in enumerate(rows):
+            self.mask[row, length - len(prompt) :] = 1
+        if self.graph.shared_cache:
+            return self._prefill_shared(rows, length, capacity)
+        ids = np.full((batch, length), self._pad_id, dtype=np.int64)
         for row, prompt in enumerate(rows):  # left padding: every row's last token is at the same index
             ids[row, length - len(prompt) :] = prompt
-            self.mask[row, length - len(prompt) :] = 1
         positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)
         self._last_position = positions[:, -1:]
         self.past = {c.past: c.empty(batch) for c in self.graph.cache}
@@ -202,6 +221,8 @@ class DecoderState:
             raise InvalidInputError(f"step() takes one token per row: {len(self.mask)} rows, got {len(tokens)} tokens")
         self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
         self._last_position = self._last_position + 1
+        if self.graph.shared_cache:
+            return self._run_shared(tokens, self._lengths[:, None].astype(np.int64), self._lengths + 1)[:, -1, :]
         return self._forward(tokens, self._last_position)[:, -1, :]
 
     def reorder(self, rows: Sequence[int] | np.ndarray) -> None:
@@ -215,14 +236,23 @@ class DecoderState:
         self.mask, self._last_position = self.mask[rows], self._last_position[rows]
         if self.graph.stateful:
             self._beam = self._beam[rows]  # applied inside the graph by the next call's Gather
+        elif self.graph.shared_cache:
+            self._lengths = self._lengths[rows]
+            self._bind({name: buffer[rows] for name, buffer in self._buffers.items()})
         else:
             self.past = {name: _as_numpy(value)[rows] for name, value in self.past.items()}
 
     def close(self) -> None:
         """Release the cache (the state can be prefilled again afterwards)."""
         self.past, self.mask, self._last_position = {}, None, None
+        self._buffers, self._shared = {}, None
         if self._request is not None:
             self._request.reset()
+
+    @property
+    def capacity(self) -> int:
+        """Shared-cache graphs: tokens each row's buffer holds now (0 before a prefill, and for other graphs)."""
+        return next(iter(self._buffers.values())).shape[2] if self._buffers else 0
 
     def _forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         inputs = {IDS: ids}
@@ -237,6 +267,50 @@ class DecoderState:
         outputs = self._session.run({**inputs, **self.past, **self._fixed}, keep=self._keep)
         self.past = {c.past: outputs[c.present] for c in self.graph.cache}
         return outputs[LOGITS]
+
+    # ------------------------------------------------------------------ shared-cache graphs
+    def _prefill_shared(self, rows: list[np.ndarray], length: int, capacity: int | None) -> np.ndarray:
+        """Rows start at cache position 0 and are padded on the right; the logits come back in the
+        left-padded layout every caller reads (each row's last prompt token at index -1; positions
+        before a shorter row's prompt hold zeros)."""
+        batch = len(rows)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        ids = np.full((batch, length), self._pad_id, dtype=np.int64)
+        for row, prompt in enumerate(rows):
+            ids[row, : len(prompt)] = prompt
+        positions = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length))
+        self._last_position = (lengths - 1)[:, None]
+        capacity = max(int(capacity) if capacity else length + DEFAULT_CAPACITY_MARGIN, length)
+        self._bind({c.past: np.zeros((batch, c.heads, capacity, c.head_dim), c.dtype) for c in self.graph.cache})
+        self._lengths = np.zeros(batch, dtype=np.int64)
+        logits = self._run_shared(ids, positions, lengths)
+        aligned = np.zeros_like(logits)
+        for row, n in enumerate(lengths):
+            aligned[row, length - n :] = logits[row, :n]
+        return aligned
+
+    def _run_shared(self, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One call; ``lengths``: tokens each row's cache holds after it."""
+        if int(lengths.max()) > self.capacity:  # a generation outran the buffer: grow it (copy once, doubling)
+            grown = max(int(lengths.max()), 2 * self.capacity)
+            buffers = {}
+            for name, old in self._buffers.items():
+                buffers[name] = np.zeros(old.shape[:2] + (grown,) + old.shape[3:], old.dtype)
+                buffers[name][:, :, : old.shape[2]] = old
+            self._bind(buffers)
+        out = None
+        if ids.shape[1] == 1 and self._vocab:  # a decode step: logits straight into a new array of known shape
+            out = {LOGITS: np.empty((len(ids), 1, self._vocab), np.float32)}
+        outputs = self._shared.run({IDS: ids, POSITIONS: positions, SEQLENS: (lengths - 1).astype(np.int32),
+                                    TOTAL: np.array(int(lengths.max()), dtype=np.int32), **self._fixed}, out)
+        self._lengths = lengths.astype(np.int64)
+        self._vocab = outputs[LOGITS].shape[-1]
+        return outputs[LOGITS]
+
+    def _bind(self, buffers: dict[str, np.ndarray]) -> None:
+        self._buffers = {name: np.ascontiguousarray(b) for name, b in buffers.items()}
+        self._shared = self._session.shared_cache_request(
+            {c.past: (c.present, self._buffers[c.past]) for c in self.graph.cache})
 
 
 def _as_numpy(value) -> np.ndarray:

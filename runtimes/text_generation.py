@@ -303,7 +303,7 @@ class TextGenerator:
         seen = None
         state = self.decoder()
         try:
-            logits = state.prefill(encoded)[:, -1, :]
+            logits = state.prefill(encoded, capacity=longest + budget)[:, -1, :]
             if opts.repetition_penalty != 1.0:  # tokens of each row's prompt (not its padding) and output
                 seen = np.zeros(logits.shape, dtype=bool)
                 for row, ids in enumerate(encoded):

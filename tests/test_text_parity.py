@@ -1,5 +1,5 @@
 """Every listed decoder family's package reproduces transformers: logits, greedy tokens, batches,
-and sliding windows.
+and sliding windows (through the shared-cache GroupQueryAttention graph where the family gets one).
 
 One tiny random model per family (``converters.tiny.TINY_CONFIGS``: widened init so greedy output
 varies; sliding windows of 8 tokens, shorter than every prompt plus its generation), exported
@@ -39,6 +39,10 @@ def _torch_model(model_dir):
 def test_logits_match_pytorch_for_prefill_and_decode_steps(architecture, tiny_model_dir, family_package):
     model = _torch_model(tiny_model_dir(architecture))
     lm = edge_sdk.load(family_package(architecture))
+    # attention over one preallocated buffer per cache tensor wherever every layer's attention fuses;
+    # OPT computes positions from the mask and Gemma 2's soft-capped eager attention does not fuse
+    expected = "inputs" if architecture in ("OPTForCausalLM", "Gemma2ForCausalLM") else "shared"
+    assert lm.package.graph("decoder")["kv_cache"] == expected
     keyword = _cache_argument(model)
     ids = lm.tokenizer.encode(LONG_PROMPT)
 
