@@ -132,13 +132,14 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
     tokenizer = TextTokenizer.from_file(staging / TOKENIZER_FILE)
 
     quantization = options.quantization
+    static = options.device is not None and options.device.static_shapes
     with steps.step(f"building the {options.runtime} {quantization.weights} graph"):
         calibration = (lambda: calibration_feeds(fp32_graph, shapes, tokenizer, options)) if quantization.calibration else None
+        # static NPU graphs keep the attention torch exported (fixed shapes, a numpy cache)
         graph, recipe, min_version = build_graph(
             fp32_graph, staging, "decoder", options.runtime, quantization, calibration, _probe(shapes, tokenizer),
-            attention={"windows": attention_windows(shapes)},
+            attention=None if static else {"windows": attention_windows(shapes)},
         )
-        static = options.device is not None and options.device.static_shapes
         if options.runtime == "openvino" and not static:  # NPU graphs stay stateless: static shapes, numpy cache
             from edge_sdk.converters.openvino_engine import make_stateful
 

@@ -41,7 +41,7 @@ log = logging.getLogger("edge_sdk")
 
 # onnxscript's rewriter and optimizer are not safe to run from two threads at once (seen: a
 # "number of values and replacements must match" PassError when two exports fused together)
-_FUSION_LOCK = threading.Lock()
+FUSION_LOCK = threading.Lock()
 
 # the oldest ONNX Runtime that implements each default-domain opset our graphs may use
 _MIN_ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
@@ -118,7 +118,7 @@ def fuse_for_onnxruntime(
     if not fuse:
         return {"applied": {}, "rejected": None}
     model = ir.load(str(dst))  # weights read lazily from dst's data file
-    with _FUSION_LOCK, quiet_exporter():
+    with FUSION_LOCK, quiet_exporter():
         counts = _fuse_transformer_ops(model)
     applied = {name: count for name, count in counts.items() if count}
     if not applied:
@@ -182,7 +182,7 @@ def _fuse_transformer_ops(model) -> dict[str, int]:
     import onnx_ir.passes.common as common_passes
     from onnxscript.optimizer import optimize
     from onnxscript.rewriter import rewrite
-    from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES, shape_optimization
+    from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES
     from onnxscript.rewriter.ort_fusions.cos_sin_cache import fuse_cos_sin_cache
     from onnxscript.rewriter.ort_fusions.gelu import fuse_gelu
     from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
@@ -194,10 +194,7 @@ def _fuse_transformer_ops(model) -> dict[str, int]:
     from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
     from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization, fuse_skip_rms_normalization
 
-    common_passes.ShapeInferencePass()(model)
-    optimize(model)
-    shape_optimization.rules.apply_to_model(model)
-    optimize(model)
+    simplify_for_fusion(model)
     counts = {}
     for name, fuse in (
         ("rms_normalization", fuse_rms_normalization),
@@ -221,6 +218,18 @@ def _fuse_transformer_ops(model) -> dict[str, int]:
     common_passes.RemoveInitializersFromInputsPass()(model)
     common_passes.ShapeInferencePass()(model)
     return counts
+
+
+def simplify_for_fusion(model) -> None:
+    """What the fusion patterns expect first: shapes inferred, constants folded, shape arithmetic simplified."""
+    import onnx_ir.passes.common as common_passes
+    from onnxscript.optimizer import optimize
+    from onnxscript.rewriter.ort_fusions import shape_optimization
+
+    common_passes.ShapeInferencePass()(model)
+    optimize(model)
+    shape_optimization.rules.apply_to_model(model)
+    optimize(model)
 
 
 def _compare_probes(probe: Probe, reference: Path, fused: Path) -> str | None:

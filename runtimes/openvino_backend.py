@@ -30,7 +30,7 @@ class OpenVINOSession:
     def __init__(self, path: Path, threads: int | None = None):
         import openvino as ov
 
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         try:

@@ -1,5 +1,6 @@
 """OpenVINO packages keep the KV cache in the engine (stateful): the same tokens and logits as the
-stateless ONNX Runtime graph, reset between generations, rows reorderable (beams, finished rows)."""
+ONNX Runtime graph (its cache in an f32 state: OpenVINO's default u8 cache compression would not
+be), reset between generations, rows reorderable (beams, finished rows)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def test_openvino_packages_are_stateful_and_match_the_stateless_graph(stateful, 
         graph = lm.package.graph("decoder")
         names = [entry["name"] for entry in graph["inputs"]]
         assert graph["kv_cache"] == "stateful" and "beam_idx" in names
+        # attention reaches OpenVINO as ScaledDotProductAttention (fused with the state on CPU), except
+        # Gemma 2's soft-capped eager attention, which stays decomposed
+        sdpa = "ScaledDotProductAttention" in lm.package.path(graph["path"]).read_text()
+        assert sdpa == (architecture != "Gemma2ForCausalLM"), architecture
         assert not any(n.startswith("past_key_values") for n in names) and [o["name"] for o in graph["outputs"]] == ["logits"]
         # ONNX Runtime FP32: Llama's cache in one shared buffer (GroupQueryAttention); Gemma 2's (soft-capped
         # eager attention, not fused) through numpy inputs and outputs
