@@ -425,13 +425,15 @@ def _pack_uint4(values: np.ndarray) -> np.ndarray:
 
 
 def _dynamic(src: Path, layers: list[WeightLayer], dst: Path, options: QuantizationOptions) -> dict:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
         str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=True,
         op_types_to_quantize=sorted({"MatMul", "Gather"} | {layer.op_type for layer in layers}),
         nodes_to_quantize=[layer.node for layer in layers],
-        extra_options={"MatMulConstBOnly": True},
+        # its shape inference cannot type contrib ops' outputs (GroupQueryAttention): say they are float
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     return _recipe(options, "onnxruntime.quantization.quantize_dynamic (int8 weights per channel, int8 activations at run time)", dst, layers)
 

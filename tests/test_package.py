@@ -33,9 +33,12 @@ def test_manifest_describes_the_package(tiny_package_dir):
     assert m["source"]["architecture"] == "LlamaForCausalLM" and len(m["source"]["weights_sha256"]) == 64
     assert {f["path"] for f in m["files"]} == {"decoder.onnx", "decoder.onnx.data", "tokenizer.json", "chat_template.jinja"}
     decoder = package.graph("decoder")
-    assert [i["name"] for i in decoder["inputs"]][:3] == ["input_ids", "attention_mask", "position_ids"]
+    # attention over a preallocated cache: per-row cached lengths instead of an attention mask
+    names = [i["name"] for i in decoder["inputs"]]
+    assert decoder["kv_cache"] == "shared" and names[:2] == ["input_ids", "position_ids"]
+    assert names[-2:] == ["seqlens_k", "total_sequence_length"] and "attention_mask" not in names
     assert decoder["inputs"][0]["shape"] == ["batch", "sequence"]
-    assert decoder["inputs"][3]["shape"][2] == "past_sequence"
+    assert decoder["inputs"][2]["name"] == "past_key_values.0.key" and decoder["inputs"][2]["shape"][2] == "cache_capacity"
     assert m["accuracy"]["max_abs_diff"]["logits"] < 1e-4
     assert m["generation"]["eos_token_ids"] and m["generation"]["pad_token_id"] is not None
 

@@ -139,7 +139,10 @@ def test_calibration_covers_prefill_and_decode_steps(tiny_package_dir, build_dir
     from edge_sdk.converters.causal_lm import calibration_feeds
     from edge_sdk.runtimes.tokenizer import TextTokenizer
 
-    package = edge_sdk.load(tiny_package_dir("LlamaForCausalLM")).package
+    # calibration runs on the FP32 graph torch exported (attention mask and cache inputs); Gemma 2's
+    # package keeps that interface (its soft-capped attention is not rewritten to a shared cache)
+    package = edge_sdk.load(tiny_package_dir("Gemma2ForCausalLM")).package
+    assert package.graph("decoder")["kv_cache"] == "inputs"
     (build_dir / "calibration-feeds.txt").write_text(CALIBRATION_TEXT)
     options = ExportOptions(quantization=QuantizationOptions(
         weights="int8", mode="static", calibration=build_dir / "calibration-feeds.txt", num_samples=3))

@@ -38,9 +38,10 @@ def unfused(tiny_model_dir, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "MistralForCausalLM"])
-def test_shared_cache_graph_matches_the_unfused_graph_past_the_window_and_the_buffer_end(
-        architecture, tiny_package_dir, unfused):
+def test_shared_cache_graph_matches_the_unfused_graph_past_the_window_and_the_buffer_end(tiny_package_dir, unfused):
+    """Mistral: every layer has an 8-token sliding window, inside the kernel; the parity tests hold
+    every family's shared-cache graph to transformers."""
+    architecture = "MistralForCausalLM"
     lm = edge_sdk.load(tiny_package_dir(architecture))
     entry = lm.package.graph("decoder")
     names = [i["name"] for i in entry["inputs"]]
@@ -50,7 +51,7 @@ def test_shared_cache_graph_matches_the_unfused_graph_past_the_window_and_the_bu
     assert not graph.shared_cache and graph.has_mask
     ids = [lm.tokenizer.encode(p) for p in PROMPTS]  # a left-padded batch: row 0 is mostly padding
     window = shapes["sliding_window"]
-    assert (window is not None) == (architecture == "MistralForCausalLM") and (window is None or len(ids[1]) > window)
+    assert window is not None and len(ids[1]) > window
     with lm.decoder() as fast, DecoderState(session, graph) as reference:
         capacity = len(ids[1]) + 3  # the buffer ends 3 tokens into the generation
         ours, theirs = fast.prefill(ids, capacity=capacity), reference.prefill(ids)
@@ -83,18 +84,18 @@ def test_greedy_generation_is_reset_between_generations(tiny_package_dir):
         np.testing.assert_allclose(logits, fresh.prefill([lm.tokenizer.encode(PROMPTS[0])]), atol=1e-5)
 
 
-def test_a_rewrite_that_fails_the_probe_is_not_kept(unfused, tiny_model_dir, tmp_path):
-    """Wrong sliding windows (2 tokens on a full-attention Llama) change the logits: the probe
-    rejects the shared-cache rewrite, says why, and the package keeps the other fusions."""
+def test_a_rewrite_that_fails_the_probe_is_not_kept(unfused, tmp_path):
+    """Wrong sliding windows (2 tokens where Mistral's are 8) change the logits: the probe rejects
+    the shared-cache rewrite, says why, and the package keeps the other fusions."""
     from edge_sdk.converters.causal_lm import _probe
     from edge_sdk.converters.onnxruntime_engine import fuse_for_onnxruntime
     from edge_sdk.runtimes.tokenizer import TextTokenizer
 
-    _, _, work, shapes = unfused("LlamaForCausalLM")
+    _, _, work, shapes = unfused("MistralForCausalLM")
     tokenizer = TextTokenizer.from_file(work / "tokenizer.json")
     probe = _probe(shapes, tokenizer)
     (tmp_path / "good").mkdir()
-    good = fuse_for_onnxruntime(work / "decoder.onnx", tmp_path / "good" / "decoder.onnx", probe, attention={"windows": [None, None]})
+    good = fuse_for_onnxruntime(work / "decoder.onnx", tmp_path / "good" / "decoder.onnx", probe, attention={"windows": [shapes["sliding_window"]] * 2})
     assert good["applied"]["group_query_attention"] == 2 and "group_query_attention_rejected" not in good
     (tmp_path / "bad").mkdir()
     bad = fuse_for_onnxruntime(work / "decoder.onnx", tmp_path / "bad" / "decoder.onnx", probe, attention={"windows": [2, 2]})

@@ -40,8 +40,8 @@ def test_logits_match_pytorch_for_prefill_and_decode_steps(architecture, tiny_mo
     model = _torch_model(tiny_model_dir(architecture))
     lm = edge_sdk.load(family_package(architecture))
     # attention over one preallocated buffer per cache tensor wherever every layer's attention fuses;
-    # OPT computes positions from the mask and Gemma 2's soft-capped eager attention does not fuse
-    expected = "inputs" if architecture in ("OPTForCausalLM", "Gemma2ForCausalLM") else "shared"
+    # Gemma 2's soft-capped eager attention does not
+    expected = "inputs" if architecture == "Gemma2ForCausalLM" else "shared"
     assert lm.package.graph("decoder")["kv_cache"] == expected
     keyword = _cache_argument(model)
     ids = lm.tokenizer.encode(LONG_PROMPT)
