@@ -502,22 +502,21 @@ def main() -> None:
         exports[variant] = reuse_or_run(args, package, lambda: in_subprocess(
             "export", args, model=model, package=package, variant=variant, group_size=args.group_size), f"exporting {variant}")
         engines[f"edge-sdk {variant.replace(':', ' ')}"] = {"kind": "package", "package": package, "export": variant}
+    def add_peer(kind: str, python: str, weights_list: str, directory: str, label: str, export, what: str) -> None:
+        """One row per precision of a peer that exports with its own tool and runs under ``python``."""
+        for weights in weights_list.split(","):
+            package = args.out / f"{directory}-{weights}"
+            exports[f"{kind}:{weights}"] = reuse_or_run(args, package, lambda: export(args, model, weights, package), f"{what} {weights}")
+            engines[f"{label} {weights}"] = {"kind": kind, "package": package, "python": python, "export": f"{kind}:{weights}"}
+
     if args.optimum_python:
-        for weights in args.optimum_weights.split(","):
-            package = args.out / f"optimum-openvino-{weights}"
-            exports[f"optimum:{weights}"] = reuse_or_run(
-                args, package, lambda: export_optimum(args, model, weights, package), f"optimum-cli export {weights}")
-            engines[f"optimum-intel openvino {weights}"] = {"kind": "optimum", "package": package, "python": args.optimum_python,
-                                                            "export": f"optimum:{weights}"}
+        add_peer("optimum", args.optimum_python, args.optimum_weights, "optimum-openvino", "optimum-intel openvino",
+                 export_optimum, "optimum-cli export")
     if args.llama_cpp:
         export_llama_cpp(args, model, exports, engines)
     if args.genai_python:
-        for weights in args.genai_weights.split(","):
-            package = args.out / f"ort-genai-{weights}"
-            exports[f"genai:{weights}"] = reuse_or_run(
-                args, package, lambda: export_genai(args, model, weights, package), f"onnxruntime-genai builder {weights}")
-            engines[f"ort-genai {weights}"] = {"kind": "genai", "package": package, "python": args.genai_python,
-                                               "export": f"genai:{weights}"}
+        add_peer("genai", args.genai_python, args.genai_weights, "ort-genai", "ort-genai", export_genai,
+                 "onnxruntime-genai builder")
 
     accuracy = {v: accuracy_of(args, v) for v in variants}  # before the long part: fail early
     rounds: dict[str, list[dict]] = {name: [] for name in engines}

@@ -163,13 +163,12 @@ def _shared_cache_attention(path: Path, windows: list[int | None]) -> tuple[int,
 
     from edge_sdk.converters.ort_attention import group_query_attention
 
-    model = onnx.load(str(path), load_external_data=False)
-    before = onnx.ModelProto()
-    before.CopyFrom(model)
-    count = group_query_attention(model, windows)
-    if count:
-        onnx.save(model, str(path))
-    return count, before
+    before = onnx.load(str(path), load_external_data=False)
+    rewritten = group_query_attention(before, windows)
+    if rewritten is None:
+        return 0, before
+    onnx.save(rewritten, str(path))
+    return len(windows), before
 
 
 def _fuse_transformer_ops(model) -> dict[str, int]:

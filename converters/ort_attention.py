@@ -40,29 +40,28 @@ _PASS_THROUGH = {"Reshape", "Expand", "Unsqueeze", "Transpose", "Identity", "Squ
 _RESHAPE_BSD = "gqa_reshape_bsd"
 
 
-def group_query_attention(model, windows: list[int | None]) -> int:
-    """Rewrite ``model`` (an onnx.ModelProto, weights may stay external) in place: every layer's
-    MultiHeadAttention and cache concatenations become one GroupQueryAttention. ``windows``: each
-    layer's sliding window (None: full attention). Returns the number of layers rewritten; 0 (and
-    ``model`` untouched) when the graph does not have the expected shape."""
+def group_query_attention(model, windows: list[int | None]):
+    """A copy of ``model`` (an onnx.ModelProto, weights may stay external) in which every layer's
+    MultiHeadAttention and cache concatenations are one GroupQueryAttention; ``model`` itself is
+    not changed. ``windows``: each layer's sliding window (None: full attention). None when the
+    graph does not have the expected shape."""
     import onnx
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
     try:
-        count = _rewrite(work, windows)
+        _rewrite(work, windows)
     except _NoMatch as e:
         log.debug("GroupQueryAttention not applied: %s", e)
-        return 0
-    model.CopyFrom(work)
-    return count
+        return None
+    return work
 
 
 class _NoMatch(Exception):
     pass
 
 
-def _rewrite(model, windows: list[int | None]) -> int:
+def _rewrite(model, windows: list[int | None]) -> None:
     from onnx import TensorProto, helper, numpy_helper
     import numpy as np
 
@@ -171,7 +170,6 @@ def _rewrite(model, windows: list[int | None]) -> int:
     del graph.value_info[:]  # shapes of removed or changed values; ONNX Runtime infers its own
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return layers
 
 
 def _remove_dead_nodes(graph) -> None:
@@ -188,7 +186,6 @@ def _remove_dead_nodes(graph) -> None:
     kept.reverse()
     del graph.node[:]
     graph.node.extend(kept)
-    used = needed
-    initializers = [t for t in graph.initializer if t.name in used]
+    initializers = [t for t in graph.initializer if t.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(initializers)

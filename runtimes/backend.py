@@ -8,7 +8,9 @@ only ever passed back to the same session.
 
 A backend whose graphs can keep state between calls (OpenVINO's stateful decoders, the KV cache
 inside the infer request) also offers ``state_request()``: a request of its own with ``run(inputs)``
-and ``reset()``, one per sequence batch.
+and ``reset()``, one per sequence batch. One whose graphs write their cache in place (ONNX Runtime's
+GroupQueryAttention over a shared past/present buffer) offers ``shared_cache_request(buffers)``: a
+request bound once to caller-owned cache arrays, whose ``run(inputs, out=None)`` rebinds the rest.
 """
 
 from __future__ import annotations

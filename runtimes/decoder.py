@@ -15,11 +15,13 @@ cache). A shared-cache graph (ONNX Runtime packages whose attention is GroupQuer
 ``seqlens_k`` (batch,) int32 and ``total_sequence_length`` () int32 instead of ``attention_mask``;
 each cache input and its present output are one preallocated buffer (batch, heads, capacity,
 head_dim) that the kernel writes in place, and rows are not padded on the left: each row's
-tokens start at cache position 0 (``converters.ort_attention``). A stateful graph (OpenVINO packages) has no cache inputs or outputs: the cache stays in the
-engine's request, and ``beam_idx`` (int32, one row index per row) says which kept row each row
-continues; ``DecoderState`` hides the difference. Names are read from the graph's description (the manifest's graph entry, or an open
-session's inputs and outputs), never assumed per task. A graph without position inputs places its
-tokens after its cache (Whisper); one without a mask takes batches whose rows have one length.
+tokens start at cache position 0 (``converters.ort_attention``). A stateful graph (OpenVINO
+packages) has no cache inputs or outputs: the cache stays in the engine's request, and
+``beam_idx`` (int32, one row index per row) says which kept row each row continues;
+``DecoderState`` hides the differences. Names are read from the graph's description (the
+manifest's graph entry, or an open session's inputs and outputs), never assumed per task. A graph
+without position inputs places its tokens after its cache (Whisper); one without a mask takes
+batches whose rows have one length.
 Whisper packages written before the one naming scheme call their cache inputs ``past.{i}.key``;
 ``LEGACY_PAST_PREFIX`` keeps them loading.
 
@@ -222,7 +224,7 @@ class DecoderState:
         self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
         self._last_position = self._last_position + 1
         if self.graph.shared_cache:
-            return self._run_shared(tokens, self._lengths[:, None].astype(np.int64), self._lengths + 1)[:, -1, :]
+            return self._run_shared(tokens, self._lengths[:, None], self._lengths + 1)[:, -1, :]
         return self._forward(tokens, self._last_position)[:, -1, :]
 
     def reorder(self, rows: Sequence[int] | np.ndarray) -> None:
@@ -303,7 +305,7 @@ class DecoderState:
             out = {LOGITS: np.empty((len(ids), 1, self._vocab), np.float32)}
         outputs = self._shared.run({IDS: ids, POSITIONS: positions, SEQLENS: (lengths - 1).astype(np.int32),
                                     TOTAL: np.array(int(lengths.max()), dtype=np.int32), **self._fixed}, out)
-        self._lengths = lengths.astype(np.int64)
+        self._lengths = lengths
         self._vocab = outputs[LOGITS].shape[-1]
         return outputs[LOGITS]
 
