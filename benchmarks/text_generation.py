@@ -116,8 +116,10 @@ def worker_export(args) -> dict:
     from edge_sdk.converters.export import ExportOptions
     from edge_sdk.quantization import QuantizationOptions
 
-    runtime, weights = args.variant.split(":")
-    options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights, group_size=args.group_size if weights == "int4" else None),
+    runtime, weights, *head = args.variant.split(":")  # runtime:weights[:head-int4|head-int8]
+    quantization = QuantizationOptions(weights=weights, group_size=args.group_size if weights == "int4" else None,
+                                       head=head[0].removeprefix("head-") if head else None)
+    options = ExportOptions(runtime=runtime, quantization=quantization,
                             eval_data=Path(args.eval_data) if args.eval_data else None)
     start = time.perf_counter()
     edge_sdk.export(args.model, args.package, options, overwrite=True, progress=False)
@@ -238,7 +240,7 @@ def worker_genai(args) -> dict:
 
 
 def worker_gguf(args) -> dict:
-    """Runs under --llama-python: llama.cpp's convert_hf_to_gguf.py, the model to an F16 GGUF.
+    """Runs under --llama-python: llama.cpp's convert_hf_to_gguf.py, the model to an F16 (or ``outtype``) GGUF.
 
     The converter names a BPE tokenizer's pre-tokenizer by hashing its encoding of a fixed text,
     and stops on a hash it does not know; its documented fix (convert_hf_to_gguf_update.py)
@@ -267,7 +269,8 @@ def worker_gguf(args) -> dict:
             raise
 
     TextModel.get_vocab_base_pre = get_vocab_base_pre
-    sys.argv = ["convert_hf_to_gguf.py", str(args.model), "--outfile", str(args.package), "--outtype", "f16"]
+    outtype = getattr(args, "outtype", None) or "f16"  # int4_quality.py asks for f32 (its FP32 reference)
+    sys.argv = ["convert_hf_to_gguf.py", str(args.model), "--outfile", str(args.package), "--outtype", outtype]
     start = time.perf_counter()
     convert_hf_to_gguf.main()
     return {"export_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
@@ -430,7 +433,7 @@ def ratios_of(rows: dict, lengths: list[int]) -> dict:
 
     by_prompt = {}
     for length in map(str, lengths):
-        ours = {w: [n for n in rows if n.startswith("edge-sdk") and n.endswith(w)] for w in ("int8", "int4")}
+        ours = {w: [n for n in rows if n.startswith("edge-sdk") and n.split()[2] == w] for w in ("int8", "int4")}
         best = {w: max(names, key=lambda n: figure(n, length, "decode_tokens_per_s")) for w, names in ours.items() if names}
         ratios = {f"best_{w}": name for w, name in best.items()}
         if "PyTorch eager fp32" in rows:
@@ -459,7 +462,8 @@ def main() -> None:
     parser.add_argument("--min-runs", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="runtime:weights, comma-separated")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help="runtime:weights[:head-int4|head-int8] (int4's --head-weights), comma-separated")
     parser.add_argument("--prompt-tokens", type=lambda text: [int(n) for n in text.split(",")], default=[32, 128],
                         help="prompt lengths in tokens, comma-separated; every engine is measured at each")
     parser.add_argument("--group-size", type=int, default=64, help="int4 group size (ours, optimum's and ort-genai's block size)")

@@ -138,7 +138,7 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
         # static NPU graphs keep the attention torch exported (fixed shapes, a numpy cache)
         graph, recipe, min_version = build_graph(
             fp32_graph, staging, "decoder", options.runtime, quantization, calibration, _probe(shapes, tokenizer),
-            attention=None if static else {"windows": attention_windows(shapes)},
+            attention=None if static else {"windows": attention_windows(shapes), "positions": shapes.get("max_positions")},
         )
         if options.runtime == "openvino" and not static:  # NPU graphs stay stateless: static shapes, numpy cache
             from edge_sdk.converters.openvino_engine import make_stateful

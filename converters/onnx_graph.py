@@ -55,16 +55,19 @@ def layer_kind_of(op_type: str, scopes: str | None) -> str:
     return _LAYER_INDEX.sub(".*", path)
 
 
+MIN_IN_CHANNELS = 16  # a MatMul over fewer input channels is not a weight layer (rotary positions x frequencies: 1)
+
+
 def weight_layers(model, convolutions: bool = False) -> list[WeightLayer]:
-    """Linear layers (MatMul, constant 2-D B) and embeddings (Gather, constant 2-D table) of
-    ``model``; with ``convolutions``, also convolutions with a constant weight (CNNs such as
+    """Linear layers (MatMul, constant 2-D B with at least MIN_IN_CHANNELS rows) and embeddings
+    (Gather, constant 2-D table) of ``model``; with ``convolutions``, also convolutions with a constant weight (CNNs such as
     diffusion UNets, where they hold most of the weights and the compute)."""
     initializers = {i.name: i for i in model.graph.initializer}
     layers = []
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[1] in initializers:
             dims = list(initializers[node.input[1]].dims)
-            if len(dims) == 2:
+            if len(dims) == 2 and dims[0] >= MIN_IN_CHANNELS:
                 layers.append(WeightLayer(node.name, "MatMul", node.input[1], layer_kind(node), dims[0], dims[1], node.output[0]))
         elif node.op_type == "Gather" and node.input[0] in initializers:
             dims = list(initializers[node.input[0]].dims)

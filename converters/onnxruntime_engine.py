@@ -52,8 +52,8 @@ def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, ca
           attention: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Write graph ``role`` (``<role>.onnx`` + data) into ``staging``; return (manifest graph entry,
     recipe or None, minimum ONNX Runtime version). ``fp32`` stays where it is. ``attention`` (a
-    KV decoder's ``{"windows": [per-layer sliding window or None]}``) lets its attention run over
-    a preallocated cache (``ort_attention``)."""
+    KV decoder's ``{"windows": [per-layer sliding window or None], "positions": context length}``)
+    lets its attention run over a preallocated cache, rotary embedding inside (``ort_attention``)."""
     path = staging / f"{role}.onnx"
     fused = staging / "fused-work" / path.name
     fused.parent.mkdir()
@@ -131,7 +131,7 @@ def fuse_for_onnxruntime(
     del model
     problem = shared_cache_problem = None
     if attention is not None:
-        applied["group_query_attention"], without = _shared_cache_attention(fused, attention["windows"])
+        applied["group_query_attention"], without = _shared_cache_attention(fused, attention["windows"], attention.get("positions"))
         if not applied["group_query_attention"]:
             del applied["group_query_attention"]
         elif probe is not None:
@@ -156,7 +156,7 @@ def fuse_for_onnxruntime(
     return result
 
 
-def _shared_cache_attention(path: Path, windows: list[int | None]) -> tuple[int, Any]:
+def _shared_cache_attention(path: Path, windows: list[int | None], positions: int | None = None) -> tuple[int, Any]:
     """Rewrite the graph at ``path`` (weights stay in its data file) to GroupQueryAttention; return
     the layers rewritten and the graph as it was (to restore if the probe rejects the rewrite)."""
     import onnx
@@ -164,7 +164,7 @@ def _shared_cache_attention(path: Path, windows: list[int | None]) -> tuple[int,
     from edge_sdk.converters.ort_attention import group_query_attention
 
     before = onnx.load(str(path), load_external_data=False)
-    rewritten = group_query_attention(before, windows)
+    rewritten = group_query_attention(before, windows, positions, path.parent)
     if rewritten is None:
         return 0, before
     onnx.save(rewritten, str(path))
@@ -334,15 +334,23 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
     DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = nbits.DefaultWeightOnlyQuantConfig, nbits.MatMulNBitsQuantizer
 
     bits = 8 if options.weights == "int8" else 4
+    head_bits = 8 if options.weights == "int8" or options.head_weights == "int8" else 4
+
+    def bits_of(layer: WeightLayer) -> int:
+        return head_bits if is_head(layer) else bits
+
     requested = options.group_size or DEFAULT_GROUP_SIZE
-    by_block: dict[int, list[str]] = defaultdict(list)
+    tied = _tied_table(model, layers)
+    by_block: dict[tuple[int, int], list[str]] = defaultdict(list)
     for layer in layers:
         if layer.op_type == "MatMul":
-            by_block[nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested))].append(layer.node)
-    matmuls = {name for nodes in by_block.values() for name in nodes}
-    for block, nodes in sorted(by_block.items()):
-        # one pass per block size; the quantizer takes every MatMul not excluded (nodes_to_include
-        # adds to its op-type selection rather than narrowing it), so exclude the other groups
+            by_block[(bits_of(layer), nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested)))].append(layer.node)
+    # the quantizer takes every MatMul with a constant B it is not told to exclude; exclude all but
+    # this pass's weight layers (not weight layers: e.g. rotary positions x frequencies, K = 1)
+    matmuls = {node.name for node in model.graph.node if node.op_type == "MatMul"}
+    for (bits, block), nodes in sorted(by_block.items()):
+        # one pass per bits and block size; the quantizer takes every MatMul not excluded
+        # (nodes_to_include adds to its op-type selection rather than narrowing it), so exclude the others
         config = DefaultWeightOnlyQuantConfig(
             block_size=block, is_symmetric=options.sym, accuracy_level=options.accuracy_level, bits=bits,
             op_types_to_quantize=("MatMul",),
@@ -353,12 +361,78 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
         quantizer.process()
         model = quantizer.model.model
     for layer in layers:
+        if layer.op_type == "Gather" and tied and tied[0] is layer and _gather_from_head(model, layer, tied[1], bits_of(layer)):
+            continue
         if layer.op_type == "Gather":
             group = plan_group_size(layer.in_channels, requested)
-            _quantize_embedding(model, layer, bits, group if group != PER_CHANNEL else layer.in_channels, options.sym)
+            _quantize_embedding(model, layer, bits_of(layer), group if group != PER_CHANNEL else layer.in_channels, options.sym)
     remove_unused_initializers(model)
     save_with_external_data(model, dst)
     return _recipe(options, "onnxruntime.quantization MatMulNBits + GatherBlockQuantized", dst, layers)
+
+
+HEAD_KINDS = ("lm_head", "proj_out")  # the LM head's module (Whisper's proj_out), layer_kind's names
+
+
+def is_head(layer: WeightLayer) -> bool:
+    """The embedding table (a Gather) or the LM head: what --head-weights sets in int4 packages, as
+    llama.cpp keeps its token embedding and output at Q6_K and NNCF keeps them INT8 by default."""
+    return layer.op_type == "Gather" or layer.kind.rsplit(".", 1)[-1] in HEAD_KINDS
+
+
+def _tied_table(model, layers: list[WeightLayer]) -> tuple[WeightLayer, WeightLayer] | None:
+    """(embedding, LM head) when the head is the embedding table transposed (tied weights, which
+    the prepared graph stores twice): the package then stores it once (``_gather_from_head``)."""
+    from onnx import numpy_helper
+
+    tables = [layer for layer in layers if layer.op_type == "Gather"]
+    heads = [layer for layer in layers if layer.op_type == "MatMul" and is_head(layer)]
+    if len(tables) != 1 or len(heads) != 1 or (tables[0].in_channels, tables[0].out_channels) != (heads[0].in_channels, heads[0].out_channels):
+        return None
+    initializers = {t.name: t for t in model.graph.initializer}
+    table, head = (numpy_helper.to_array(initializers[layer.weight]) for layer in (tables[0], heads[0]))
+    return (tables[0], heads[0]) if np.array_equal(table, head.T) else None
+
+
+def _gather_from_head(model, table: WeightLayer, head: WeightLayer, bits: int) -> bool:
+    """The embedding lookup as GatherBlockQuantized over the quantized LM head's own initializers.
+
+    MatMulNBits quantizes the head (hidden, vocab) in blocks along hidden for each vocabulary
+    entry: the same blocks as an embedding table quantized along its hidden axis, so one copy
+    serves both (as llama.cpp's tied token_embd/output). The head's (vocab, blocks, bytes) data and
+    flat scales and zero points are reshaped to the (vocab, ...) layout GatherBlockQuantized reads
+    (ONNX Runtime folds the reshapes at load). False (nothing changed) when the head's blocks do
+    not tile the hidden axis exactly (a per-channel block padded past it).
+    """
+    from onnx import helper, numpy_helper
+
+    quantized = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith(head.node + "_Q"))
+    attributes = {a.name: helper.get_attribute_value(a) for a in quantized.attribute}
+    vocab, hidden, block = attributes["N"], attributes["K"], attributes["block_size"]
+    if hidden % block:
+        return False
+    blocks = hidden // block
+    shapes = {"data": [vocab, blocks * block * bits // 8], "scales": [vocab, blocks], "zero_points": [vocab, -(-blocks * bits // 8)]}
+    inputs = []
+    for part, source in zip(("data", "scales", "zero_points"), quantized.input[1:4]):
+        shape, reshaped = f"{table.weight}_{part}_shape", f"{table.weight}_{part}_from_head"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(shapes[part], dtype=np.int64), shape))
+        inputs.append((helper.make_node("Reshape", [source, shape], [reshaped], name=f"shared_table_{part}_{table.node}"), reshaped))
+    if len(quantized.input) < 4 or not quantized.input[3]:  # symmetric: both kernels' default zero point (2^(bits-1))
+        inputs = inputs[:2]
+    node = next(n for n in model.graph.node if n.name == table.node)
+    replacement = helper.make_node(
+        "GatherBlockQuantized", [inputs[0][1], node.input[1], *[name for _, name in inputs[1:]]], list(node.output),
+        name=f"{node.name}_Q{bits}", domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block, bits=bits)
+    replacement.metadata_props.extend(node.metadata_props)
+    index = list(model.graph.node).index(node)
+    model.graph.node.remove(node)
+    for offset, (reshape, _) in enumerate(inputs):
+        model.graph.node.insert(index + offset, reshape)
+    model.graph.node.insert(index + len(inputs), replacement)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return True
 
 
 def _quantize_embedding(model, layer: WeightLayer, bits: int, block: int, sym: bool) -> None:

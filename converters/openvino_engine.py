@@ -174,7 +174,7 @@ def _compress_weights(model, options: QuantizationOptions):
         kwargs = dict(
             group_size=group,
             ratio=options.ratio,
-            all_layers=True,  # embeddings and the LM head in 4 bits too (NNCF's default keeps them INT8)
+            all_layers=options.head_weights == "int4",  # embeddings and the LM head in 4 bits too, or INT8 (NNCF's default)
             advanced_parameters=AdvancedCompressionParameters(
                 # a layer whose input channels the group size does not divide gets the largest smaller
                 # power of two that does (576 channels, group 128 -> 64), as quantize.plan_group_size

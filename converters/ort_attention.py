@@ -17,8 +17,11 @@ and the kernel writes the new keys and values in place. Rows are not left-padded
 tokens start at position 0 and ``seqlens_k`` (int32, per row) says how many the cache holds after
 this call, minus one; ``total_sequence_length`` (int32 scalar) is the longest row's. Sliding
 windows go into the kernel (``local_window_size``: a token sees itself and the window's previous
-tokens, as transformers' sliding masks do). Rotary embedding stays the fused RotaryEmbedding
-before it, fed by position_ids.
+tokens, as transformers' sliding masks do). Where a layer has plain full-width rotary embedding,
+that moves into the kernel too (``do_rotary``, positions from ``seqlens_k``) and q/k/v reach it
+packed from their one merged product, as onnxruntime-genai's graphs do: no split, reshapes,
+transposes or rotary ops per layer (``_rotary_into_attention``). Partial rotary and q/k norms
+keep the fused RotaryEmbedding before the kernel, fed by position_ids.
 
 The graph contract the runtime reads (``runtimes.decoder.DecoderGraph.shared_cache``): inputs
 ``seqlens_k`` and ``total_sequence_length`` instead of ``attention_mask``. The rewrite is applied
@@ -40,11 +43,13 @@ _PASS_THROUGH = {"Reshape", "Expand", "Unsqueeze", "Transpose", "Identity", "Squ
 _RESHAPE_BSD = "gqa_reshape_bsd"
 
 
-def group_query_attention(model, windows: list[int | None]):
+def group_query_attention(model, windows: list[int | None], positions: int | None = None, weights_dir=None):
     """A copy of ``model`` (an onnx.ModelProto, weights may stay external) in which every layer's
     MultiHeadAttention and cache concatenations are one GroupQueryAttention; ``model`` itself is
-    not changed. ``windows``: each layer's sliding window (None: full attention). None when the
-    graph does not have the expected shape."""
+    not changed. ``windows``: each layer's sliding window (None: full attention). With
+    ``positions`` (the model's context length) the rotary embedding moves into the kernel too
+    where a layer's shape allows (see ``_rotary_into_attention``); ``weights_dir`` is where
+    external weights are read from for that. None when the graph does not have the expected shape."""
     import onnx
 
     work = onnx.ModelProto()
@@ -54,6 +59,9 @@ def group_query_attention(model, windows: list[int | None]):
     except _NoMatch as e:
         log.debug("GroupQueryAttention not applied: %s", e)
         return None
+    if positions:
+        folded = _rotary_into_attention(work, positions, weights_dir)
+        log.debug("rotary embedding inside GroupQueryAttention in %d of %d layers", folded, len(windows))
     return work
 
 
@@ -189,3 +197,198 @@ def _remove_dead_nodes(graph) -> None:
     initializers = [t for t in graph.initializer if t.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(initializers)
+
+
+def _rotary_into_attention(model, positions: int, weights_dir) -> int:
+    """Move each layer's rotary embedding (and, where q/k/v come from one product, its split) into
+    its GroupQueryAttention: ``do_rotary`` with cos/sin tables of ``positions`` rows, evaluated
+    once from the graph's own rotary subgraph (so any rope scaling the exporter traced is kept).
+
+    The kernel takes each token's position from ``seqlens_k`` (rows start at cache position 0, as
+    the runtime drives them), where the RotaryEmbedding ops read ``position_ids``: the same
+    positions, one Split, two Reshape/Transpose pairs on each side and two rotary ops fewer per
+    layer. Applies per layer to the plain pattern only: query rotated as (batch, seq, hidden) or as
+    heads (Phi-3), key reshaped and transposed to heads, rotated and transposed back, full-width
+    non-interleaved rotary. Partial rotary (Phi, GPT-NeoX), per-head q/k norms between the product
+    and rotary (Qwen3) and learned positions keep their graph; q/k/v sliced (not split) from one
+    product (Phi-3) stay three inputs. Returns the layers changed.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    producer = {name: node for node in graph.node for name in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+
+    def made_by(name: str, op: str, domain: str = ""):
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op and node.domain == domain else None
+
+    def perm(node) -> list[int] | None:
+        return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
+
+    def heads_to_bsd(name: str) -> str | None:
+        """X for a value read as Transpose(Reshape(X), 0213) (batch, heads, seq, head_dim)."""
+        transposed = made_by(name, "Transpose")
+        reshaped = transposed is not None and perm(transposed) == [0, 2, 1, 3] and made_by(transposed.input[0], "Reshape")
+        return reshaped.input[0] if reshaped else None
+
+    def back_to_bsd(name: str) -> str | None:
+        """Y for our own Reshape(Transpose(Y, 0213), [0, 0, -1]) feeding GroupQueryAttention."""
+        reshaped = made_by(name, "Reshape")
+        transposed = reshaped is not None and reshaped.input[1] == _RESHAPE_BSD and made_by(reshaped.input[0], "Transpose")
+        return transposed.input[0] if transposed and perm(transposed) == [0, 2, 1, 3] else None
+
+    def plain_rotary(node) -> bool:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return (node.input[1] == POSITIONS and not attrs.get("interleaved", 0) and not attrs.get("rotary_embedding_dim", 0)
+                and attrs.get("scale", 1.0) == 1.0 and not attrs.get("is_packed_batching", 0))
+
+    tables: dict[tuple[str, str], tuple[str, str]] = {}
+    changed = 0
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft" or len(node.input) != 7:
+            continue
+        rotary_q, query = made_by(node.input[0], "RotaryEmbedding", "com.microsoft"), None
+        if rotary_q is not None:  # rotated as (batch, seq, hidden)
+            query = rotary_q.input[0]
+        else:  # rotated as heads, then back: Reshape(Transpose(RotaryEmbedding(heads), 0213)) (Phi-3)
+            reshaped = made_by(node.input[0], "Reshape")
+            transposed = reshaped is not None and made_by(reshaped.input[0], "Transpose")
+            rotary_q = transposed and perm(transposed) == [0, 2, 1, 3] and made_by(transposed.input[0], "RotaryEmbedding", "com.microsoft")
+            query = rotary_q and heads_to_bsd(rotary_q.input[0])
+        rotated_k = back_to_bsd(node.input[1])
+        rotary_k = rotated_k and made_by(rotated_k, "RotaryEmbedding", "com.microsoft")
+        if not rotary_q or not rotary_k or not plain_rotary(rotary_q) or not plain_rotary(rotary_k):
+            continue
+        if tuple(rotary_q.input[2:4]) != tuple(rotary_k.input[2:4]):
+            continue
+        key = heads_to_bsd(rotary_k.input[0])
+        value = back_to_bsd(node.input[2])
+        value = value and heads_to_bsd(value)
+        if not query or key is None or value is None or readers.get(rotary_q.output[0]) != 1:
+            continue
+        cos, sin = rotary_q.input[2], rotary_q.input[3]
+        if (cos, sin) not in tables:
+            try:
+                tables[(cos, sin)] = _rotary_tables(model, POSITIONS, cos, sin, positions, weights_dir, len(tables))
+            except _NoMatch as e:
+                log.debug("rotary embedding stays outside attention: %s", e)
+                continue
+        packed = _packed_projection(graph, made_by, [query, key, value], weights_dir)
+        if packed is not None:
+            query, key, value = packed, "", ""  # (batch, seq, (heads + 2 kv_heads) x head_dim)
+        node.input[0], node.input[1], node.input[2] = query, key, value
+        node.input.extend(tables[(cos, sin)])
+        node.attribute.extend([helper.make_attribute("do_rotary", 1), helper.make_attribute("rotary_interleaved", 0)])
+        changed += 1
+    if changed:
+        _remove_dead_nodes(graph)
+    return changed
+
+
+def _packed_projection(graph, made_by, parts: list[str], weights_dir) -> str | None:
+    """The (batch, seq, q + k + v) tensor that ``parts`` (query, key, value) are split from, or
+    None. Biases added after the split (Qwen2) move before it: one Add of the three concatenated."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    split = made_by(parts[0], "Split")
+    if split is not None and list(split.output) == parts:
+        return split.input[0]
+    adds = [made_by(part, "Add") for part in parts]
+    if any(add is None for add in adds):
+        return None
+    split = made_by(adds[0].input[0], "Split")
+    if split is None or list(split.output) != [add.input[0] for add in adds]:
+        return None
+    initializers = {t.name: t for t in graph.initializer}
+    if any(add.input[1] not in initializers for add in adds):
+        return None
+    biases = [_initializer_array(initializers[add.input[1]], weights_dir) for add in adds]
+    if any(b.ndim != 1 for b in biases):
+        return None
+    name = f"{split.name}_packed_bias"
+    graph.initializer.append(numpy_helper.from_array(np.concatenate(biases).astype(biases[0].dtype), name))
+    position = next(i for i, node in enumerate(graph.node) if node is split)
+    graph.node.insert(position + 1, helper.make_node("Add", [split.input[0], name], [f"{name}_out"], name=f"{split.name}_packed_add"))
+    return f"{name}_out"
+
+
+def _initializer_array(tensor, weights_dir):
+    """An initializer's values, reading external data from ``weights_dir`` if it has any."""
+    import onnx
+    from onnx import external_data_helper, numpy_helper
+
+    if external_data_helper.uses_external_data(tensor):
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        external_data_helper.load_external_data_for_tensor(copy, str(weights_dir))
+        del copy.external_data[:]
+        copy.data_location = onnx.TensorProto.DEFAULT
+        tensor = copy
+    return numpy_helper.to_array(tensor)
+
+
+def _rotary_tables(model, positions_input: str, cos: str, sin: str, positions: int, weights_dir, index: int) -> tuple[str, str]:
+    """The cos/sin tables GroupQueryAttention reads (``positions`` rows): the graph's own rotary
+    subgraph, copied with a constant in place of ``position_ids`` (the largest position), so any
+    rope scaling the exporter traced is kept, the package stores only the frequencies, and
+    ONNX Runtime folds the tables once at load. Checked here by evaluating the copy."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    producer = {name: node for node in graph.node for name in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    nodes, needed, used, seen = [], [cos, sin], [], set()
+    while needed:
+        name = needed.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        if name in initializers:
+            used.append(name)
+            continue
+        if name == positions_input:
+            continue
+        node = producer.get(name)
+        if node is None:
+            raise _NoMatch(f"the rotary tables depend on {name}, which is not computed from {positions_input}")
+        nodes.append(node)
+        needed.extend(node.input)
+    order = {id(n): i for i, n in enumerate(graph.node)}
+    nodes.sort(key=lambda n: order[id(n)])
+    prefix, constant = f"gqa_rotary_{index}_", f"gqa_rotary_{index}_last_position"
+    renamed = {positions_input: constant, **{o: prefix + o for n in nodes for o in n.output if o}}
+    copies = []
+    for node in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = prefix + node.name
+        for field in (copy.input, copy.output):
+            for i, name in enumerate(field):
+                field[i] = renamed.get(name, name)
+        copies.append(copy)
+    last = numpy_helper.from_array(np.array([[positions - 1]], dtype=np.int64), constant)
+    tables = (renamed[cos], renamed[sin])
+    produced = [o for copy in copies for o in copy.output if o]
+    check = helper.make_model(
+        helper.make_graph(copies, "rotary_tables", [], [onnx.ValueInfoProto(name=name) for name in produced],
+                          initializer=[last] + [numpy_helper.from_array(_initializer_array(initializers[n], weights_dir), n) for n in used]),
+        opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    values = dict(zip(produced, ort.InferenceSession(check.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})))
+    if values[tables[0]].ndim != 2 or values[tables[0]].shape[0] != positions:
+        raise _NoMatch(f"the rotary tables have shape {values[tables[0]].shape}, not ({positions}, head_dim / 2)")
+    graph.initializer.append(last)
+    for copy in reversed(copies):
+        graph.node.insert(0, copy)
+    # every value's exact shape: ONNX Runtime (>= 1.27) folds a constant node only when it can
+    # size its output beforehand, and Range's output has no static shape without this
+    for name, value in values.items():
+        graph.value_info.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
+    return tables

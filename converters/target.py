@@ -40,7 +40,7 @@ def build_graph(
     ``fp32`` is the validated FP32 ONNX graph (with ``<fp32>.data`` beside it); ``probe`` runs a
     task's check on a session (kept fusions must reproduce the unfused graph on it); ``model_type``
     ("transformer" or "cnn", see ``quantize.MODEL_TYPES``) decides which layers quantization covers;
-    ``attention`` (a KV decoder's ``{"windows": [...]}``) lets an engine run attention over a
-    preallocated cache.
+    ``attention`` (a KV decoder's ``{"windows": [...], "positions": context length}``) lets an
+    engine run attention over a preallocated cache.
     """
     return engine(runtime).build(fp32, staging, role, options, calibration, probe, model_type, attention)

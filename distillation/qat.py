@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from edge_sdk.converters.onnxruntime_engine import nbits_block
 from edge_sdk.converters.quantize import plan_group_size
-from edge_sdk.quantization import DEFAULT_GROUP_SIZE, PER_CHANNEL
+from edge_sdk.quantization import DEFAULT_GROUP_SIZE, DEFAULT_HEAD, PER_CHANNEL
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,16 @@ class QATSpec:
     bits: int  # 8 or 4
     group_size: int  # requested, as export's --group-size (-1 per-channel)
     sym: bool
+    head_bits: int = 8  # embedding tables and the LM head, as export's default --head-weights for int4
 
     @classmethod
     def from_options(cls, options) -> "QATSpec":
-        return cls(bits=8 if options.qat == "int8" else 4, group_size=options.group_size or DEFAULT_GROUP_SIZE, sym=options.sym)
+        bits = 8 if options.qat == "int8" else 4
+        return cls(bits=bits, group_size=options.group_size or DEFAULT_GROUP_SIZE, sym=options.sym,
+                   head_bits=8 if bits == 8 or DEFAULT_HEAD == "int8" else 4)
 
     def as_dict(self) -> dict:
-        return {"weights": f"int{self.bits}", "group_size": self.group_size, "sym": self.sym}
+        return {"weights": f"int{self.bits}", "group_size": self.group_size, "sym": self.sym, "head": f"int{self.head_bits}"}
 
 
 def _blocks(weight: torch.Tensor, group: int) -> torch.Tensor:
@@ -129,8 +132,10 @@ def untie(model) -> None:
 
 
 def attach(model, spec: QATSpec) -> int:
-    """Fake-quantize every linear layer and the input embedding of ``model``; returns how many."""
+    """Fake-quantize every linear layer and the input embedding of ``model`` (embedding tables and
+    the LM head at ``spec.head_bits``, as the exporter's ``is_head``); returns how many."""
     untie(model)
+    head = model.get_output_embeddings()
     count = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -141,7 +146,8 @@ def attach(model, spec: QATSpec) -> int:
             quantize, group = _transposed(quantize_matmul_weight), matmul_group(module.weight.shape[0], spec.group_size)
         else:
             continue
-        parametrize.register_parametrization(module, "weight", FakeQuantize(quantize, spec.bits, group, spec.sym))
+        bits = spec.head_bits if module is head or isinstance(module, torch.nn.Embedding) else spec.bits
+        parametrize.register_parametrization(module, "weight", FakeQuantize(quantize, bits, group, spec.sym))
         count += 1
     return count
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edge_sdk._version import __version__
-from edge_sdk.quantization import MODES, RUNTIMES, WEIGHTS
+from edge_sdk.quantization import HEADS, MODES, RUNTIMES, WEIGHTS
 from edge_sdk.errors import EdgeSDKError
 from edge_sdk.package import write_atomically
 from edge_sdk.tasks import get_task
@@ -106,12 +106,14 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @click.option("--num-samples", type=int, default=32, show_default=True, help="Calibration samples (windows, audio files, or UNet inputs).")
 @click.option("--accuracy-level", type=int, default=4, show_default=True, help="ONNX Runtime MatMulNBits compute type (4: int8).")
 @click.option("--ratio", type=float, default=1.0, show_default=True, help="OpenVINO int4: share of layers in 4 bits (rest INT8).")
+@click.option("--head-weights", "head", type=click.Choice(HEADS), default=None,
+              help="int4: precision of the embedding table and LM head [int8, as llama.cpp and NNCF keep them].")
 @click.option("--eval-data", type=click.Path(), default=None, help="Held-back text for the accuracy figures [bundled text].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it already holds a package.")
 @click.option("--atol", type=float, default=1e-3, show_default=True, help="Largest |ONNX - PyTorch| accepted at validation.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def export(model: str, output: str, task, runtime, weights, device, static_prompt_length, static_cache_length, quant_mode,
-           group_size, sym, calibration, num_samples, accuracy_level, ratio, eval_data, overwrite: bool, atol: float,
+           group_size, sym, calibration, num_samples, accuracy_level, ratio, head, eval_data, overwrite: bool, atol: float,
            quiet: bool) -> None:
     """Export MODEL (a Hugging Face directory or hub id) to an edge package.
 
@@ -133,7 +135,7 @@ def export(model: str, output: str, task, runtime, weights, device, static_promp
     from edge_sdk.converters.export import options_for_device
     from edge_sdk.quantization import QuantizationOptions
 
-    quantization_fields = dict(mode=quant_mode, group_size=group_size, accuracy_level=accuracy_level, ratio=ratio,
+    quantization_fields = dict(mode=quant_mode, group_size=group_size, accuracy_level=accuracy_level, ratio=ratio, head=head,
                                calibration=Path(calibration) if calibration else None, num_samples=num_samples)
     if sym:
         quantization_fields["sym"] = True

@@ -18,6 +18,8 @@ MODES = ("weight-only", "dynamic", "static")
 PER_CHANNEL = -1
 MIN_GROUP_SIZE = 16  # MatMulNBits' smallest block
 DEFAULT_GROUP_SIZE = 128  # optimum-cli's default for int4
+HEADS = ("int4", "int8")  # --head-weights of int4 packages
+DEFAULT_HEAD = "int8"  # as llama.cpp (Q6_K token_embd/output in Q4_0 and Q4_K_M) and NNCF (INT8 backup) keep them
 SAMPLING = "sampling"  # --calibration value of diffusion models: record the model's own sampling trajectories
 
 
@@ -31,6 +33,7 @@ class QuantizationOptions:
     sym: bool = False  # symmetric quantization (no zero points); default asymmetric, as optimum-cli
     accuracy_level: int = 4  # ONNX Runtime MatMulNBits compute: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8
     ratio: float = 1.0  # OpenVINO int4: share of layers in 4 bits, the rest INT8 (NNCF's ratio)
+    head: str | None = None  # int4: precision of the embedding table and LM head (HEADS); None: DEFAULT_HEAD
     calibration: Path | None = None  # static: text (file or directory), audio files, or "sampling" (diffusion), by task
     num_samples: int = 32  # calibration samples drawn from that data
 
@@ -73,6 +76,10 @@ class QuantizationOptions:
             raise InvalidInputError(f"--ratio must be in (0, 1], got {self.ratio}")
         if self.accuracy_level not in range(5):
             raise InvalidInputError(f"--accuracy-level must be 0..4, got {self.accuracy_level}")
+        if self.head is not None and self.head not in HEADS:
+            raise InvalidInputError(f"unknown --head-weights '{self.head}'; valid: {', '.join(HEADS)}")
+        if self.head is not None and self.weights != "int4":
+            raise InvalidInputError("--head-weights applies to --weights int4 (the other layers' precision is --weights)")
         if self.num_samples < 1:
             raise InvalidInputError(f"--num-samples must be >= 1, got {self.num_samples}")
 
@@ -86,6 +93,11 @@ class QuantizationOptions:
         if self.weights in ("fp32", "fp16"):
             return None
         return self.mode or "weight-only"
+
+    @property
+    def head_weights(self) -> str:
+        """int4 packages: the embedding table's and LM head's precision."""
+        return self.head or DEFAULT_HEAD
 
     @property
     def quantized(self) -> bool:
@@ -112,6 +124,8 @@ class QuantizationOptions:
             values["accuracy_level"] = self.accuracy_level
         if self.weights == "int4" and runtime == "openvino":
             values["ratio"] = self.ratio
+        if self.weights == "int4":
+            values["head"] = self.head_weights
         if self.effective_mode == "static":
             values.update(calibration=str(self.calibration), num_samples=self.num_samples)
         return values

@@ -157,20 +157,34 @@ def test_calibration_covers_prefill_and_decode_steps(tiny_package_dir, build_dir
 
 
 def test_group_size_falls_back_per_layer_and_is_recorded(build_dir):
-    """Hidden 96 is not divisible by 64: those layers get 32; the MLP's 128 input channels keep 64."""
+    """Hidden 96 is not divisible by 64: those layers get 32; the MLP's 128 input channels keep 64.
+    The embedding table and LM head are INT8 unless --head-weights int4, and a tied table is stored
+    once on ONNX Runtime (the lookup reads the head's quantized blocks)."""
+    import onnx
+
     from edge_sdk.converters.tiny import build_causal_lm
 
     assert plan_group_size(576, 128) == 64 and plan_group_size(1536, 128) == 128 and plan_group_size(24, 128) == -1
     model = build_causal_lm("LlamaForCausalLM", build_dir / "hf-96", config_overrides=dict(
         hidden_size=96, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2))
-    for runtime in RUNTIMES:
-        out = export(model, build_dir / f"g96-{runtime}", ExportOptions(
-            runtime=runtime, quantization=QuantizationOptions(weights="int4", group_size=64)), progress=False)
-        layers = json.loads((out / "manifest.json").read_text())["precision"]["recipe"]["layers"]
+    for runtime, head in (*((r, None) for r in RUNTIMES), ("onnxruntime", "int4")):
+        out = export(model, build_dir / f"g96-{runtime}-{head}", ExportOptions(
+            runtime=runtime, quantization=QuantizationOptions(weights="int4", group_size=64, head=head)), progress=False)
+        manifest = json.loads((out / "manifest.json").read_text())
+        layers = manifest["precision"]["recipe"]["layers"]
         # q, k and v share their input and are merged into one product (see onnx_graph.merge_parallel_matmuls)
         assert layers["model.layers.*.self_attn.q_proj+k_proj+v_proj"]["group_size"] == 32, (runtime, layers)
         assert layers["model.layers.*.mlp.down_proj"]["group_size"] == 64, (runtime, layers)
-        assert layers["lm_head"]["bits"] == 4 and layers["model.layers.*.mlp.gate_proj+up_proj"]["count"] == 2
+        assert layers["model.layers.*.mlp.gate_proj+up_proj"]["count"] == 2 and layers["model.layers.*.mlp.down_proj"]["bits"] == 4
+        head_bits = 4 if head == "int4" else 8
+        assert manifest["precision"]["recipe"]["options"]["head"] == (head or "int8")
+        assert layers["lm_head"]["bits"] == head_bits and layers["model.embed_tokens"]["bits"] == head_bits, (runtime, layers)
+        if runtime == "onnxruntime":
+            graph = onnx.load(str(out / "decoder.onnx"), load_external_data=False).graph
+            producer = {o: n for n in graph.node for o in n.output}
+            lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+            quantized = {n.input[1] for n in graph.node if n.op_type == "MatMulNBits"}
+            assert producer[lookup.input[0]].op_type == "Reshape" and producer[lookup.input[0]].input[0] in quantized
 
 
 @pytest.mark.parametrize(
@@ -184,6 +198,7 @@ def test_group_size_falls_back_per_layer_and_is_recorded(build_dir):
         (dict(weights="fp32", mode="static"), "needs --weights int8"),
         (dict(weights="int8", mode="dynamic", group_size=64), "--group-size applies to int8/int4 weight-only"),
         (dict(weights="int8", mode="fancy"), "unknown --quant-mode 'fancy'"),
+        (dict(weights="int8", head="int4"), "--head-weights applies to --weights int4"),
     ],
 )
 def test_bad_quantization_options_are_refused_with_the_reason(fields, message):

@@ -9,6 +9,7 @@ once per session, two exports at a time.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,6 +24,11 @@ PROMPTS = ["The quick brown fox", "Once upon a time there was a little robot who
 LONG_PROMPT = "Edge devices run small models: laptops, Raspberry Pis and NPUs. The capital of France is Paris;"
 DECODE_STEPS = 20
 NEW_TOKENS = 32
+# families whose rotary embedding runs inside GroupQueryAttention (do_rotary); the others keep the
+# RotaryEmbedding ops: partial rotary (GPT-NeoX, Phi, StableLM), per-head q/k norms after the
+# projection (Gemma 3, Qwen3, Qwen3-MoE), learned positions (GPT-2, OPT), Gemma 2
+ROTARY_IN_ATTENTION = {"GemmaForCausalLM", "GraniteForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
+                       "Olmo2ForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM", "SmolLM3ForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +49,11 @@ def test_logits_match_pytorch_for_prefill_and_decode_steps(architecture, tiny_mo
     # Gemma 2's soft-capped eager attention does not
     expected = "inputs" if architecture == "Gemma2ForCausalLM" else "shared"
     assert lm.package.graph("decoder")["kv_cache"] == expected
+    nodes = onnx.load(str(lm.package.graph_path("decoder")), load_external_data=False).graph.node
+    rotary_inside = [n for n in nodes if n.op_type == "GroupQueryAttention" and any(a.name == "do_rotary" and a.i for a in n.attribute)]
+    assert bool(rotary_inside) == (architecture in ROTARY_IN_ATTENTION)
+    if architecture in ROTARY_IN_ATTENTION:  # SmolLM3: every 4th layer has no rotary (NoPE) at all
+        assert not any(n.op_type == "RotaryEmbedding" for n in nodes)
     keyword = _cache_argument(model)
     ids = lm.tokenizer.encode(LONG_PROMPT)
 
