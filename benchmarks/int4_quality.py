@@ -124,7 +124,7 @@ def main() -> int:
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "model": str(args.model), "data": str(args.data),
               "parameters": parameters, "context": CONTEXT, "rows": rows}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    print(f"| tool | recipe | model MB | bits/weight | perplexity | vs own FP32 | KL vs FP32 | top-1 vs FP32 |")
+    print("| tool | recipe | model MB | bits/weight | perplexity | vs own FP32 | KL vs FP32 | top-1 vs FP32 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         bits = f"{r['bits_per_weight']:.2f}" if "bits_per_weight" in r else "-"
