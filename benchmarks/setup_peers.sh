@@ -2,7 +2,7 @@
 # Build the peers that benchmarks/text_generation.py times against our packages, into /tmp/peers:
 #
 #   $PEERS/llama.cpp       llama.cpp as vendored by the llama-cpp-python $LLAMA_CPP_PYTHON sdist on PyPI,
-#                          CPU-only Release build of llama-bench, llama-quantize, llama-perplexity
+#                          CPU-only Release build of llama-bench, llama-quantize, llama-perplexity, llama-server
 #   $PEERS/llamacpp-venv   the Python for its convert_hf_to_gguf.py: this machine's torch and transformers
 #                          (--system-site-packages), the tree's own gguf-py, sentencepiece
 #   $PEERS/genai           onnxruntime-genai $GENAI; its model builder uses this machine's torch/transformers
@@ -34,7 +34,7 @@ works() { "$@" >/dev/null 2>&1; }
 
 setup_llama_cpp() {
     local tree=$PEERS/llama.cpp bin=$PEERS/llama.cpp/build/bin
-    if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-perplexity" ]; then
+    if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-perplexity" ] && [ -x "$bin/llama-server" ]; then
         say "llama.cpp: already built in $bin"; return
     fi
     if [ ! -f "$tree/convert_hf_to_gguf.py" ]; then
@@ -58,8 +58,8 @@ setup_llama_cpp() {
     # LLAMA_CURL is gone from this tree (a deprecation warning only); OpenSSL is what it would use for downloads.
     nice -n 19 cmake -S "$tree" -B "$tree/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CCACHE=OFF \
         -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
-    nice -n 19 cmake --build "$tree/build" -j"$JOBS" --target llama-bench llama-quantize llama-perplexity
+        -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF
+    nice -n 19 cmake --build "$tree/build" -j"$JOBS" --target llama-bench llama-quantize llama-perplexity llama-server
     "$bin/llama-bench" --help >/dev/null
 }
 
