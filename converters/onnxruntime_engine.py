@@ -335,12 +335,13 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
 
     bits = 8 if options.weights == "int8" else 4
     head_bits = 8 if options.weights == "int8" or options.head_weights == "int8" else 4
+    heads = head_nodes(model)
 
     def bits_of(layer: WeightLayer) -> int:
-        return head_bits if is_head(layer) else bits
+        return head_bits if layer.op_type == "Gather" or layer.node in heads else bits
 
     requested = options.group_size or DEFAULT_GROUP_SIZE
-    tied = _tied_table(model, layers)
+    tied = _tied_table(model, layers, heads)
     by_block: dict[tuple[int, int], list[str]] = defaultdict(list)
     for layer in layers:
         if layer.op_type == "MatMul":
@@ -348,14 +349,14 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
     # the quantizer takes every MatMul with a constant B it is not told to exclude; exclude all but
     # this pass's weight layers (not weight layers: e.g. rotary positions x frequencies, K = 1)
     matmuls = {node.name for node in model.graph.node if node.op_type == "MatMul"}
-    for (bits, block), nodes in sorted(by_block.items()):
+    for (pass_bits, block), nodes in sorted(by_block.items()):
         # one pass per bits and block size; the quantizer takes every MatMul not excluded
         # (nodes_to_include adds to its op-type selection rather than narrowing it), so exclude the others
         config = DefaultWeightOnlyQuantConfig(
-            block_size=block, is_symmetric=options.sym, accuracy_level=options.accuracy_level, bits=bits,
+            block_size=block, is_symmetric=options.sym, accuracy_level=options.accuracy_level, bits=pass_bits,
             op_types_to_quantize=("MatMul",),
         )
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=options.sym,
+        quantizer = MatMulNBitsQuantizer(model, bits=pass_bits, block_size=block, is_symmetric=options.sym,
                                          accuracy_level=options.accuracy_level, nodes_to_exclude=sorted(matmuls - set(nodes)),
                                          op_types_to_quantize=("MatMul",), algo_config=config)
         quantizer.process()
@@ -371,27 +372,44 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
     return _recipe(options, "onnxruntime.quantization MatMulNBits + GatherBlockQuantized", dst, layers)
 
 
-HEAD_KINDS = ("lm_head", "proj_out")  # the LM head's module (Whisper's proj_out), layer_kind's names
+_TO_LOGITS = {"Add", "Mul", "Div", "Tanh", "Cast", "Reshape", "Identity"}  # bias, scale, soft-cap between head and logits
 
 
-def is_head(layer: WeightLayer) -> bool:
-    """The embedding table (a Gather) or the LM head: what --head-weights sets in int4 packages, as
-    llama.cpp keeps its token embedding and output at Q6_K and NNCF keeps them INT8 by default."""
-    return layer.op_type == "Gather" or layer.kind.rsplit(".", 1)[-1] in HEAD_KINDS
+def head_nodes(model) -> set[str]:
+    """The LM head: the MatMul whose output reaches a ``logits`` graph output through bias, scale or
+    soft-cap ops only (any model's, whatever its module is called; Whisper's wrapper names it
+    ``head``). With the embedding tables, what --head-weights sets in int4 packages, as llama.cpp
+    keeps its token embedding and output at Q6_K and NNCF keeps them INT8 by default."""
+    producer = {name: node for node in model.graph.node for name in node.output}
+    found = set()
+    for output in model.graph.output:
+        if "logits" not in output.name:
+            continue
+        node = producer.get(output.name)
+        for _ in range(8):
+            if node is None:
+                break
+            if node.op_type == "MatMul":
+                found.add(node.name)
+                break
+            if node.op_type not in _TO_LOGITS:
+                break
+            node = next((producer[i] for i in node.input if i in producer), None)
+    return found
 
 
-def _tied_table(model, layers: list[WeightLayer]) -> tuple[WeightLayer, WeightLayer] | None:
+def _tied_table(model, layers: list[WeightLayer], heads: set[str]) -> tuple[WeightLayer, WeightLayer] | None:
     """(embedding, LM head) when the head is the embedding table transposed (tied weights, which
     the prepared graph stores twice): the package then stores it once (``_gather_from_head``)."""
     from onnx import numpy_helper
 
     tables = [layer for layer in layers if layer.op_type == "Gather"]
-    heads = [layer for layer in layers if layer.op_type == "MatMul" and is_head(layer)]
-    if len(tables) != 1 or len(heads) != 1 or (tables[0].in_channels, tables[0].out_channels) != (heads[0].in_channels, heads[0].out_channels):
+    matmuls = [layer for layer in layers if layer.op_type == "MatMul" and layer.node in heads]
+    if len(tables) != 1 or len(matmuls) != 1 or (tables[0].in_channels, tables[0].out_channels) != (matmuls[0].in_channels, matmuls[0].out_channels):
         return None
     initializers = {t.name: t for t in model.graph.initializer}
-    table, head = (numpy_helper.to_array(initializers[layer.weight]) for layer in (tables[0], heads[0]))
-    return (tables[0], heads[0]) if np.array_equal(table, head.T) else None
+    table, head = (numpy_helper.to_array(initializers[layer.weight]) for layer in (tables[0], matmuls[0]))
+    return (tables[0], matmuls[0]) if np.array_equal(table, head.T) else None
 
 
 def _gather_from_head(model, table: WeightLayer, head: WeightLayer, bits: int) -> bool:

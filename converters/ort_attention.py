@@ -271,11 +271,14 @@ def _rotary_into_attention(model, positions: int, weights_dir) -> int:
         if not query or key is None or value is None or readers.get(rotary_q.output[0]) != 1:
             continue
         cos, sin = rotary_q.input[2], rotary_q.input[3]
+        head_size = _cache_head_size(graph, node.input[3])
+        if not head_size or head_size % 16:  # the kernel's rotary path needs head sizes in multiples of 16
+            continue
         if (cos, sin) not in tables:
             try:
                 tables[(cos, sin)] = _rotary_tables(model, POSITIONS, cos, sin, positions, weights_dir, len(tables))
-            except _NoMatch as e:
-                log.debug("rotary embedding stays outside attention: %s", e)
+            except Exception as e:  # a subgraph it cannot copy or run: rotary stays outside, as before
+                log.debug("rotary embedding stays outside attention: %s: %s", type(e).__name__, e)
                 continue
         packed = _packed_projection(graph, made_by, [query, key, value], weights_dir)
         if packed is not None:
@@ -287,6 +290,13 @@ def _rotary_into_attention(model, positions: int, weights_dir) -> int:
     if changed:
         _remove_dead_nodes(graph)
     return changed
+
+
+def _cache_head_size(graph, past: str) -> int | None:
+    """Dimension 3 of a cache input (batch, kv_heads, positions, head_size), if static."""
+    value = next((i for i in graph.input if i.name == past), None)
+    dims = value.type.tensor_type.shape.dim if value is not None else []
+    return dims[3].dim_value if len(dims) == 4 and dims[3].HasField("dim_value") else None
 
 
 def _packed_projection(graph, made_by, parts: list[str], weights_dir) -> str | None:
@@ -359,8 +369,9 @@ def _rotary_tables(model, positions_input: str, cos: str, sin: str, positions: i
         node = producer.get(name)
         if node is None:
             raise _NoMatch(f"the rotary tables depend on {name}, which is not computed from {positions_input}")
-        nodes.append(node)
-        needed.extend(node.input)
+        if all(node is not n for n in nodes):  # a node reached through two of its outputs is copied once
+            nodes.append(node)
+            needed.extend(node.input)
     order = {id(n): i for i, n in enumerate(graph.node)}
     nodes.sort(key=lambda n: order[id(n)])
     prefix, constant = f"gqa_rotary_{index}_", f"gqa_rotary_{index}_last_position"

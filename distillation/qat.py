@@ -133,7 +133,7 @@ def untie(model) -> None:
 
 def attach(model, spec: QATSpec) -> int:
     """Fake-quantize every linear layer and the input embedding of ``model`` (embedding tables and
-    the LM head at ``spec.head_bits``, as the exporter's ``is_head``); returns how many."""
+    the LM head at ``spec.head_bits``, as the exporter's ``head_nodes``); returns how many."""
     untie(model)
     head = model.get_output_embeddings()
     count = 0

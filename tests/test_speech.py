@@ -434,6 +434,9 @@ def test_every_runtime_and_precision_transcribes(runtime, weights, tiny_whisper,
         assert _our_tokens(asr, features, "en", "transcribe", True) == _our_tokens(reference, features, "en", "transcribe", True)
     else:
         assert asr.package.size_bytes < edge_sdk.load(tiny_whisper_package).package.size_bytes
+    if runtime == "onnxruntime" and weights == "int4":  # the head (Whisper's proj_out) is found from the graph: 8-bit
+        decoder = manifest["precision"]["recipe"]["decoder"]["layers"]
+        assert sorted(v["bits"] for v in decoder.values() if v["op"] in ("GatherBlockQuantized", "MatMulNBits")).count(8) == 2, decoder
 
 
 def test_cli_transcribe_formats_and_eval_on_a_directory(whisper_packages, clips, tmp_path):
