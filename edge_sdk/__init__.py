@@ -18,6 +18,7 @@ import logging
 from edge_sdk._version import __version__
 from edge_sdk.errors import EdgeSDKError
 from edge_sdk.runtimes import load
+from edge_sdk.serving.cascade import Cascade
 
 logging.getLogger("edge_sdk").addHandler(logging.NullHandler())
 
@@ -55,4 +56,4 @@ def distill(teacher, output, data, options=None, **kwargs):
     return _distill(teacher, output, data, options, **run_arguments)
 
 
-__all__ = ["__version__", "EdgeSDKError", "distill", "export", "load"]
+__all__ = ["__version__", "Cascade", "EdgeSDKError", "distill", "export", "load"]

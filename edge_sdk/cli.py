@@ -709,9 +709,12 @@ def quickstart(out, threads, as_json) -> None:
 
 
 from edge_sdk.cli_distill import distill, tradeoffs  # noqa: E402  (the distillation commands, in a module of their own)
+from edge_sdk.cli_serve import cascade, serve  # noqa: E402  (serving and cascades, likewise)
 
 main.add_command(distill)
 main.add_command(tradeoffs)
+main.add_command(serve)
+main.add_command(cascade)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

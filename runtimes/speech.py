@@ -51,6 +51,7 @@ class TranscriptionOptions:
     timestamps: bool = True  # segment times from Whisper's timestamp tokens; False: one segment per 30-second window
     no_speech_threshold: float = NO_SPEECH_THRESHOLD  # a window is silence when P(no speech) is above this ...
     logprob_threshold: float = LOGPROB_THRESHOLD  # ... and its tokens' mean log-probability below this
+    initial_prompt: str | None = None  # text before the first window (spellings, names, style), fed as Whisper's previous text
 
     def __post_init__(self):
         def bad(message: str):
@@ -68,6 +69,8 @@ class TranscriptionOptions:
         if isinstance(self.logprob_threshold, bool) or not isinstance(self.logprob_threshold, (int, float)) \
                 or not np.isfinite(self.logprob_threshold):
             bad(f"logprob_threshold must be a finite number, got {self.logprob_threshold!r}")
+        if self.initial_prompt is not None and not isinstance(self.initial_prompt, str):
+            bad(f"initial_prompt must be a string or None, got {type(self.initial_prompt).__name__}")
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,11 @@ class SpeechRecognizer:
             cross = self.encode(features)
             t2 = time.perf_counter()
             language = language or self.detect_language(cross)  # detected on the first window, then kept
-            window = self._decode(cross, self._prompt(language, opts.task, opts.timestamps), opts.timestamps)
+            # the initial prompt conditions the first decoded window only (OpenAI whisper without
+            # condition_on_previous_text; issue 18 carries each window's text into the next)
+            previous = self._previous(opts.initial_prompt) if stats.windows == 0 else []
+            prompt = previous + self._prompt(language, opts.task, opts.timestamps)
+            window = self._decode(cross, prompt, opts.timestamps)
             t3 = time.perf_counter()
             stats.features_seconds += t1 - t0
             stats.encoder_seconds += t2 - t1
@@ -289,6 +296,17 @@ class SpeechRecognizer:
         if language is not None and language not in self._decoding["languages"]:
             raise InvalidInputError(f"unknown language {language!r}; this model knows: {', '.join(self.languages)}")
         return language
+
+    def _previous(self, text: str | None) -> list[int]:
+        """``<|startofprev|>`` and the last tokens of ``text`` (at most half the decoder's context, as
+        OpenAI whisper keeps), or nothing without text or without that token in the vocabulary."""
+        if not text or not text.strip():
+            return []
+        start = self.tokenizer.token_id("<|startofprev|>")
+        if start is None:
+            return []
+        tokens = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+        return [start] + tokens[-(self._decoding["max_target_positions"] // 2 - 1):]
 
     def _prompt(self, language, task, timestamps) -> list[int]:
         d = self._decoding

@@ -37,6 +37,10 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def token_id(self, token: str) -> int | None:
+        """The id of one vocabulary entry (e.g. a special token), or None when there is none."""
+        return self._tokenizer.token_to_id(token)
+
 
 class StreamDecoder:
     """Turns a growing list of token ids into text pieces whose concatenation is the full text.

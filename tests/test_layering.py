@@ -45,13 +45,24 @@ main(["bench", sys.argv[1], "--min-runs", "1", "--min-seconds", "0", "--new-toke
 from edge_sdk.devices.bench import BenchOptions, measure_package
 measured = measure_package(sys.argv[1], BenchOptions(min_runs=2, min_seconds=0, new_tokens=4), 1)
 assert measured["runs"] == 2
+from pathlib import Path
+from edge_sdk.serving.app import ModelSpec, Server
+server = Server([ModelSpec("lm", Path(sys.argv[1]))])  # the server's whole stack, loaded and generating
+server.hub.load()
+assert server.hub.ready.is_set(), server.hub.error
+assert server.hub.models["lm"].engine.generate(lm._encode("Hello"), lm.options(max_new_tokens=4), scores=True).logprobs
+server.hub.stop()
+assert edge_sdk.Cascade(lm, lm, threshold=1.0).generate("Hello", max_new_tokens=2).escalated
+main(["serve", "--help"], standalone_mode=False)
+main(["cascade", "calibrate", "--help"], standalone_mode=False)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN or m.startswith("edge_sdk.converters") or _training_side(m))
 print(json.dumps({"loaded": loaded, "text": text, "pieces": len(pieces)}))
 """
 
 
 def test_load_generate_and_cli_run_without_the_conversion_stack(tiny_package_dir, tmp_path):
-    """generate (and chat), transcribe, sample, bench and inspect with torch & co. and every converter module unimportable."""
+    """generate (and chat), transcribe, sample, bench, inspect and the server's stack (engine, cascade, app) with
+    torch & co. and every converter module unimportable."""
     from edge_sdk.devices.bench import SPEECH_SAMPLE
 
     package = tiny_package_dir("LlamaForCausalLM")
@@ -81,8 +92,9 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_runtimes_and_devices_source_never_import_the_conversion_stack():
+def test_runtimes_serving_and_devices_source_never_import_the_conversion_stack():
     torch_free = [*(ROOT / "runtimes").rglob("*.py"), *(ROOT / "devices").rglob("*.py"), *(ROOT / "edge_sdk" / "tasks").rglob("*.py"),
+                  *(ROOT / "serving").rglob("*.py"), ROOT / "edge_sdk" / "cli_serve.py",
                   ROOT / "edge_sdk" / "quantization.py", ROOT / "edge_sdk" / "worker.py", ROOT / "edge_sdk" / "package.py",
                   ROOT / "distillation" / "options.py"]
     for path in torch_free:
