@@ -576,10 +576,9 @@ class Server:
                         logprobs = _chat_logprobs(lm, entries) if chat else _completion_logprobs(lm, entries, offset)
                     offset += len(piece)
                     reason = _finish_reason(req.finish_reason) if finished else None
-                    if piece or logprobs or finished:
+                    if piece or entries or finished:  # a chunk per token, as llama-server and OpenAI send them
                         if chat:
-                            delta = {"content": piece} if piece else {}
-                            yield chunk({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+                            yield chunk({"index": 0, "delta": {"content": piece}, "logprobs": logprobs, "finish_reason": reason})
                         else:
                             yield chunk({"text": piece, "index": 0, "logprobs": logprobs, "finish_reason": reason})
                 if req.error is not None:

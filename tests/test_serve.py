@@ -455,3 +455,50 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, text_pair):
                         ([str(text_pair[0]), "--parallel", "0"], "parallel")]:
         done = runner.invoke(main, ["serve", *args])
         assert done.exit_code != 0 and words in done.output and len(done.output.strip().splitlines()) == 1, done.output
+
+
+def test_health_is_503_until_the_packages_are_loaded(text_pair):
+    import asyncio
+
+    from edge_sdk.serving.app import ModelSpec, Server
+
+    server = Server([ModelSpec("student", text_pair[0])])
+    loading = asyncio.run(server.health(None))
+    assert loading.status_code == 503 and json.loads(loading.body)["status"] == "loading"
+    server.hub.load()  # what the server's startup runs on a background thread
+    try:
+        ready = asyncio.run(server.health(None))
+        assert ready.status_code == 200 and json.loads(ready.body)["models"] == ["student"]
+    finally:
+        server.hub.stop()
+
+
+def test_request_timeout_and_audio_length_limits(whisper_packages, tmp_path):
+    """A second server with tight limits: a request over --request-timeout gets 408, a recording
+    over --max-audio-seconds 413; both as error objects, and the server goes on."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "edge_sdk.cli", "serve", f"whisper={whisper_packages['int8']}",
+                                f"digits={IMAGE_PACKAGE}", "--port", str(port), "--request-timeout", "0.5",
+                                "--max-audio-seconds", "1.5", "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = {"base": f"http://127.0.0.1:{port}"}
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(server["base"] + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        slow = _post(server, "/v1/images/generations", key=None, json={"model": "digits", "steps": 1000, "scheduler": "ddpm"})
+        assert slow.status_code == 408 and slow.json()["error"]["code"] == "request_timeout"
+        clip = _espeak("This sentence is longer than one and a half seconds.", tmp_path / "long.wav")
+        with open(clip, "rb") as f:
+            long = _post(server, "/v1/audio/transcriptions", key=None, files={"file": ("long.wav", f)})
+        assert long.status_code == 413 and long.json()["error"]["code"] == "audio_too_long"
+        quick = _post(server, "/v1/images/generations", key=None, json={"model": "digits", "steps": 2})
+        assert quick.status_code == 200  # the timed-out work was abandoned (its sampling stops at the next step)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
