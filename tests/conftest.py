@@ -134,6 +134,26 @@ def trained_lm_dir(build_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_packages(trained_lm_dir, build_dir):
+    """(runtime, weights, mode) -> the trained tiny LM's package (exported once), evaluated on its held-back text."""
+    from edge_sdk.converters.export import ExportOptions, export
+    from edge_sdk.quantization import QuantizationOptions
+
+    made = {}
+
+    def get(runtime: str, weights: str, mode: str | None = None) -> Path:
+        key = (runtime, weights, mode)
+        if key not in made:
+            calibration = {"calibration": trained_lm_dir / "calibration.txt", "num_samples": 8} if mode == "static" else {}
+            quantization = QuantizationOptions(weights=weights, mode=mode, **calibration)
+            options = ExportOptions(runtime=runtime, quantization=quantization, eval_data=trained_lm_dir / "heldout.txt")
+            made[key] = export(trained_lm_dir, build_dir / f"trained-{runtime}-{weights}-{mode}", options, progress=False)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def trained_teacher_dir(build_dir) -> Path:
     """A 4-layer docstring Llama (~10 s of training): a teacher for 2-layer students. Beside it,
     ``distill-data.txt``: training text for them."""

@@ -72,23 +72,6 @@ def test_int8_and_int4_packages_shrink_by_the_expected_factor(runtime, build_dir
     assert sizes["int4"] <= 0.35 * sizes["fp32"], sizes  # the issue's bound; 4 bits + scales, zero points: ~0.15x
 
 
-@pytest.fixture(scope="module")
-def trained_packages(trained_lm_dir, build_dir):
-    """The trained tiny LM in FP32 (reference) and quantized, evaluated on its held-back text."""
-    made = {}
-
-    def get(runtime: str, weights: str, mode: str | None = None) -> Path:
-        key = (runtime, weights, mode)
-        if key not in made:
-            calibration = {"calibration": trained_lm_dir / "calibration.txt", "num_samples": 8} if mode == "static" else {}
-            quantization = QuantizationOptions(weights=weights, mode=mode, **calibration)
-            options = ExportOptions(runtime=runtime, quantization=quantization, eval_data=trained_lm_dir / "heldout.txt")
-            made[key] = export(trained_lm_dir, build_dir / f"trained-{runtime}-{weights}-{mode}", options, progress=False)
-        return made[key]
-
-    return get
-
-
 def _greedy_agreement(reference, candidate, prompts: list[str], new_tokens: int = 32) -> float:
     """Share of the reference's greedy tokens the candidate also picks as its greedy token.
 

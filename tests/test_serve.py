@@ -1,8 +1,8 @@
 """`edge-sdk serve`: a real server (the CLI in a child process, on a free loopback port) driven by
 the official `openai` client and plain HTTP; the batching engine and the cascade in-process.
 
-One server for the module: a trained docstring student with its teacher as --fallback, a tiny
-chat Llama, Whisper tiny.en INT8 and a tiny image package.
+One server for the module: a trained docstring LM at INT8 as the student with its FP32 package as
+the --fallback teacher, a tiny chat Llama, Whisper tiny.en INT8 and a tiny image package.
 """
 
 from __future__ import annotations
@@ -50,17 +50,10 @@ def _espeak(text: str, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def text_pair(trained_lm_dir, trained_teacher_dir, build_dir):
-    """FP32 ONNX Runtime packages of the trained 2-layer student and 4-layer teacher."""
-    from edge_sdk.converters.export import export
-
-    student = build_dir / "serve-student"
-    teacher = build_dir / "serve-teacher"
-    if not (student / "manifest.json").exists():
-        export(trained_lm_dir, student, progress=False)
-    if not (teacher / "manifest.json").exists():
-        export(trained_teacher_dir, teacher, progress=False)
-    return student, teacher
+def text_pair(trained_packages):
+    """A student and its teacher: the trained docstring LM at INT8 and at FP32 (ONNX Runtime), the
+    packages the quantization tests export (the quantization lever's cascade)."""
+    return trained_packages("onnxruntime", "int8"), trained_packages("onnxruntime", "fp32")
 
 
 @pytest.fixture(scope="module")
