@@ -268,9 +268,26 @@ def staging_dir(output: Path) -> Path:
     return staging
 
 
+def readable_per_umask(directory: Path) -> None:
+    """Give every file under ``directory`` the permissions the user's umask asks for (0666 minus
+    it; 0644 by default) and every directory 0777 minus it, whatever the writers did: the engines'
+    writers make some files private (ONNX Runtime's external-data ``.onnx.data`` is 0600), and a
+    package copied to a device with ``cp -a`` / ``rsync -a`` / tar keeps its modes, so another user
+    there could not read it."""
+    mask = _umask()
+    for root, directories, files in os.walk(directory):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def move_into_place(staging: Path, output: Path) -> None:
     """Rename the complete directory ``staging`` to ``output``, replacing what is there; if the last
-    rename fails, the previous ``output`` is put back."""
+    rename fails, the previous ``output`` is put back. Modes are made the umask's first
+    (``readable_per_umask``)."""
+    readable_per_umask(staging)
     if not output.exists():
         os.replace(staging, output)
         return

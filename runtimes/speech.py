@@ -305,7 +305,8 @@ class SpeechRecognizer:
         start = self.tokenizer.token_id("<|startofprev|>")
         if start is None:
             return []
-        tokens = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+        # text only: special tokens (all at or above end-of-text) typed into a prompt are dropped
+        tokens = [t for t in self.tokenizer.encode(" " + text.strip(), add_special_tokens=False) if t < self._decoding["eot"]]
         return [start] + tokens[-(self._decoding["max_target_positions"] // 2 - 1):]
 
     def _prompt(self, language, task, timestamps) -> list[int]:

@@ -253,6 +253,11 @@ def _number(body: dict, key: str, default, low=None, high=None, integer=False, e
     return value
 
 
+def _top_k(body: dict) -> int | None:
+    value = _number(body, "top_k", None, low=-1, integer=True)
+    return 0 if value == -1 else value
+
+
 @dataclass
 class TextParams:
     options: Any  # GenerationOptions
@@ -310,7 +315,7 @@ def _text_params(body: dict, served: Served, limits: ServeOptions, chat: bool) -
         "max_new_tokens": max_tokens,
         "temperature": _number(body, "temperature", None, low=0, high=2),
         "top_p": _number(body, "top_p", None, low=0, high=1, exclusive_low=True),
-        "top_k": _number(body, "top_k", None, low=0, integer=True),  # vLLM's extension
+        "top_k": _top_k(body),  # vLLM's extension (-1 or 0 disables it)
         "repetition_penalty": _number(body, "repetition_penalty", None, low=0, exclusive_low=True),
         "seed": _number(body, "seed", None, low=0, integer=True),
         "ignore_eos": body.get("ignore_eos") if isinstance(body.get("ignore_eos"), bool) else None,
@@ -386,16 +391,17 @@ class Server:
     async def health(self, request):
         from starlette.responses import JSONResponse
 
+        public = self.options.api_key is None  # /health needs no key: with one set it says no more than the status
         if self.hub.error:
-            return JSONResponse({"status": "error", "error": self.hub.error}, status_code=503)
+            return JSONResponse({"status": "error", **({"error": self.hub.error} if public else {})}, status_code=503)
         if not self.hub.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
-        return JSONResponse({"status": "ok", "models": list(self.hub.models)})
+        return JSONResponse({"status": "ok", **({"models": list(self.hub.models)} if public else {})})
 
     async def metrics_endpoint(self, request):
         from starlette.responses import Response
 
-        for served in self.hub.models.values():
+        for served in list(self.hub.models.values()):  # the loading thread may still be adding models
             running, queued = self._load_of(served)
             self.metrics.running.labels(served.name).set(running)
             self.metrics.queued.labels(served.name).set(queued)
@@ -480,6 +486,7 @@ class Server:
         return await self._text(request, served, encode, params, chat=True, content=messages)
 
     async def _text(self, request, served: Served, encode, params: TextParams, chat: bool, content):
+        param = "messages" if chat else "prompt"
         started = time.perf_counter()
         info = {"model": served.name, "endpoint": "chat" if chat else "completions", "stream": params.stream}
         if self.options.log_content:
@@ -487,8 +494,9 @@ class Server:
         deadline = started + self.options.request_timeout
         answering, escalated, confidence = served, False, None
         needs_scores = params.logprobs or served.fallback is not None
-        ids = encode(served.runtime)
-        first = await self._submit(served, ids, params, scores=needs_scores)
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(None, encode, served.runtime)  # chat templates and tokenizers off the loop
+        first = await self._submit(served, ids, params, scores=needs_scores, param=param)
         if served.fallback is not None:
             teacher = self.hub.models[served.fallback.teacher]
             judged = self.options.cascade_tokens if params.stream else None
@@ -505,7 +513,8 @@ class Server:
                 req.cancel()
                 escalated, answering = True, teacher
                 self.metrics.escalations.labels(served.name, teacher.name).inc()
-                first = await self._submit(teacher, encode(teacher.runtime), params, scores=params.logprobs)
+                first = await self._submit(teacher, await loop.run_in_executor(None, encode, teacher.runtime), params,
+                                           scores=params.logprobs, param=param)
         info.update(answered_by=answering.name, escalated=escalated, confidence=confidence)
         headers = {"x-edge-sdk-model": answering.name}
         if served.fallback is not None:
@@ -529,7 +538,7 @@ class Server:
 
         return JSONResponse(body, headers=headers)
 
-    async def _submit(self, served: Served, ids: list[int], params: TextParams, scores: bool) -> "_Pending":
+    async def _submit(self, served: Served, ids: list[int], params: TextParams, scores: bool, param: str) -> "_Pending":
         pending = _Pending(asyncio.get_running_loop())
         try:
             pending.request = served.engine.submit(ids, params.options, scores=scores, top_logprobs=params.top_logprobs,
@@ -539,7 +548,7 @@ class Server:
                            headers={"Retry-After": str(self._retry_after(served))}) from None
         except EdgeSDKError as e:
             code = "context_length_exceeded" if "context" in str(e) else None
-            raise APIError(400, str(e), param="messages" if code else None, code=code) from None
+            raise APIError(400, str(e), param=param if code else None, code=code) from None
         return pending
 
     def _retry_after(self, served: Served) -> int:
@@ -590,7 +599,7 @@ class Server:
                     if params.include_usage:
                         yield chunk(None, _usage(req))
                 yield "data: [DONE]\n\n"
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 status = 408
                 yield f"data: {json.dumps(_timeout_error(self.options.request_timeout).body())}\n\n"
                 yield "data: [DONE]\n\n"
@@ -601,8 +610,10 @@ class Server:
                     info["output"] = req.text
                 self._record(info, status, started)
 
-        return _Stream(events(), media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response = _Stream(events(), media_type="text/event-stream",
+                           headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response.on_close = pending.request.cancel
+        return response
 
     def _text_metrics(self, served: Served, req) -> None:
         m, name = self.metrics, served.name
@@ -650,7 +661,7 @@ class Server:
             raise APIError(400, "only segment timestamps are available ('timestamp_granularities': ['segment'])",
                            param="timestamp_granularities")
         overrides = {"language": _form_text(form, "language") or None, "initial_prompt": _form_text(form, "prompt") or None}
-        samples, rate = _decode_audio(data, upload.filename)
+        samples, rate = await asyncio.get_running_loop().run_in_executor(None, _decode_audio, data, upload.filename)
         duration = len(samples) / rate
         if duration > self.options.max_audio_seconds:
             raise APIError(413, f"the audio is {duration:.0f} s long; this server transcribes at most "
@@ -763,13 +774,13 @@ class Server:
 
         def sample():
             try:
-                return gen.generate(options, progress=progress)
+                result = gen.generate(options, progress=progress)
             except EdgeSDKError as e:
                 raise APIError(400, str(e)) from None
+            return result, [{"b64_json": _png_base64(image)} for image in result.images]  # encoded here, off the loop
 
-        result = await self._run_serial(served, sample, cancelled, started + self.options.request_timeout, request)
+        result, data = await self._run_serial(served, sample, cancelled, started + self.options.request_timeout, request)
         self.metrics.images.labels(served.name).inc(n)
-        data = [{"b64_json": _png_base64(image)} for image in result.images]
         info = {"model": served.name, "endpoint": "images", "images": n, "steps": result.stats.steps,
                 "unconditional": True}
         self._record(info, 200, started)
@@ -801,6 +812,7 @@ class _Pending:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.request = None
         self._buffer: list = []  # events taken by wait() and not yet streamed
+        self._checked = time.perf_counter()  # when wait() last asked whether the client is still there
 
     def on_event(self, request, piece, entries, finished):  # engine thread
         self.loop.call_soon_threadsafe(self.queue.put_nowait, (piece, entries, finished))
@@ -816,10 +828,13 @@ class _Pending:
             if remaining <= 0:
                 raise TimeoutError()
             try:
-                self._buffer.append(await asyncio.wait_for(self.queue.get(), timeout=min(remaining, 1.0)))
-            except TimeoutError:
+                self._buffer.append(await asyncio.wait_for(self.queue.get(), timeout=min(remaining, 0.5)))
+            except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+                pass
+            if time.perf_counter() - self._checked >= 0.5:  # a client that left stops its generation
+                self._checked = time.perf_counter()
                 if await request.is_disconnected():
-                    raise Cancelled() from None
+                    raise Cancelled()
 
     async def events(self, deadline: float):
         while self._buffer:
@@ -831,7 +846,10 @@ class _Pending:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise TimeoutError()
-            event = await asyncio.wait_for(self.queue.get(), timeout=remaining)
+            try:
+                event = await asyncio.wait_for(self.queue.get(), timeout=remaining)
+            except asyncio.TimeoutError:  # the built-in TimeoutError from Python 3.11 on, not before
+                raise TimeoutError() from None
             yield event
             if event[2]:
                 return
@@ -844,11 +862,15 @@ def _stream_class():
         """Server-sent events whose generator is closed however the response ends (a client that
         left included), so the request it streams is cancelled and logged at once."""
 
+        on_close = None  # called however the response ends, even before the body started
+
         async def __call__(self, scope, receive, send):
             try:
                 await super().__call__(scope, receive, send)
             finally:
                 await self.body_iterator.aclose()
+                if self.on_close is not None:
+                    self.on_close()
 
     return Stream
 
@@ -869,7 +891,7 @@ def _encoder(function, param: str):
 
 
 def _finish_reason(reason: str | None) -> str:
-    return {"eos": "stop", "stop": "stop", "length": "length"}.get(reason or "", reason or "stop")
+    return "length" if reason == "length" else "stop"  # OpenAI's two (eos and stop strings are both "stop")
 
 
 def _usage(req) -> dict:
@@ -1000,8 +1022,8 @@ class _Guard:
 
         try:
             if self._key is not None and path != "/health":
-                supplied = headers.get("authorization", "")
-                token = supplied[7:].strip().encode("utf-8") if supplied[:7].lower() == "bearer " else b""
+                supplied = headers.get("authorization", "").encode("latin-1")  # the header's own bytes back
+                token = supplied[7:].strip() if supplied[:7].lower() == b"bearer " else b""
                 if not hmac.compare_digest(token, self._key):
                     raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                                    "authentication_error", code="invalid_api_key")

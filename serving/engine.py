@@ -130,7 +130,7 @@ class TextEngine:
         # slots: the pool, the tokens each row holds, the engine requests bound to leading slices of it
         self._pool: dict[str, np.ndarray] = {}
         self._lengths = np.zeros(parallel, dtype=np.int64)
-        self._bound: dict[tuple[int, int], object] = {}
+        self._bound: dict[int, object] = {}  # rows -> the engine request bound to rows [0, rows) (decode steps)
         self._state: DecoderState | None = None  # static batches
         self.steps = 0  # decode steps run (for tests and metrics)
 
@@ -233,13 +233,20 @@ class TextEngine:
         return admitted
 
     def _prefill(self, admitted: list[TextRequest]) -> None:
-        if self.slots:
-            first = len(self._active)
-            logits = self._prefill_slots(first, admitted)
-        else:
-            self._state = self._state or DecoderState(self.generator._session, self._graph, pad_id=self._pad)
-            longest = max(len(r.prompt_ids) for r in admitted)
-            logits = self._state.prefill([r.prompt_ids for r in admitted], capacity=longest + max(r.budget for r in admitted))[:, -1, :]
+        try:
+            if self.slots:
+                logits = self._prefill_slots(len(self._active), admitted)
+            else:
+                self._state = self._state or DecoderState(self.generator._session, self._graph, pad_id=self._pad)
+                longest = max(len(r.prompt_ids) for r in admitted)
+                logits = self._state.prefill([r.prompt_ids for r in admitted],
+                                             capacity=longest + max(r.budget for r in admitted))[:, -1, :]
+        except Exception as e:  # (out of memory, ...) ends these requests; the running batch goes on
+            for request in admitted:
+                self._finish(request, "error", e)
+            if not self.slots and self._state is not None:
+                self._state.close()  # static batches prefill only into an empty batch
+            return
         self._active.extend(admitted)
         for request, row in zip(admitted, logits):
             if request.options.repetition_penalty != 1.0:
@@ -375,14 +382,14 @@ class TextEngine:
 
     def _run_slots(self, first: int, count: int, ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One call over rows ``[first, first + count)``; ``lengths``: tokens each holds after it."""
-        key = (first, count)
-        request = self._bound.get(key)
+        # decode steps (rows [0, n)) keep their binding; a prefill's is made for it and dropped with
+        # its logits (a binding holds its last outputs: (rows, prompt, vocab) floats for a prefill)
+        request = self._bound.get(count) if first == 0 and ids.shape[1] == 1 else None
         if request is None:
-            if len(self._bound) > 4 * self.parallel:
-                self._bound.clear()
             request = self.generator._session.shared_cache_request(
                 {c.past: (c.present, self._pool[c.past][first : first + count]) for c in self._graph.cache})
-            self._bound[key] = request
+            if first == 0 and ids.shape[1] == 1:
+                self._bound[count] = request
         outputs = request.run({IDS: ids, POSITIONS: positions, SEQLENS: (lengths - 1).astype(np.int32),
                                TOTAL: np.array(int(lengths.max()), dtype=np.int32)})
         self._lengths[first : first + count] = lengths

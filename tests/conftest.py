@@ -182,3 +182,19 @@ def whisper_packages(tiny_en, tmp_path_factory):
         packages[weights] = export(tiny_en, root / weights, ExportOptions(quantization=QuantizationOptions(weights=weights)),
                                    progress=False)
     return packages
+
+
+@pytest.fixture(scope="session")
+def tiny_unet(tmp_path_factory):
+    """A tiny diffusers DDPM pipeline (seeded random UNet2DModel and its scheduler)."""
+    from edge_sdk.converters.tiny import build_unet
+
+    return build_unet(tmp_path_factory.mktemp("unet") / "pipeline", seed=0)
+
+
+@pytest.fixture(scope="session")
+def unet_package(tiny_unet, tmp_path_factory):
+    """Its FP32 package (exported once per session)."""
+    from edge_sdk.converters.export import export
+
+    return export(tiny_unet, tmp_path_factory.mktemp("unet-pkg") / "fp32", progress=False)

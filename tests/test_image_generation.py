@@ -16,18 +16,6 @@ from edge_sdk.errors import InvalidInputError
 from edge_sdk.runtimes.image_generation import SamplingOptions
 
 
-@pytest.fixture(scope="session")
-def tiny_unet(tmp_path_factory):
-    from edge_sdk.converters.tiny import build_unet
-
-    return build_unet(tmp_path_factory.mktemp("unet") / "pipeline", seed=0)
-
-
-@pytest.fixture(scope="session")
-def unet_package(tiny_unet, tmp_path_factory):
-    return export(tiny_unet, tmp_path_factory.mktemp("unet-pkg") / "fp32", progress=False)
-
-
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])
 def test_fp32_package_matches_diffusers_pipeline(kind, tiny_unet, unet_package):
     import torch

@@ -169,3 +169,46 @@ def test_existing_package_needs_overwrite(tmp_path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         with staged_output(out):
             pass
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_every_file_of_every_package_kind_is_readable_per_the_umask(tiny_package_dir, package_of, whisper_packages,
+                                                                     unet_package):
+    """0666 / 0777 minus the umask (0644 / 0755 here) for every file and directory, whatever the
+    engine's writer did (ONNX Runtime writes external data 0600): a package copied with cp -a,
+    rsync -a or tar is readable by another user on the device."""
+    packages = [tiny_package_dir("LlamaForCausalLM"), package_of("LlamaForCausalLM", "onnxruntime", "int4"),
+                package_of("LlamaForCausalLM", "openvino", "fp32"), whisper_packages["int8"], unet_package]
+    mask = _umask()
+    seen = set()
+    for package in packages:
+        for path in [Path(package), *Path(package).rglob("*")]:
+            expected = (0o777 if path.is_dir() else 0o666) & ~mask
+            assert path.stat().st_mode & 0o777 == expected, (path, oct(path.stat().st_mode & 0o777), oct(expected))
+            seen.add(path.suffix)
+    assert {".data", ".onnx", ".xml", ".bin", ".json", ".npy"} <= seen  # every kind of file the writers make
+
+
+def test_staged_output_gives_the_umask_modes_to_files_the_writer_made_private(tmp_path):
+    import os
+
+    previous = os.umask(0o027)
+    try:
+        with staged_output(tmp_path / "pkg") as staging:
+            (staging / "graph.onnx.data").write_bytes(b"weights")
+            os.chmod(staging / "graph.onnx.data", 0o600)
+            (staging / "sub").mkdir(mode=0o700)
+            (staging / "sub" / "x.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "pkg" / "graph.onnx.data").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "pkg" / "sub").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "pkg" / "sub" / "x.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "pkg").stat().st_mode & 0o777 == 0o750
