@@ -69,3 +69,19 @@ def missing_extra(package: str, extra: str, purpose: str) -> MissingDependencyEr
         f"{purpose} needs the '{package}' package, which is not installed; "
         f"install it with: pip install 'edge-sdk[{extra}]'"
     )
+
+
+def optional_import(module: str, extra: str, purpose: str):
+    """Import ``module`` from an optional extra, or raise the error naming the ``pip install`` to run.
+
+    Example::
+
+        soundfile = optional_import("soundfile", "audio", "reading audio files")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        package = {"PIL": "pillow"}.get(module.split(".")[0], module.split(".")[0])
+        raise missing_extra(package, extra, purpose) from e

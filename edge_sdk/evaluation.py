@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge_sdk.errors import InvalidInputError
+from edge_sdk.errors import InvalidInputError, optional_import
 from edge_sdk.tasks import get_task
 from edge_sdk.tasks.text_generation import TASK as TEXT_GENERATION
 
@@ -241,7 +241,7 @@ def read_transcripts(directory: Path) -> list[tuple[Path, str]]:
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     """WER in percent (jiwer) after ``normalize_transcript``, over the utterances whose reference is
     not empty once normalised."""
-    import jiwer
+    jiwer = optional_import("jiwer", "audio", "word error rates")
 
     pairs = [(normalize_transcript(r), normalize_transcript(h)) for r, h in zip(references, hypotheses)]
     pairs = [(r, h) for r, h in pairs if r]
@@ -422,7 +422,7 @@ def text_package_accuracy(request: dict, step=None) -> dict:
 
 def speech_package_accuracy(request: dict, step=None) -> dict:
     """The package's transcript of the bundled clip against the FP32 graphs': WER and token agreement."""
-    import jiwer
+    jiwer = optional_import("jiwer", "audio", "word error rates")
 
     from edge_sdk.runtimes import load
     from edge_sdk.tasks.speech_recognition import SPEECH_SAMPLE

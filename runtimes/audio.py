@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_sdk.errors import InvalidInputError
+from edge_sdk.errors import InvalidInputError, optional_import
 
 SAMPLE_RATE = 16000
 N_FFT, HOP_LENGTH = 400, 160
@@ -71,8 +71,7 @@ class AudioSource:
             raise InvalidInputError(f"{path} is a directory; pass audio files")
         if path.stat().st_size == 0:
             raise InvalidInputError(f"audio file {path} is empty (0 bytes)")
-        import soundfile
-
+        soundfile = optional_import("soundfile", "audio", "reading audio files")
         try:
             sound_file = soundfile.SoundFile(str(path))
         except Exception:  # not a libsndfile format: let librosa/audioread try (e.g. m4a via ffmpeg)
@@ -83,7 +82,7 @@ class AudioSource:
 
     @classmethod
     def _decode_whole(cls, path: Path) -> "AudioSource":
-        import librosa
+        librosa = optional_import("librosa", "audio-formats", f"reading {path.suffix or 'this'} audio (not a WAV/FLAC/OGG/MP3)")
 
         try:
             duration = librosa.get_duration(path=str(path))
@@ -136,8 +135,7 @@ class AudioSource:
 def _resample(samples: np.ndarray, rate: int) -> np.ndarray:
     """To 16 kHz with soxr (HQ), the resampler librosa.resample uses by default, called directly:
     librosa's first resample costs ~1 s of lazy imports, a lot for a short clip."""
-    import soxr
-
+    soxr = optional_import("soxr", "audio", "resampling audio to 16 kHz")
     return soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
 
 

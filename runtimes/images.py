@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_sdk.errors import InvalidInputError
+from edge_sdk.errors import InvalidInputError, optional_import
 from edge_sdk.package import write_atomically
 
 
@@ -26,7 +26,7 @@ def image_grid(images: np.ndarray, columns: int | None = None, gap: int = 2) -> 
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write (H, W, C) uint8 (C = 1 or 3) as a PNG; never leaves a half-written file under ``path``."""
-    from PIL import Image
+    Image = optional_import("PIL.Image", "image", "writing PNG images")
 
     path = Path(path)
     array = image[..., 0] if image.shape[-1] == 1 else image

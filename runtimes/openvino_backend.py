@@ -7,7 +7,7 @@ from typing import Collection
 
 import numpy as np
 
-from edge_sdk.errors import PackageError
+from edge_sdk.errors import PackageError, optional_import
 from edge_sdk.runtimes.backend import TensorInfo, register_backend
 
 
@@ -28,7 +28,7 @@ class OpenVINOSession:
     device = "CPU"
 
     def __init__(self, path: Path, threads: int | None = None):
-        import openvino as ov
+        ov = optional_import("openvino", "openvino", "running an OpenVINO package")
 
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
         if threads:
@@ -46,7 +46,7 @@ class OpenVINOSession:
 
     @staticmethod
     def engine_version() -> str:
-        import openvino as ov
+        ov = optional_import("openvino", "openvino", "running an OpenVINO package")
 
         return ov.get_version().split("-")[0]
 

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_sdk.errors import EdgeSDKError, InvalidInputError
+from edge_sdk.errors import EdgeSDKError, InvalidInputError, optional_import
 from edge_sdk.serving.cascade import DEFAULT_STREAM_TOKENS, TEXT_MEASURES, speech_confidence, text_confidence
 from edge_sdk.serving.engine import DEFAULT_PARALLEL, QueueFullError, TextEngine
 from edge_sdk.serving.metrics import Metrics
@@ -973,8 +973,7 @@ def _form_text(form, key: str) -> str | None:
 
 def _decode_audio(data: bytes, filename: str | None) -> tuple[np.ndarray, int]:
     """Samples and rate of an uploaded file (what libsndfile reads: WAV, FLAC, OGG, MP3)."""
-    import soundfile
-
+    soundfile = optional_import("soundfile", "audio", "transcribing uploaded audio")
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception:
@@ -988,8 +987,7 @@ def _decode_audio(data: bytes, filename: str | None) -> tuple[np.ndarray, int]:
 
 
 def _png_base64(image: np.ndarray) -> str:
-    from PIL import Image
-
+    Image = optional_import("PIL.Image", "image", "answering with PNG images")
     buffer = io.BytesIO()
     array = image[..., 0] if image.shape[-1] == 1 else image
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edge_sdk.errors import InvalidInputError
+from edge_sdk.errors import InvalidInputError, optional_import
 
 TEXT_MEASURES = ("mean_logprob", "min_logprob", "neg_entropy")
 COMPRESSION_RATIO_THRESHOLD = 2.4  # OpenAI whisper's: above it a window's text is a repetition loop
@@ -275,7 +275,7 @@ def calibrate_text(student, teacher, prompts: Sequence[str], *, max_new_tokens: 
 def calibrate_speech(student, teacher, audio: Sequence, references: Sequence[str | None] | None = None, progress=None) -> dict:
     """Per held-back recording: both transcripts, the student's confidence, and quality as minus the
     word error rate against the reference transcript (or the teacher's where there is none)."""
-    import jiwer
+    jiwer = optional_import("jiwer", "audio", "word error rates")
 
     items = []
     references = list(references or [None] * len(audio))

@@ -110,3 +110,58 @@ def test_every_registered_architecture_has_a_tiny_test_model():
     tiny = set(TINY_CONFIGS) | ({"WhisperForConditionalGeneration"} if TINY_WHISPER else set()) | ({"UNet2DModel"} if TINY_UNET else set())
     missing = set(supported_architectures()) - tiny
     assert not missing, f"registered without a tiny test model (add one to converters/tiny.py): {missing}"
+
+
+# The lean install (`pip install edge-sdk`): no engine but ONNX Runtime, no audio or image stack.
+LEAN_BLOCKED = sorted(FORBIDDEN | {"openvino", "librosa", "scipy", "numba", "llvmlite", "sklearn", "soundfile", "soxr",
+                                   "jiwer", "PIL", "matplotlib", "starlette", "uvicorn", "prometheus_client"})
+_LEAN_SCRIPT = """
+import importlib.abc, json, sys
+BLOCKED = set(json.loads(sys.argv[2]))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import click
+import numpy as np
+import edge_sdk
+from edge_sdk.cli import main
+from edge_sdk.errors import MissingDependencyError
+lm = edge_sdk.load(sys.argv[1], threads=1)
+text = lm.generate("Hello", max_new_tokens=4).text
+main(["generate", sys.argv[1], "Hello", "-n", "2"], standalone_mode=False)
+main(["inspect", sys.argv[1]], standalone_mode=False)
+errors = {}
+def attempt(kind, call):
+    try:
+        call()
+        errors[kind] = None
+    except (MissingDependencyError, click.ClickException) as e:  # the CLI's one-line error for serve
+        errors[kind] = str(e) if isinstance(e, MissingDependencyError) else e.format_message()
+attempt("openvino", lambda: edge_sdk.load(sys.argv[3], threads=1))
+attempt("audio", lambda: edge_sdk.load(sys.argv[4] + "/speech-recognition", threads=1).transcribe(sys.argv[5]))
+from edge_sdk.runtimes.images import write_png
+attempt("image", lambda: write_png(np.zeros((4, 4, 3), np.uint8), sys.argv[6]))
+attempt("serve", lambda: main(["serve", sys.argv[1]], standalone_mode=False))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print(json.dumps({"loaded": loaded, "errors": errors, "text": text}))
+"""
+
+
+def test_a_text_package_runs_on_the_lean_install_and_each_missing_extra_is_named(tiny_package_dir, package_of, tmp_path):
+    """openvino, librosa, scipy, numba, soundfile, soxr, jiwer, Pillow (and the serve stack) unimportable:
+    a text package on ONNX Runtime loads and generates; an OpenVINO package, a transcription, a PNG
+    and `serve` each fail with the pip install of their extra."""
+    from edge_sdk.devices.bench import SPEECH_SAMPLE
+
+    text = tiny_package_dir("LlamaForCausalLM")
+    openvino = package_of("LlamaForCausalLM", "openvino", "fp32")
+    legacy = ROOT / "tests" / "data" / "legacy-packages"
+    done = subprocess.run([sys.executable, "-c", _LEAN_SCRIPT, str(text), json.dumps(LEAN_BLOCKED), str(openvino), str(legacy),
+                           str(SPEECH_SAMPLE), str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == [] and isinstance(report["text"], str)
+    for extra, error in report["errors"].items():
+        assert error is not None and f"pip install 'edge-sdk[{extra}]'" in error, (extra, error)
