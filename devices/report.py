@@ -44,6 +44,19 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {name} (projected to {device['name']}) | | | | | | {p['p50']:.1f} / {p['p90']:.1f} / {p['p99']:.1f} (projected) | "
                 f"{_task_figures(row, row['projection']['metrics'])} (projected) | | {row['fit']['verdict']} |")
+    remote = report.get("remote")
+    if remote:
+        where = remote["measured_on"]
+        lines += ["", f"Measured on **{where['remote']}** ({where['host']}, {remote['threads']} threads) — remote, measured there:", "",
+                  "| package | load s | peak RSS MB | latency p50 / p90 / p99 ms | task figures | runs |", "|---|---|---|---|---|---|"]
+        for row in remote["packages"]:
+            lat = row["latency_ms"]
+            lines.append(f"| {Path(row['package']).name} (measured on {where['remote']}) | {row['load_seconds']:.2f} | "
+                         f"{row['peak_rss_mb']:.0f} | {lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f} | "
+                         f"{_task_figures(row, row['metrics'])} | {row['runs']} |")
+        for error in report.get("projection_error", []):
+            lines.append(f"- projection error, {Path(error['package']).name}: projected p50 {error['projected_p50_ms']:.1f} ms, "
+                         f"measured {error['measured_p50_ms']:.1f} ms ({error['error']:+.0%})")
     lines += ["", "Fit:"]
     for row in report["packages"]:
         lines.append(f"- {Path(row['package']).name}: **{row['fit']['verdict']}** — {row['fit']['reason']}")

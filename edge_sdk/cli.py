@@ -620,14 +620,30 @@ def devices_show(profile: str, as_json: bool) -> None:
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Write the profile to this TOML file (edit it freely).")
 @click.option("--name", default="this-machine", show_default=True, help="Name of the saved profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
-def devices_detect(save: str | None, name: str, as_json: bool) -> None:
-    """Detect this machine: cores, ISA flags, RAM, clock and a measured memory bandwidth (~0.5 s)."""
+@click.option("--remote", default=None, metavar="USER@HOST[:PORT]", help="Detect that machine over ssh instead.")
+@click.option("--identity", type=click.Path(dir_okay=False), default=None, help="--remote: the ssh private key.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), default=None, help="--remote: an ssh config file (ssh -F).")
+@click.option("--remote-python", default=None, help="--remote: the Python with edge-sdk there [~/.cache/edge-sdk/venv/bin/python].")
+def devices_detect(save: str | None, name: str, as_json: bool, remote, identity, ssh_config, remote_python) -> None:
+    """Detect this machine (or --remote USER@HOST): cores, ISA flags, RAM, clock and a measured
+    memory bandwidth (~0.5 s).
+
+    \b
+    Examples:
+      edge-sdk devices detect --save my-laptop.toml
+      edge-sdk devices detect --remote pi@raspberrypi.local --name my-pi5 --save pi.toml
+    """
     import dataclasses
 
     from edge_sdk.devices.profiles import detect
     from edge_sdk.errors import InvalidInputError
 
-    profile = dataclasses.replace(detect(), name=name)
+    if remote:
+        from edge_sdk.devices.remote import Remote
+
+        profile = Remote(remote, identity=identity, ssh_config=ssh_config, python=remote_python).detect(name)
+    else:
+        profile = dataclasses.replace(detect(), name=name)
     text = profile.to_toml()
     if save:
         target = Path(save).expanduser()
@@ -651,9 +667,16 @@ def devices_detect(save: str | None, name: str, as_json: bool) -> None:
 @click.option("--steps", type=int, default=10, show_default=True, help="Image generation: DDIM steps per run.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--report", type=click.Path(file_okay=False), default=None, help="Write bench.json, bench.md and bench.png here.")
+@click.option("--remote", default=None, metavar="USER@HOST[:PORT]",
+              help="Also measure on this machine over ssh (copies the packages, runs the harness there).")
+@click.option("--identity", type=click.Path(dir_okay=False), default=None, help="--remote: the ssh private key.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), default=None, help="--remote: an ssh config file (ssh -F).")
+@click.option("--remote-python", default=None, help="--remote: the Python with edge-sdk there [~/.cache/edge-sdk/venv/bin/python].")
+@click.option("--remote-setup", is_flag=True, help="--remote: create that venv and pip install the lean runtime (and extras) from PyPI.")
+@click.option("--remote-dir", default=None, help="--remote: where the packages go there [~/.cache/edge-sdk].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def bench(packages, device, threads, warmup, min_runs, min_seconds, prompt_tokens, new_tokens, audio, steps, json_out,
-          report, quiet) -> None:
+          report, remote, identity, ssh_config, remote_python, remote_setup, remote_dir, quiet) -> None:
     """Measure PACKAGES: load time, latency p50/p90/p99, task figures, peak memory, size; and
     whether each fits a device profile (PASS/FAIL with the reason).
 
@@ -665,6 +688,7 @@ def bench(packages, device, threads, warmup, min_runs, min_seconds, prompt_token
       edge-sdk bench out/smollm-int8 out/smollm-int4
       edge-sdk bench out/whisper-int8 --device raspberry-pi-5 --report reports/pi5
       edge-sdk bench out/digits-static --steps 20 --min-runs 20 --json bench.json
+      edge-sdk bench out/smollm-pi5 --device raspberry-pi-5 --remote pi@raspberrypi.local --remote-setup
     """
     from edge_sdk.devices.bench import BenchOptions, bench as run_bench
     from edge_sdk.devices.report import markdown, write_json, write_reports
@@ -678,8 +702,22 @@ def bench(packages, device, threads, warmup, min_runs, min_seconds, prompt_token
         raise InvalidInputError(f"cannot write {json_out}: its directory does not exist")
     if report:
         check_report_target(Path(report))  # before minutes of measuring, not after
+    board = None
+    if remote:
+        from edge_sdk.devices.remote import Remote
+
+        if audio:
+            raise InvalidInputError("--audio is a file here; --remote benches speech with the bundled sentence")
+        board = Remote(remote, identity=identity, ssh_config=ssh_config, python=remote_python, root=remote_dir)
+        board.check()  # before minutes of measuring here
     progress = None if quiet else (lambda package: click.echo(f"measuring {package} ...", err=True))
     result = run_bench(list(packages), options, device=device, progress=progress)
+    if board is not None:
+        from edge_sdk.devices.remote import with_remote
+
+        if not quiet:
+            click.echo(f"measuring on {remote} ...", err=True)
+        result = with_remote(result, board.bench([Path(p) for p in packages], options, device=device, setup=remote_setup))
     click.echo(markdown(result), nl=False)
     if json_out:
         write_json(result, Path(json_out).expanduser())
