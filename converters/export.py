@@ -153,6 +153,9 @@ def export(
         if task.accuracy:
             with steps.step("measuring accuracy against FP32"):
                 manifest["accuracy"]["eval"] = _measure_accuracy(task, staging, manifest, result, options, steps)
+        from edge_sdk.devices.numerics import this_machine
+
+        manifest["accuracy"]["measured_on"] = this_machine(options.runtime)  # the int8 path the figures hold for
         if result.work_dir is not None:
             shutil.rmtree(result.work_dir, ignore_errors=True)
         if options.device is not None:

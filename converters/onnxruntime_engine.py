@@ -251,16 +251,41 @@ def _compare_probes(probe: Probe, reference: Path, fused: Path) -> str | None:
     return None
 
 
+# The oldest ONNX Runtime release that runs each contrib operator as our packages use it, measured
+# by benchmarks/engine_floors.py (every release from 1.17 to 1.32 on PyPI loading and running each
+# package kind and agreeing with the newest; BENCHMARKS.md "Engine floors"). An operator not listed
+# here keeps the exporting release as the floor (unmeasured: the safe answer).
+ORT_OP_FLOORS = {
+    "GroupQueryAttention": "1.18", "SkipSimplifiedLayerNormalization": "1.18", "SimplifiedLayerNormalization": "1.18",
+    "SkipLayerNormalization": "1.18", "MultiHeadAttention": "1.18", "FusedMatMul": "1.18", "RotaryEmbedding": "1.18",
+    ("MatMulNBits", 8): "1.23", ("MatMulNBits", 4): "1.23",  # 1.22 and older refuse the graphs (with GatherBlockQuantized)
+    ("GatherBlockQuantized", 8): "1.23",  # the tied lookup (the head's blocks); unregistered before 1.20, refused 1.20-1.22
+    ("GatherBlockQuantized", 8, "table"): "1.30",  # over a table of its own (Whisper's positions): 1.23-1.28 differ (0.04)
+    ("GatherBlockQuantized", 4): "1.28",  # 1.23-1.26 load the 4-bit lookup of the head's blocks and compute it WRONG
+}
+ORT_BASE_FLOOR = "1.18"  # 1.17 refuses the graphs our exporter writes at all
+
+
 def _min_onnxruntime(path: Path, opset: int | None) -> str:
-    """The opset's minimum, or the version we validated with when the graph uses contrib ops."""
+    """The oldest release that runs the graph: the largest floor of its opset and its contrib operators."""
     import onnx
     import onnxruntime
 
+    from edge_sdk.runtimes.backend import version_tuple
+
     model = onnx.load(str(path), load_external_data=False)
-    if any(o.domain == "com.microsoft" for o in model.opset_import):
-        major, minor = onnxruntime.__version__.split(".")[:2]
-        return f"{major}.{minor}"  # MatMulNBits 8-bit, GatherBlockQuantized bits: recent contrib features
-    return _MIN_ORT_FOR_OPSET.get(opset or 0, "1.17")
+    floors = [_MIN_ORT_FOR_OPSET.get(opset or 0, "1.17"), ORT_BASE_FLOOR]
+    exporting = ".".join(onnxruntime.__version__.split(".")[:2])
+    initializers = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.domain != "com.microsoft":
+            continue
+        bits = next((a.i for a in node.attribute if a.name == "bits"), None)
+        own_table = node.op_type == "GatherBlockQuantized" and node.input[0] in initializers
+        floor = ((own_table and ORT_OP_FLOORS.get((node.op_type, bits, "table")))
+                 or ORT_OP_FLOORS.get((node.op_type, bits)) or ORT_OP_FLOORS.get(node.op_type))
+        floors.append(floor or exporting)
+    return max(floors, key=version_tuple)
 
 
 MAX_NBITS_BLOCK = 256  # the largest block ONNX Runtime's blockwise quantizer (MLAS) accepts

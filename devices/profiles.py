@@ -255,12 +255,12 @@ _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni"
 def detect(bandwidth_seconds: float = 0.5) -> DeviceProfile:
     """A profile of this machine: cores (physical, from /proc/cpuinfo), ISA flags, RAM, clock, and
     a memory bandwidth measured by copying a 256 MB buffer for about ``bandwidth_seconds``."""
+    from edge_sdk.devices.numerics import cpu_flags
+
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags_line = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
-    flags = set(flags_line.split(":", 1)[1].split()) if ":" in flags_line else set()
+    architecture, flags, _ = cpu_flags()
     isa = [f for f in _ISA_FLAGS if f in flags]
     machine = platform.machine().lower()
-    architecture = "aarch64" if machine in ("aarch64", "arm64") else "armv7l" if machine.startswith("arm") else "x86_64"
     if architecture == "armv7l" and "neon" in flags:
         isa = ["neon"] + [f for f in isa if f != "neon"]
     if architecture == "aarch64" and "asimd" in flags:

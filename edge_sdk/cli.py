@@ -61,6 +61,19 @@ def _load_for(command: str, package: str, threads: int | None, role: str = ""):
     return edge_sdk.load(package, threads=threads)
 
 
+def _warn_numerics(package) -> None:
+    """Warn (stderr) when a quantized package's accuracy was measured on another int8 path than this CPU's."""
+    from edge_sdk.devices.numerics import numerics_warning
+    from edge_sdk.package import read_manifest
+
+    try:
+        warning = numerics_warning(read_manifest(Path(package)))
+    except EdgeSDKError:
+        return  # the command itself reports a package it cannot read
+    if warning:
+        click.echo(f"warning: {Path(package).name}: {warning}", err=True)
+
+
 def _one_line(message: str) -> str:
     return " ".join(message.split())
 
@@ -203,6 +216,7 @@ def inspect(package: str, as_json: bool, no_verify: bool) -> None:
     if as_json:
         click.echo(json.dumps(pkg.manifest, indent=2))
         return
+    _warn_numerics(package)
     from rich.console import Console
 
     Console().print(render_manifest(pkg, verified=not no_verify))
@@ -710,6 +724,8 @@ def bench(packages, device, threads, warmup, min_runs, min_seconds, prompt_token
             raise InvalidInputError("--audio is a file here; --remote benches speech with the bundled sentence")
         board = Remote(remote, identity=identity, ssh_config=ssh_config, python=remote_python, root=remote_dir)
         board.check()  # before minutes of measuring here
+    for package in packages:
+        _warn_numerics(package)
     progress = None if quiet else (lambda package: click.echo(f"measuring {package} ...", err=True))
     result = run_bench(list(packages), options, device=device, progress=progress)
     if board is not None:

@@ -102,6 +102,9 @@ def render_manifest(package: Package, verified: bool):
             if isinstance(value, dict) and name == "eval":
                 for key, item in value.items():
                     accuracy.add_row(f"eval: {key}", _fmt(item))
+            elif isinstance(value, dict) and name == "measured_on":  # the numerics those figures hold for
+                accuracy.add_row("measured on", f"{value.get('cpu', '?')}: {value.get('int8_path', '?')} int8 kernels, "
+                                                f"{value.get('engine', '?')}")
             else:
                 accuracy.add_row(name, _fmt(value))
         parts.append(accuracy)

@@ -41,6 +41,8 @@ def test_manifest_describes_the_package(tiny_package_dir):
     assert decoder["inputs"][2]["name"] == "past_key_values.0.key" and decoder["inputs"][2]["shape"][2] == "cache_capacity"
     assert m["accuracy"]["max_abs_diff"]["logits"] < 1e-4
     assert m["generation"]["eos_token_ids"] and m["generation"]["pad_token_id"] is not None
+    # the oldest ONNX Runtime that runs its operators (measured: converters.onnxruntime_engine.ORT_OP_FLOORS), not ours
+    assert m["runtime"] == {"name": "onnxruntime", "min_version": "1.18"}
 
 
 def test_tampered_graph_is_refused_naming_the_file(llama_package_copy):
@@ -212,3 +214,28 @@ def test_staged_output_gives_the_umask_modes_to_files_the_writer_made_private(tm
     assert (tmp_path / "pkg" / "sub").stat().st_mode & 0o777 == 0o750
     assert (tmp_path / "pkg" / "sub" / "x.json").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "pkg").stat().st_mode & 0o777 == 0o750
+
+
+def test_accuracy_records_its_numerics_and_inspect_warns_on_another_int8_path(package_of, tmp_path):
+    """The manifest says which CPU int8 path and engine the accuracy was measured with; a quantized
+    package run where that path differs gets a warning from inspect and bench (not from FP32 ones)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edge_sdk.cli import main
+    from edge_sdk.devices.numerics import this_machine
+
+    source = package_of("LlamaForCausalLM", "onnxruntime", "int4")
+    recorded = Package.open(source).manifest["accuracy"]["measured_on"]
+    here = this_machine("onnxruntime")
+    assert recorded["int8_path"] == here["int8_path"] and recorded["engine"] == here["engine"]
+    assert "int8 kernels" in CliRunner().invoke(main, ["inspect", str(source)]).output
+    assert "warning" not in CliRunner().invoke(main, ["inspect", str(source)]).output  # measured on this very path
+    package = Path(shutil.copytree(source, tmp_path / "pkg"))
+    _edit_manifest(package, lambda m: m["accuracy"]["measured_on"].update(int8_path="arm64 NEON (no dot product)",
+                                                                          cpu="Cortex-A72"))
+    done = CliRunner().invoke(main, ["inspect", str(package)])
+    assert done.exit_code == 0 and "warning" in done.output and "Cortex-A72" in done.output and "edge-sdk eval" in done.output
+    _edit_manifest(package, lambda m: m["precision"].update(weights="fp32", activations="fp32"))
+    assert "warning" not in CliRunner().invoke(main, ["inspect", str(package)]).output  # FP32 has no int8 path
