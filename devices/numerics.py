@@ -14,9 +14,10 @@ import platform
 from pathlib import Path
 
 
-def cpu_flags() -> tuple[str, set[str], str]:
-    """(architecture, ISA flags, CPU model name) of this machine, from /proc/cpuinfo."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+def cpu_flags(info: str | None = None) -> tuple[str, set[str], str]:
+    """(architecture, ISA flags, CPU model name) of this machine, from /proc/cpuinfo (or its text ``info``)."""
+    if info is None:
+        info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     flags_line = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
     flags = set(flags_line.split(":", 1)[1].split()) if ":" in flags_line else set()
     machine = platform.machine().lower()

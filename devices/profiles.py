@@ -258,7 +258,7 @@ def detect(bandwidth_seconds: float = 0.5) -> DeviceProfile:
     from edge_sdk.devices.numerics import cpu_flags
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    architecture, flags, _ = cpu_flags()
+    architecture, flags, _ = cpu_flags(info)
     isa = [f for f in _ISA_FLAGS if f in flags]
     machine = platform.machine().lower()
     if architecture == "armv7l" and "neon" in flags:

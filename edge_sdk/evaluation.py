@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from edge_sdk.errors import InvalidInputError, optional_import
+from edge_sdk.runtimes.sampling import log_softmax
 from edge_sdk.tasks import get_task
 from edge_sdk.tasks.text_generation import TASK as TEXT_GENERATION
 
@@ -64,11 +65,6 @@ def token_windows(token_ids: list[int], window: int = WINDOW_TOKENS, max_windows
     windows = [token_ids[i : i + window] for i in range(0, len(token_ids) - 1, window)]
     windows = [w for w in windows if len(w) >= 2]
     return windows[:max_windows]
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 @dataclass(frozen=True)

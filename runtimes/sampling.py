@@ -11,6 +11,12 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log(softmax) along the last axis, in float64 (token log-probabilities, scoring)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def filter_top_k(logits: np.ndarray, top_k: int) -> np.ndarray:
     """Set all but the ``top_k`` largest logits of each row to -inf (0 keeps all)."""
     if top_k <= 0 or top_k >= logits.shape[-1]:

@@ -41,6 +41,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from edge_sdk.errors import EdgeSDKError, InvalidInputError, optional_import
 from edge_sdk.serving.cascade import DEFAULT_STREAM_TOKENS, TEXT_MEASURES, speech_confidence, text_confidence
@@ -209,10 +214,13 @@ class Hub:
             if self.on_failure is not None:
                 self.on_failure()
 
-    def get(self, name: str | None, kind: str) -> Served:
+    def require_ready(self) -> None:
         if not self.ready.is_set():
             raise APIError(503, "the models are still loading; retry shortly (GET /health says when they are ready)",
                            "server_error", code="model_loading", headers={"Retry-After": "1"})
+
+    def get(self, name: str | None, kind: str) -> Served:
+        self.require_ready()
         if name is not None and not isinstance(name, str):
             raise APIError(400, "'model' must be a string", param="model")
         if name is None:
@@ -334,9 +342,6 @@ class Server:
 
     def __init__(self, specs: list[ModelSpec], options: ServeOptions | None = None,
                  fallbacks: dict[str, tuple[str, float]] | None = None):
-        from starlette.applications import Starlette
-        from starlette.routing import Route
-
         self.options = options or ServeOptions()
         self.metrics = Metrics()
         self.hub = Hub(specs, fallbacks or {}, self.options, self.metrics)
@@ -358,8 +363,6 @@ class Server:
     def _handler(self, function):
         """The endpoint ``function`` with every failure answered as OpenAI's error object (and
         counted and logged), never as a traceback."""
-        from starlette.responses import JSONResponse
-
         async def handle(request):
             started = time.perf_counter()
             try:
@@ -389,8 +392,6 @@ class Server:
 
     # ------------------------------------------------------------------ plain endpoints
     async def health(self, request):
-        from starlette.responses import JSONResponse
-
         public = self.options.api_key is None  # /health needs no key: with one set it says no more than the status
         if self.hub.error:
             return JSONResponse({"status": "error", **({"error": self.hub.error} if public else {})}, status_code=503)
@@ -399,8 +400,6 @@ class Server:
         return JSONResponse({"status": "ok", **({"models": list(self.hub.models)} if public else {})})
 
     async def metrics_endpoint(self, request):
-        from starlette.responses import Response
-
         for served in list(self.hub.models.values()):  # the loading thread may still be adding models
             running, queued = self._load_of(served)
             self.metrics.running.labels(served.name).set(running)
@@ -409,15 +408,11 @@ class Server:
         return Response(body, media_type=content_type)
 
     async def list_models(self, request):
-        from starlette.responses import JSONResponse
-
-        self._require_ready()
+        self.hub.require_ready()
         return JSONResponse({"object": "list", "data": [self._model_card(m) for m in self.hub.models.values()]})
 
     async def get_model(self, request):
-        from starlette.responses import JSONResponse
-
-        self._require_ready()
+        self.hub.require_ready()
         name = request.path_params["name"]
         if name not in self.hub.models:
             raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
@@ -432,11 +427,6 @@ class Server:
             card["fallback"] = {"model": served.fallback.teacher, "threshold": served.fallback.threshold}
         return card
 
-    def _require_ready(self):
-        if not self.hub.ready.is_set():
-            raise APIError(503, "the models are still loading; retry shortly", "server_error", code="model_loading",
-                           headers={"Retry-After": "1"})
-
     @staticmethod
     def _load_of(served: Served) -> tuple[int, int]:
         if served.engine is not None:
@@ -444,14 +434,10 @@ class Server:
         return served.worker.running, served.worker.queued
 
     async def _not_found(self, request, exc):
-        from starlette.responses import JSONResponse
-
         error = APIError(404, f"no endpoint {request.method} {request.url.path}; see GET /v1/models", code="not_found")
         return JSONResponse(error.body(), status_code=404)
 
     async def _not_allowed(self, request, exc):
-        from starlette.responses import JSONResponse
-
         error = APIError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
         return JSONResponse(error.body(), status_code=405)
 
@@ -500,33 +486,20 @@ class Server:
         if served.fallback is not None:
             teacher = self.hub.models[served.fallback.teacher]
             judged = self.options.cascade_tokens if params.stream else None
-            try:
-                await first.wait(judged, deadline, request)
-            except BaseException:
-                first.request.cancel()
-                raise
+            await first.wait(judged, deadline, request)
             req = first.request
             considered = len(req.logprobs) if judged is None else min(judged, len(req.logprobs))
             confidence = text_confidence(req.logprobs[:considered], req.entropies[:considered], self.options.measure)
-            self.metrics.confidence.labels(served.name).observe(confidence) if math.isfinite(confidence) else None
-            if confidence < served.fallback.threshold:
+            if self._escalates(served, confidence):
                 req.cancel()
                 escalated, answering = True, teacher
-                self.metrics.escalations.labels(served.name, teacher.name).inc()
                 first = await self._submit(teacher, await loop.run_in_executor(None, encode, teacher.runtime), params,
                                            scores=params.logprobs, param=param)
         info.update(answered_by=answering.name, escalated=escalated, confidence=confidence)
-        headers = {"x-edge-sdk-model": answering.name}
-        if served.fallback is not None:
-            headers.update({"x-edge-sdk-escalated": "true" if escalated else "false",
-                            "x-edge-sdk-confidence": f"{confidence:.6g}"})
+        headers = _answer_headers(served, answering, escalated, confidence)
         if params.stream:
             return self._stream(request, first, answering, params, chat, headers, info, started, deadline)
-        try:
-            await first.wait(None, deadline, request)
-        except BaseException:
-            first.request.cancel()
-            raise
+        await first.wait(None, deadline, request)
         req = first.request
         self._text_metrics(answering, req)
         body = _text_body(answering, req, params, chat)
@@ -534,9 +507,16 @@ class Server:
         if self.options.log_content:
             info["output"] = req.text
         self._record(info, 200, started)
-        from starlette.responses import JSONResponse
-
         return JSONResponse(body, headers=headers)
+
+    def _escalates(self, student: Served, confidence: float) -> bool:
+        """Whether the student's answer goes to its teacher; counts the confidence and the escalation."""
+        if math.isfinite(confidence):
+            self.metrics.confidence.labels(student.name).observe(confidence)
+        if confidence >= student.fallback.threshold:
+            return False
+        self.metrics.escalations.labels(student.name, student.fallback.teacher).inc()
+        return True
 
     async def _submit(self, served: Served, ids: list[int], params: TextParams, scores: bool, param: str) -> "_Pending":
         pending = _Pending(asyncio.get_running_loop())
@@ -632,8 +612,6 @@ class Server:
 
     # ------------------------------------------------------------------ speech
     async def transcriptions(self, request):
-        from starlette.datastructures import UploadFile
-
         started = time.perf_counter()
         try:
             form = await request.form(max_files=1, max_fields=32, max_part_size=self.options.max_body_bytes)
@@ -685,23 +663,15 @@ class Server:
         result = await self._run_serial(served, lambda: transcribe(served), cancelled, deadline, request)
         if served.fallback is not None:
             confidence = speech_confidence(result).value
-            if math.isfinite(confidence):
-                self.metrics.confidence.labels(served.name).observe(confidence)
-            if confidence < served.fallback.threshold:
+            if self._escalates(served, confidence):
                 escalated, answering = True, self.hub.models[served.fallback.teacher]
-                self.metrics.escalations.labels(served.name, answering.name).inc()
                 result = await self._run_serial(answering, lambda: transcribe(answering), cancelled, deadline, request)
         self.metrics.audio_seconds.labels(answering.name).inc(duration)
-        headers = {"x-edge-sdk-model": answering.name}
-        if served.fallback is not None:
-            headers.update({"x-edge-sdk-escalated": "true" if escalated else "false",
-                            "x-edge-sdk-confidence": f"{confidence:.6g}"})
+        headers = _answer_headers(served, answering, escalated, confidence)
         info.update(answered_by=answering.name, escalated=escalated, confidence=confidence)
         if self.options.log_content:
             info["output"] = result.text
         self._record(info, 200, started)
-        from starlette.responses import JSONResponse, PlainTextResponse
-
         if response_format == "text":
             return PlainTextResponse(result.text, headers=headers)
         if response_format == "srt":
@@ -719,10 +689,7 @@ class Server:
                              "text": result.text, "segments": segments, "model": answering.name}, headers=headers)
 
     async def _run_serial(self, served: Served, function, cancelled: threading.Event, deadline: float, request):
-        try:
-            task = asyncio.ensure_future(served.worker.run(function, cancelled))
-        except QueueFullError:
-            raise
+        task = asyncio.ensure_future(served.worker.run(function, cancelled))
         try:
             while True:
                 remaining = deadline - time.perf_counter()
@@ -784,8 +751,6 @@ class Server:
         info = {"model": served.name, "endpoint": "images", "images": n, "steps": result.stats.steps,
                 "unconditional": True}
         self._record(info, 200, started)
-        from starlette.responses import JSONResponse
-
         return JSONResponse({"created": int(time.time()), "data": data}, headers={"x-edge-sdk-model": served.name})
 
     # ------------------------------------------------------------------ bookkeeping
@@ -800,8 +765,6 @@ class Server:
         access_log.info(json.dumps({"time": round(time.time(), 3), **info, "status": status,
                                     "duration_s": round(seconds, 4)}, ensure_ascii=False, default=str))
 
-    def record_error(self, info: dict, status: int, started: float) -> None:
-        self._record(info, status, started)
 
 
 class _Pending:
@@ -818,7 +781,15 @@ class _Pending:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, (piece, entries, finished))
 
     async def wait(self, tokens: int | None, deadline: float, request) -> None:
-        """Until the request is done, or (``tokens``) has at least that many tokens; keeps the events."""
+        """Until the request is done, or (``tokens``) has at least that many tokens; keeps the events.
+        A timeout, a client that left or a cancelled handler cancels the request."""
+        try:
+            await self._wait(tokens, deadline, request)
+        except BaseException:
+            self.request.cancel()
+            raise
+
+    async def _wait(self, tokens: int | None, deadline: float, request) -> None:
         while True:
             if self._buffer and self._buffer[-1][2]:
                 return
@@ -855,28 +826,19 @@ class _Pending:
                 return
 
 
-def _stream_class():
-    from starlette.responses import StreamingResponse
+class _Stream(StreamingResponse):
+    """Server-sent events whose generator is closed however the response ends (a client that left
+    included), and ``on_close`` called, so the request it streams is cancelled and logged at once."""
 
-    class Stream(StreamingResponse):
-        """Server-sent events whose generator is closed however the response ends (a client that
-        left included), so the request it streams is cancelled and logged at once."""
+    on_close = None  # called however the response ends, even before the body started
 
-        on_close = None  # called however the response ends, even before the body started
-
-        async def __call__(self, scope, receive, send):
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                await self.body_iterator.aclose()
-                if self.on_close is not None:
-                    self.on_close()
-
-    return Stream
-
-
-def _Stream(*args, **kwargs):
-    return _stream_class()(*args, **kwargs)
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+            if self.on_close is not None:
+                self.on_close()
 
 
 def _encoder(function, param: str):
@@ -888,6 +850,14 @@ def _encoder(function, param: str):
             raise APIError(400, str(e), param=param, code=code) from None
 
     return encode
+
+
+def _answer_headers(served: Served, answering: Served, escalated: bool, confidence: float | None) -> dict:
+    """The model that answered, and for a cascade's student why (escalated, its confidence)."""
+    headers = {"x-edge-sdk-model": answering.name}
+    if served.fallback is not None:
+        headers.update({"x-edge-sdk-escalated": "true" if escalated else "false", "x-edge-sdk-confidence": f"{confidence:.6g}"})
+    return headers
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -1047,7 +1017,7 @@ class _Guard:
                 log.exception("request failed: %s %s", scope.get("method"), path)
             if response_started:
                 return  # a stream already under way: nothing more can be said
-            self.server.record_error({"model": "", "endpoint": endpoint, "error": error.message}, error.status, started)
+            self.server._record({"model": "", "endpoint": endpoint, "error": error.message}, error.status, started)
             await _send_error(send, error)
 
 
@@ -1070,8 +1040,6 @@ def _as_api_error(e: BaseException) -> APIError:
         return APIError(499, "the client closed the request", code="client_closed_request")
     if isinstance(e, EdgeSDKError):
         return APIError(400, str(e))
-    from starlette.requests import ClientDisconnect
-
     if isinstance(e, ClientDisconnect):
         return APIError(499, "the client closed the request", code="client_closed_request")
     return _internal_error()

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge_sdk.errors import InvalidInputError, optional_import
+from edge_sdk.runtimes.sampling import log_softmax
 
 TEXT_MEASURES = ("mean_logprob", "min_logprob", "neg_entropy")
 COMPRESSION_RATIO_THRESHOLD = 2.4  # OpenAI whisper's: above it a window's text is a repetition loop
@@ -224,10 +225,7 @@ def teacher_loglik(teacher, prompt_ids: list[int], answer_ids: list[int]) -> flo
     limit = teacher.context_length
     if limit and len(ids) > limit:
         ids = ids[-limit:]
-    logits = teacher.logits(ids)
-    logp = logits[:-1].astype(np.float64)
-    logp = logp - logp.max(axis=-1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(axis=-1, keepdims=True))
+    logp = log_softmax(teacher.logits(ids)[:-1])
     targets = np.asarray(ids[1:], dtype=np.int64)
     chosen = logp[np.arange(len(targets)), targets][-len(answer_ids):]
     return float(chosen.mean())
@@ -275,6 +273,8 @@ def calibrate_text(student, teacher, prompts: Sequence[str], *, max_new_tokens: 
 def calibrate_speech(student, teacher, audio: Sequence, references: Sequence[str | None] | None = None, progress=None) -> dict:
     """Per held-back recording: both transcripts, the student's confidence, and quality as minus the
     word error rate against the reference transcript (or the teacher's where there is none)."""
+    from edge_sdk.evaluation import normalize_transcript as _normalize
+
     jiwer = optional_import("jiwer", "audio", "word error rates")
 
     items = []
@@ -296,12 +296,6 @@ def calibrate_speech(student, teacher, audio: Sequence, references: Sequence[str
     metric = "neg_wer"
     return _curve(items, metric, {"task": "automatic-speech-recognition", "measure": "avg_logprob", "metric": metric,
                                   "reference": "transcripts" if any(r is not None for r in references) else "teacher"})
-
-
-def _normalize(text: str) -> str:
-    import re
-
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
 def _curve(items: list[dict], metric: str, settings: dict) -> dict:

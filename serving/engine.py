@@ -44,7 +44,7 @@ import numpy as np
 
 from edge_sdk.errors import EdgeSDKError, InvalidInputError
 from edge_sdk.runtimes.decoder import IDS, LOGITS, POSITIONS, SEQLENS, TOTAL, DecoderState
-from edge_sdk.runtimes.sampling import penalize_repetition, select_next_tokens
+from edge_sdk.runtimes.sampling import log_softmax, penalize_repetition, select_next_tokens
 from edge_sdk.runtimes.text_generation import GenerationOptions, TextGenerator, _Row
 
 DEFAULT_PARALLEL = 8  # rows of the running batch (llama-server's --parallel)
@@ -275,9 +275,9 @@ class TextEngine:
         token = int(select_next_tokens(scores[None], opts.temperature, opts.top_k, opts.top_p, request._rng)[0])
         if request._seen is not None:
             request._seen[token] = True
-        entries = []
+        entries = [(token, None, [])]
         if request.scores:
-            logp = _log_softmax(logits)
+            logp = log_softmax(logits)
             request.logprobs.append(float(logp[token]))
             request.entropies.append(float(-(np.exp(logp) * np.where(np.isfinite(logp), logp, 0.0)).sum()))
             top = []
@@ -287,8 +287,6 @@ class TextEngine:
                 top = [(int(t), float(logp[t])) for t in best]
             request.top.append(top)
             entries = [(token, request.logprobs[-1], top)]
-        else:
-            entries = [(token, None, [])]
         if request.first_token is None:
             request.first_token = time.perf_counter()
         is_eos = bool(np.isin(token, self._eos)) and not opts.ignore_eos
@@ -328,12 +326,12 @@ class TextEngine:
                 self._finish(request, "cancelled")
 
     def _drop_finished(self) -> None:
-        gone = [i for i, r in enumerate(self._active) if r.done.is_set() or r.cancelled]
+        gone = {i for i, r in enumerate(self._active) if r.done.is_set() or r.cancelled}
         if not gone:
             return
         for i in gone:
             self._finish(self._active[i], "cancelled")  # no-op for the finished ones
-        keep = [i for i in range(len(self._active)) if i not in set(gone)]
+        keep = [i for i in range(len(self._active)) if i not in gone]
         if self.slots:
             order = self._compact(gone)
         else:
@@ -394,9 +392,3 @@ class TextEngine:
                                TOTAL: np.array(int(lengths.max()), dtype=np.int32)})
         self._lengths[first : first + count] = lengths
         return outputs[LOGITS]
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x = x - x.max()
-    return x - np.log(np.exp(x).sum())
