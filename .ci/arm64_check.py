@@ -6,37 +6,24 @@ accuracy.measured_on records which path a package's figures hold for).
 
     python .ci/arm64_check.py [--work /tmp/edge-sdk-arm64] [--cpus cortex-a72,cortex-a76]
 
-What it builds, with no system install: Debian bookworm's arm64 Python 3.11 and the libraries it
-links, unpacked from deb.debian.org's .debs into a sysroot; the aarch64 wheels of the lean runtime
-and [audio] from PyPI plus this project's own wheel, installed into a directory on PYTHONPATH. It
-runs `qemu-aarch64-static -L SYSROOT -cpu CPU` (Debian's qemu-user-static, which .ci/run installs).
-ONNX Runtime reads /proc/cpuinfo at import, and the host's x86 one crashes it; qemu's -L prefix
-redirects the read to SYSROOT/proc/cpuinfo, a Raspberry Pi 4's (the emulated CPU's features are
-what the kernels see through HWCAP either way).
+The environment is `edge_sdk.devices.emulation`'s (what `edge-sdk eval --device` uses), built with
+no system install: Debian bookworm's arm64 Python 3.11 unpacked from deb.debian.org's .debs into a
+sysroot, the aarch64 wheels of the runtime and [audio] at this machine's versions from PyPI, this
+checkout's code; run by `qemu-aarch64-static -L SYSROOT -cpu CPU` (Debian's qemu-user-static,
+which .ci/run installs). Then `edge-sdk eval --device raspberry-pi-4` measures the text packages'
+accuracy under that emulation: FP32 must equal its reference, INT8's figures are reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import lzma
-import re
-import shutil
+import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEBIAN = "http://deb.debian.org/debian/"
-DEBS = ["python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libexpat1", "zlib1g", "libssl3",
-        "libffi8", "libbz2-1.0", "liblzma5", "libsqlite3-0", "libncursesw6", "libtinfo6", "libreadline8", "libuuid1",
-        "libstdc++6", "libgcc-s1", "libgomp1", "libcrypt1", "libdb5.3", "libnsl2", "libtirpc3", "libgssapi-krb5-2",
-        "libkrb5-3", "libk5crypto3", "libkrb5support0", "libcom-err2", "libkeyutils1"]
-PI4_CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n"
-                      f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n" for i in range(4))
-PI4_CPUINFO += "Model\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
 PROMPTS = ["def parse(path):", "Return the number of", "The quick brown fox"]
 
 RUN = r"""
@@ -53,43 +40,6 @@ print(json.dumps(out))
 
 def say(line: str) -> None:
     print(line, flush=True)
-
-
-def sysroot(work: Path) -> Path:
-    root = work / "sysroot"
-    if (root / "usr" / "bin" / "python3.11").exists():
-        return root
-    index = lzma.decompress(urllib.request.urlopen(DEBIAN + "dists/bookworm/main/binary-arm64/Packages.xz", timeout=120).read()).decode()
-    files = {}
-    for block in index.split("\n\n"):
-        name, path = re.search(r"^Package: (.+)$", block, re.M), re.search(r"^Filename: (.+)$", block, re.M)
-        if name and path:
-            files[name.group(1)] = path.group(1)
-    debs = work / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    for package in DEBS:
-        target = debs / Path(files[package]).name
-        if not target.exists():
-            urllib.request.urlretrieve(DEBIAN + files[package], target)
-        subprocess.run(["dpkg-deb", "-x", str(target), str(root)], check=True)
-    (root / "proc").mkdir(exist_ok=True)
-    (root / "proc" / "cpuinfo").write_text(PI4_CPUINFO)
-    return root
-
-
-def site(work: Path) -> Path:
-    target = work / "site"
-    if target.exists():
-        shutil.rmtree(target)
-    wheels = work / "wheel"
-    shutil.rmtree(wheels, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)], check=True)
-    wheel = next(wheels.glob("edge_sdk-*.whl"))
-    platforms = [flag for v in (36, 35, 34, 31, 28, 27, 26, 17) for flag in ("--platform", f"manylinux_2_{v}_aarch64")]
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-warn-script-location", "--target", str(target), "--only-binary=:all:", *platforms,
-                    "--platform", "manylinux2014_aarch64", "--python-version", "3.11", "--implementation", "cp",
-                    f"{wheel}[audio]"], check=True)
-    return target
 
 
 def packages(work: Path) -> dict[str, tuple[str, Path]]:
@@ -118,8 +68,9 @@ def packages(work: Path) -> dict[str, tuple[str, Path]]:
     return made
 
 
-def run(python: list[str], env: dict, package: Path, kind: str, clip: Path):
+def run(emulator, package: Path, kind: str, clip: Path):
     argument = json.dumps(PROMPTS) if kind == "text" else str(clip)
+    python, env = (emulator.command(), emulator.environment()) if emulator else ([sys.executable], dict(os.environ))
     # run outside the repository: its edge_sdk/ folder would shadow the installed package on "-c"'s path
     done = subprocess.run([*python, "-c", RUN, str(package), kind, argument], capture_output=True, text=True, env=env, timeout=900,
                           cwd=package.parent)
@@ -128,32 +79,48 @@ def run(python: list[str], env: dict, package: Path, kind: str, clip: Path):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def device_eval(made: dict, failures: list) -> None:
+    """`edge-sdk eval --device raspberry-pi-4` of the text packages against the FP32 one, emulated."""
+    for name in ("text fp32", "text int8"):
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "edge_sdk.cli", "eval", str(made[name][1]), "--reference",
+                               str(made["text fp32"][1]), "--windows", "4", "--device", "raspberry-pi-4", "--json", "--no-save"],
+                              capture_output=True, text=True, timeout=1800, cwd=made[name][1].parent)
+        if done.returncode != 0:
+            failures.append(f"eval --device for {name}: {done.stderr.strip()[-300:]}")
+            continue
+        record = json.loads(done.stdout[done.stdout.index("{"):])
+        figures, on = record["eval"], record["measured_on"]
+        say(f"eval --device raspberry-pi-4 {name:9s}: KL {figures['kl_divergence']:.3g}, top-1 {figures['top1_agreement']:.2%}, "
+            f"perplexity {figures['perplexity']:.5g} vs FP32 {figures['reference_perplexity']:.5g}; measured on {on['cpu']} "
+            f"({on['int8_path']}, {on['engine']}, {on['emulated']}) [{time.perf_counter() - t0:.1f} s]")
+        if on["int8_path"] != "arm64 NEON (no dot product)" or "cortex-a72" not in on["emulated"]:
+            failures.append(f"eval --device for {name} was not measured on an emulated Cortex-A72: {on}")
+        if name == "text fp32" and not (figures["kl_divergence"] < 1e-6 and figures["top1_agreement"] == 1.0):
+            failures.append(f"eval --device: FP32 under emulation differs from its x86 reference ({figures})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/edge-sdk-arm64"))
     parser.add_argument("--cpus", default="cortex-a72,cortex-a76")
     args = parser.parse_args()
-    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
-    if qemu is None:
-        raise SystemExit("qemu-user-static is not installed: apt-get install -y qemu-user-static (.ci/run does this)")
     args.work.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    root = sysroot(args.work)
-    target = site(args.work)
-    made = packages(args.work)
+    os.environ["EDGE_SDK_CACHE"] = str(args.work)  # eval --device builds (and reuses) its environment there
     from edge_sdk.devices.bench import SPEECH_SAMPLE
+    from edge_sdk.devices.emulation import Emulator, cache_root
 
-    say(f"sysroot, wheels and packages ready in {time.perf_counter() - start:.0f} s")
-    import os
-
-    env = {**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
+    start = time.perf_counter()
+    emulators = {cpu: Emulator(cpu, work=cache_root() / "arm64") for cpu in args.cpus.split(",")}
+    made = packages(args.work)
+    say(f"packages ready in {time.perf_counter() - start:.0f} s")
     failures = []
     for name, (kind, package) in made.items():
-        reference = run([sys.executable], {**os.environ}, package, kind, Path(SPEECH_SAMPLE))
-        for cpu in args.cpus.split(",")[: 1 if kind == "speech" else None]:  # speech: the first core only (~1 min each)
+        reference = run(None, package, kind, Path(SPEECH_SAMPLE))
+        for cpu, emulator in list(emulators.items())[: 1 if kind == "speech" else None]:  # speech: the first core only (~1 min each)
+            emulator.prepare(["audio"], say)  # built once; writes this core's /proc/cpuinfo
             t0 = time.perf_counter()
-            emulated = run([qemu, "-L", str(root), "-cpu", cpu, str(root / "usr" / "bin" / "python3.11")], env, package, kind,
-                           Path(SPEECH_SAMPLE))
+            emulated = run(emulator, package, kind, Path(SPEECH_SAMPLE))
             same = emulated == reference
             detail = ""
             if kind == "text" and not same:
@@ -166,6 +133,7 @@ def main() -> None:
                 + ("" if must or same else " (int8 kernels: reported, not required)"))
             if must and not same:
                 failures.append(f"{name} on {cpu}")
+    device_eval(made, failures)
     say(f"arm64 check done in {time.perf_counter() - start:.0f} s")
     if failures:
         raise SystemExit("arm64 emulation gave other results than x86 for: " + ", ".join(failures))

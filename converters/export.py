@@ -9,6 +9,7 @@ common sections (task, source, runtime, precision, graphs, accuracy, device) are
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ def export(
             f"{model} is a {task.name} model ({source.spec.architecture}); it cannot be exported as '{options.task}'"
         )
     _check_calibration(task, options.quantization)
+    _check_static_fits(source, options)
     exporter = load_attribute(task.exporter)
     with staged_output(output, overwrite) as staging, Steps(total=2, enabled=progress) as steps:
         result: ExportResult = exporter(source, staging, options, steps)
@@ -228,15 +230,42 @@ def _reference_package(staging: Path, manifest: dict, result: ExportResult) -> P
     return reference
 
 
-def _make_static(staging: Path, manifest: dict, device: "DeviceTarget", steps) -> None:
-    """Fix the graphs' symbolic dimensions to the device's static shapes (NPUs) and compile them as a check."""
-    from edge_sdk.converters.openvino_engine import make_static
+_POSITION_KEYS = ("max_target_positions", "max_position_embeddings", "n_positions")  # decoder first (Whisper)
 
-    limit = manifest.get("model", {}).get("max_positions") or (manifest.get("decoding") or {}).get("max_target_positions")
+
+def _check_static_fits(source: Source, options: ExportOptions) -> None:
+    """Before any work: static prompt + cache positions must fit the model's positions, when its
+    config.json says how many (``_make_static`` checks again against what the export found)."""
+    if options.device is None or not options.device.static_shapes:
+        return
+    try:
+        config = json.loads((source.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    limit = next((config[k] for k in _POSITION_KEYS if isinstance(config.get(k), int)), None)
+    _check_total(options.device, limit)
+
+
+def _check_total(device: "DeviceTarget", limit: int | None) -> None:
     total = device.static_shapes["total_sequence"]
     if limit and total > limit:
         raise InvalidInputError(f"--static-prompt-length + --static-cache-length = {total} positions, but the model "
                                 f"has {limit}; lower them")
+
+
+def _make_static(staging: Path, manifest: dict, device: "DeviceTarget", steps) -> None:
+    """Fix the graphs' symbolic dimensions to the device's static shapes (NPUs) and compile them as a check."""
+    from edge_sdk.converters.openvino_engine import make_static
+
+    model = manifest.get("model", {})
+    _check_total(device, model.get("max_positions") or (manifest.get("decoding") or {}).get("max_target_positions"))
+    window = model.get("sliding_window")
+    if window and window < device.static_shapes["total_sequence"]:
+        # the family's mask code measures a window by cache index, and the fixed cache's empty slots sit
+        # between the filled ones and the chunk: it would drop keys that are inside the window
+        raise InvalidInputError(f"{model.get('architecture', 'this model')} attends through a {window}-token sliding window, "
+                                f"shorter than the {device.static_shapes['total_sequence']} positions of a static graph; "
+                                f"export with --static-prompt-length + --static-cache-length <= {window}")
     with steps.step(f"fixing shapes for {device.name} and compiling them"):
         for graph in manifest["graphs"]:
             graph.update(make_static(staging / graph["path"], graph, device.static_shapes))

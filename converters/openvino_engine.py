@@ -157,6 +157,23 @@ def _nncf():
     return nncf
 
 
+def _position_tables(model) -> list[str]:
+    """Gathers that look rows up by the graph's ``position_ids`` input: learned position embeddings.
+    NNCF would compress them as it does token embeddings; they are small, and a Whisper decoder that
+    slices its table by the cache length (dynamic shapes) keeps it FP32, so static-shape packages,
+    which must gather it by position, then give the dynamic package's tokens."""
+    found = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Gather":
+            continue
+        source = op.input(1).get_source_output().get_node()
+        while source.get_type_name() in ("Convert", "Reshape", "Unsqueeze", "Squeeze") and source.get_input_size():
+            source = source.input(0).get_source_output().get_node()
+        if source.get_type_name() == "Parameter" and "position_ids" in source.output(0).get_names():
+            found.append(op.get_friendly_name())
+    return found
+
+
 def _compress_weights(model, options: QuantizationOptions):
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
@@ -184,6 +201,9 @@ def _compress_weights(model, options: QuantizationOptions):
         )
     elif options.group_size not in (None, PER_CHANNEL):
         raise InvalidInputError("NNCF compresses int8 weights per channel; drop --group-size for --runtime openvino --weights int8")
+    positional = _position_tables(model)
+    if positional:  # learned position tables stay FP32, as a sliced table (Whisper's dynamic decoder) does anyway
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=positional, validate=False)
     try:
         compressed = nncf.compress_weights(model, mode=mode, **kwargs)
     except Exception as e:
@@ -348,6 +368,8 @@ def make_static(xml: Path, graph: dict, sizes: dict[str, int]) -> dict:
     place. Returns the new manifest entry's inputs/outputs."""
     import openvino as ov
 
+    from edge_sdk.runtimes.openvino_backend import signal_stack_kept
+
     core = ov.Core()
     model = core.read_model(str(xml))
     by_name = {entry["name"]: entry["shape"] for entry in graph["inputs"]}
@@ -367,7 +389,8 @@ def make_static(xml: Path, graph: dict, sizes: dict[str, int]) -> dict:
         shapes[name] = ov.PartialShape(static)
     try:
         model.reshape(shapes)
-        core.compile_model(model, "CPU")  # the check: these shapes compile
+        with signal_stack_kept():  # see runtimes.openvino_backend
+            core.compile_model(model, "CPU")  # the check: these shapes compile
     except Exception as e:
         raise ExportError(f"the static-shape graph {xml.name} does not compile on the CPU device ({type(e).__name__}: {e}); "
                           "try other --static-prompt-length / --static-cache-length") from e

@@ -63,7 +63,8 @@ def export_whisper(source: Source, staging: Path, options, steps) -> ExportResul
     kind = source.extra.get("kind", "huggingface")
     steps.expect(4)
     work = staging / "fp32-work"
-    request = {"source": str(source.path), "kind": kind, "work": str(work), "atol": options.atol}
+    request = {"source": str(source.path), "kind": kind, "work": str(work), "atol": options.atol,
+               "static": bool(options.device is not None and options.device.static_shapes)}
     exported = run_stage("edge_sdk.converters.whisper_torch:export_fp32", request, work, steps)
     shapes, decoding = exported["shapes"], exported["decoding"]
     for name in (TOKENIZER_FILE, MEL_FILE):

@@ -11,7 +11,10 @@ Two graphs, both with flat tensor inputs and outputs:
              -> logits (batch, sequence, vocab), present.{i}.key / present.{i}.value
 
 The decoder follows ``edge_sdk.runtimes.decoder``'s contract (the text decoder's names, without a
-mask or positions; packages exported before named its cache ``past.{i}.key``). Its step is
+mask or positions; packages exported before named its cache ``past.{i}.key``). For static-shape
+(NPU) packages it also takes ``attention_mask`` (batch, total_sequence) and ``position_ids``
+(batch, sequence), as the text decoder does: a fixed-size cache has empty slots to mask, and
+positions can no longer come from its length. Its step is
 written out here over the model's own modules (layer norms, projections, MLP): transformers'
 cache classes do not export, and a flat step is what the runtime drives. Positions come from the
 past length, so prefill (the prompt) and decode use one graph.
@@ -37,9 +40,9 @@ def encoder_outputs(layers: int) -> list[str]:
     return [f"cross.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
-def decoder_inputs(layers: int) -> list[str]:
-    return ["input_ids", *(f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")),
-            *encoder_outputs(layers)]
+def decoder_inputs(layers: int, masked: bool = False) -> list[str]:
+    return ["input_ids", *(["attention_mask", "position_ids"] if masked else []),
+            *(f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")), *encoder_outputs(layers)]
 
 
 def decoder_outputs(layers: int) -> list[str]:
@@ -197,7 +200,7 @@ def decoding_config(model, tokenizer_path: Path, ct2_config: dict) -> dict[str, 
 
 # ------------------------------------------------------------------ graphs
 
-def _modules(model, layers: int):
+def _modules(model, layers: int, masked: bool = False):
     import torch
     from torch import nn
 
@@ -228,15 +231,28 @@ def _modules(model, layers: int):
             batch, length, width = x.shape
             return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
 
-        def forward(self, input_ids, *caches):
-            past, cross = caches[: 2 * layers], caches[2 * layers :]
-            past_length = past[0].shape[2]
+        def forward(self, input_ids, *inputs):
             length = input_ids.shape[1]
-            positions = self.decoder.embed_positions.weight[past_length : past_length + length]
+            if masked:
+                attention_mask, position_ids, caches = inputs[0], inputs[1], inputs[2:]
+            else:
+                caches = inputs
+            past, cross = caches[: 2 * layers], caches[2 * layers :]
+            if masked:
+                total = attention_mask.shape[1]
+                positions = torch.nn.functional.embedding(position_ids, self.decoder.embed_positions.weight)
+                # query i is key total - length + i; it sees earlier keys the mask keeps. Additive with
+                # the float minimum, not -inf: a row with nothing to see (padding) stays finite
+                causal = torch.arange(total)[None, :] <= (torch.arange(length) + total - length)[:, None]
+                keep = causal[None, None] & attention_mask[:, None, None, :].bool()
+                visible = torch.zeros(keep.shape, dtype=torch.float32).masked_fill(~keep, torch.finfo(torch.float32).min)
+            else:
+                past_length = past[0].shape[2]
+                positions = self.decoder.embed_positions.weight[past_length : past_length + length]
+                # query i sits at position past_length + i and sees keys 0 .. past_length + i
+                keys_at = torch.arange(past_length + length)
+                visible = keys_at[None, :] <= (torch.arange(length) + past_length)[:, None]
             hidden = self.decoder.embed_tokens(input_ids) + positions
-            # query i sits at position past_length + i and sees keys 0 .. past_length + i
-            keys_at = torch.arange(past_length + length)
-            visible = keys_at[None, :] <= (torch.arange(length) + past_length)[:, None]
             presents = []
             for i, layer in enumerate(self.decoder.layers):
                 attn = layer.self_attn
@@ -275,7 +291,8 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
     layers, heads = config.decoder_layers, config.decoder_attention_heads
     head_dim = config.d_model // heads
     decoding = decoding_config(model, tokenizer_path, ct2_config)
-    encoder, decoder = _modules(model, layers)
+    masked = bool(request.get("static"))  # static-shape (NPU) packages: a mask and positions for the fixed cache
+    encoder, decoder = _modules(model, layers, masked)
 
     rng = np.random.default_rng(0)
     features = torch.from_numpy(rng.normal(scale=0.5, size=(1, config.num_mel_bins, N_FRAMES)).astype(np.float32))
@@ -286,17 +303,19 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
         reference = model(input_features=features, decoder_input_ids=torch.tensor([tokens])).logits[0].numpy()
 
     step("exporting to ONNX (torch.export)")
-    batch, seq, past = (torch.export.Dim(n) for n in ("batch", "sequence", "past_sequence"))
+    batch, seq, past, total = (torch.export.Dim(n) for n in ("batch", "sequence", "past_sequence", "total_sequence"))
     # traced at batch 2: a dimension traced at size 1 is specialized to 1
     traced = features.repeat(2, 1, 1)
     export_onnx(encoder, (traced,), work / ENCODER_FILE, input_names=["input_features"],
                 output_names=encoder_outputs(layers), dynamic_shapes=({0: batch},))
     with torch.inference_mode():
         cross = encoder(traced)
-    trace = (torch.zeros(2, 3, dtype=torch.int64), *(torch.zeros(2, heads, 2, head_dim) for _ in range(2 * layers)),
+    mask_inputs = (torch.ones(2, 5, dtype=torch.int64), torch.arange(2, 5).repeat(2, 1)) if masked else ()
+    trace = (torch.zeros(2, 3, dtype=torch.int64), *mask_inputs, *(torch.zeros(2, heads, 2, head_dim) for _ in range(2 * layers)),
              *(c.clone() for c in cross))
-    dynamic = ({0: batch, 1: seq}, (*({0: batch, 2: past} for _ in range(2 * layers)), *({0: batch} for _ in range(2 * layers))))
-    export_onnx(decoder, trace, work / DECODER_FILE, input_names=decoder_inputs(layers),
+    mask_axes = ({0: batch, 1: total}, {0: batch, 1: seq}) if masked else ()
+    dynamic = ({0: batch, 1: seq}, (*mask_axes, *({0: batch, 2: past} for _ in range(2 * layers)), *({0: batch} for _ in range(2 * layers))))
+    export_onnx(decoder, trace, work / DECODER_FILE, input_names=decoder_inputs(layers, masked),
                 output_names=decoder_outputs(layers), dynamic_shapes=dynamic)
     Path(work / TOKENIZER_FILE).write_bytes(Path(tokenizer_path).read_bytes())
     np.save(work / MEL_FILE, _mel_filters(config.num_mel_bins))

@@ -53,16 +53,20 @@ def this_machine(runtime: str | None = None) -> dict:
 
 
 def numerics_warning(manifest: dict) -> str | None:
-    """A warning when a quantized package runs on a CPU whose int8 path differs from the one its
-    accuracy was measured on (None when it is the same, or nothing was recorded, or it is FP)."""
+    """A warning when a quantized package runs on a CPU whose int8 path differs from every one its
+    accuracy was measured on (at export, or by ``eval --device``: ``accuracy.on_devices``); None
+    when one is the same, or nothing was recorded, or it is FP."""
     precision = manifest.get("precision") or {}
     quantized = precision.get("weights") in ("int8", "int4") or precision.get("activations") not in (None, "fp32", "fp16")
-    recorded = (manifest.get("accuracy") or {}).get("measured_on")
+    accuracy = manifest.get("accuracy") or {}
+    recorded = [accuracy["measured_on"]] if accuracy.get("measured_on") else []
+    recorded += [r["measured_on"] for r in (accuracy.get("on_devices") or {}).values() if isinstance(r, dict) and r.get("measured_on")]
     if not quantized or not recorded:
         return None
     here = this_machine()
-    if recorded.get("int8_path") == here["int8_path"]:
+    if any(r.get("int8_path") == here["int8_path"] for r in recorded):
         return None
-    return (f"this package's accuracy was measured on {recorded.get('cpu', '?')} ({recorded['int8_path']} int8 kernels"
-            f"{', ' + recorded['engine'] if recorded.get('engine') else ''}); this CPU takes the {here['int8_path']} path, "
-            "whose int8 results differ: measure it here with 'edge-sdk eval'")
+    where = "; ".join(f"{r.get('cpu', '?')} ({r.get('int8_path')} int8 kernels{', ' + r['engine'] if r.get('engine') else ''})"
+                      for r in recorded)
+    return (f"this package's accuracy was measured on {where}; this CPU takes the {here['int8_path']} path, "
+            "whose int8 results differ: measure it here with 'edge-sdk eval' (or 'edge-sdk eval --device PROFILE')")

@@ -53,6 +53,7 @@ class CPU:
     clock_ghz: float
     isa: tuple[str, ...]
     simd_bits: int  # widest vector: 128 (NEON, SSE), 256 (AVX2), 512 (AVX-512)
+    model: str = ""  # the core, as qemu names it (cortex-a72): what `eval --device` emulates
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class DeviceProfile:
                      ("budgets", self.budgets.as_dict())]
         for title, values in sections:
             lines.append(f"[{title}]")
-            lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
+            lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value != ""]
             lines.append("")
         return "\n".join(lines)
 
@@ -162,6 +163,7 @@ def parse_profile(data: dict, source: str = "<profile>") -> DeviceProfile:
         clock_ghz=reader.number("cpu.clock_ghz", float, minimum=0.1),
         isa=tuple(reader.strings("cpu.isa")),
         simd_bits=reader.choice("cpu.simd_bits", (128, 256, 512)),
+        model=reader.string("cpu.model", optional=True) or "",
     )
     memory = Memory(
         ram_gb=reader.number("memory.ram_gb", float, minimum=0.1),
@@ -274,7 +276,7 @@ def detect(bandwidth_seconds: float = 0.5) -> DeviceProfile:
         name="this-machine",
         description=f"{name}, {cores} cores / {logical} threads, detected {time.strftime('%Y-%m-%d')}",
         cpu=CPU(architecture=architecture, cores=cores, threads=cores, clock_ghz=round(_clock_ghz(info), 2), isa=tuple(isa),
-                simd_bits=simd),
+                simd_bits=simd, model=_ARM_CORES.get(_cpu_part(info), "")),
         memory=Memory(ram_gb=round(ram_gb, 1), bandwidth_gbps=round(measure_bandwidth(bandwidth_seconds), 2),
                       bandwidth_source="measured"),
         preferred_runtime="openvino" if architecture == "x86_64" else "onnxruntime",
@@ -294,6 +296,13 @@ def measure_bandwidth(seconds: float = 0.5, megabytes: int = 256) -> float:
         np.copyto(target, source)
         best = max(best, 2 * source.nbytes / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+_ARM_CORES = {"0xd03": "cortex-a53", "0xd05": "cortex-a55", "0xd08": "cortex-a72", "0xd0b": "cortex-a76"}  # CPU part -> core
+
+
+def _cpu_part(info: str) -> str:
+    return next((line.split(":", 1)[1].strip().lower() for line in info.splitlines() if line.startswith("CPU part")), "")
 
 
 def _physical_cores(info: str) -> int | None:

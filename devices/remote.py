@@ -38,7 +38,7 @@ class RemoteError(EdgeSDKError):
     """The remote machine could not be reached, refused us, or failed a step; one line says which."""
 
 
-def _extras_for(packages: list[Path]) -> list[str]:
+def extras_for(packages: list[Path]) -> list[str]:
     """The extras a board needs to run ``packages`` (from their manifests)."""
     from edge_sdk.package import read_manifest
 
@@ -87,10 +87,10 @@ class Remote:
             command += ["-p", str(self.port)]
         return command + [self.destination]
 
-    def run(self, command: str, stdin: bytes | None = None, what: str = "the remote command") -> str:
+    def run(self, command: str, what: str = "the remote command") -> str:
         """Run ``command`` (a shell line) on the remote machine; its stdout, or a one-line RemoteError."""
         try:
-            done = subprocess.run(self._ssh() + [command], input=stdin, capture_output=True, timeout=self.timeout)
+            done = subprocess.run(self._ssh() + [command], capture_output=True, timeout=self.timeout)
         except subprocess.TimeoutExpired:
             raise RemoteError(f"{what} on {self.target} took longer than {self.timeout:.0f} s") from None
         if done.returncode != 0:
@@ -119,38 +119,55 @@ class Remote:
         names = [Path(p).resolve().name for p in packages]
         if len(set(names)) != len(names):
             raise InvalidInputError("two packages share a directory name; rename one to bench them remotely")
-        import io
         import tarfile
+        import tempfile
 
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for package in packages:
-                tar.add(str(Path(package).resolve()), arcname=Path(package).resolve().name)
-        quoted = _remote_path(directory)
-        self.run(f"mkdir -p {quoted} && cd {quoted} && rm -rf {' '.join(shlex.quote(n) for n in names)} && tar -xf -",
-                 stdin=buffer.getvalue(), what="copying the packages")
+        quoted = remote_path(directory)
+        command = f"mkdir -p {quoted} && cd {quoted} && rm -rf {' '.join(shlex.quote(n) for n in names)} && tar -xf -"
+        # streamed: a package (or an evaluation's reference, hundreds of MB) is never held in memory;
+        # ssh's messages go to a file, so a full stderr pipe cannot stall the stream
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(self._ssh() + [command], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+            try:
+                with tarfile.open(fileobj=process.stdin, mode="w|") as tar:
+                    for package in packages:
+                        tar.add(str(Path(package).resolve()), arcname=Path(package).resolve().name)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass  # ssh ended early: its exit status and messages say why
+            try:
+                code = process.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise RemoteError(f"copying the packages to {self.target} took longer than {self.timeout:.0f} s") from None
+            if code != 0:
+                errors.seek(0)
+                raise RemoteError(self._explain(code, errors.read().decode("utf-8", "replace"), "copying the packages"))
         return [f"{directory}/{name}" for name in names]
 
     def setup(self, extras: list[str]) -> str:
         """Create the venv on the board and install the lean runtime (and ``extras``) from PyPI."""
         requirement = "edge-sdk" + (f"[{','.join(extras)}]" if extras else "")
-        self.run(f"python3 -m venv {_remote_path(VENV)} && {_remote_path(VENV)}/bin/pip install -q --upgrade "
+        self.run(f"python3 -m venv {remote_path(VENV)} && {remote_path(VENV)}/bin/pip install -q --upgrade "
                  f"{shlex.quote(requirement)}", what=f"installing {requirement} in {VENV}")
         return f"{VENV}/bin/python"
 
     def interpreter(self, setup: bool, packages: list[Path]) -> str:
         if setup:
-            return self.setup(_extras_for(packages))
+            return self.setup(extras_for(packages))
         return self.python or f"{VENV}/bin/python"
 
     def edge_sdk(self, python: str, arguments: list[str], what: str) -> str:
-        line = " ".join([_remote_path(python), "-m", "edge_sdk.cli", *(_remote_path(a) if a.startswith("~/") else shlex.quote(a)
+        line = " ".join([remote_path(python), "-m", "edge_sdk.cli", *(remote_path(a) if a.startswith("~/") else shlex.quote(a)
                                                                      for a in arguments)])
         try:
             return self.run(line, what=what)
         except RemoteError as e:
             if "No module named" in str(e) or "not found" in str(e):
                 raise RemoteError(f"{e}; install the runtime there with --remote-setup (or give --remote-python)") from None
+            if "No such command" in str(e):
+                raise RemoteError(f"the edge-sdk on {self.target} is older than this one ({e}); upgrade it there "
+                                  "(pip install -U edge-sdk, or --remote-setup)") from None
             raise
 
     def bench(self, packages: list[Path], options, device: str | None = None, setup: bool = False) -> dict[str, Any]:
@@ -162,7 +179,7 @@ class Remote:
         if device and not (device.endswith(".toml") or "/" in device):  # a shipped profile (a local file is not there)
             arguments += ["--device", device]
         self.edge_sdk(python, arguments, "edge-sdk bench")
-        report = json.loads(self.run(f"cat {_remote_path(result)}", what="reading the bench report"))
+        report = json.loads(self.run(f"cat {remote_path(result)}", what="reading the bench report"))
         report["measured_on"] = {"remote": self.target, "host": report["host"].get("description")}
         for row, local in zip(report["packages"], packages):
             row["package"] = str(local)  # the package as the user named it here
@@ -187,7 +204,7 @@ class Remote:
             raise RemoteError(f"{self.target} answered devices detect with something that is not a profile ({e})") from None
 
 
-def _remote_path(path: str) -> str:
+def remote_path(path: str) -> str:
     """A path for the remote shell: ``~/`` stays expandable, the rest is quoted."""
     if path.startswith("~/"):
         return "~/" + shlex.quote(path[2:])

@@ -74,6 +74,29 @@ def _warn_numerics(package) -> None:
         click.echo(f"warning: {Path(package).name}: {warning}", err=True)
 
 
+def _remote_options(purpose: str, setup: bool = True, directory: bool = True):
+    """--remote USER@HOST[:PORT] and the options that reach it (bench, eval, devices detect)."""
+    options = [
+        click.option("--remote", default=None, metavar="USER@HOST[:PORT]", help=purpose),
+        click.option("--identity", type=click.Path(dir_okay=False), default=None, help="--remote: the ssh private key."),
+        click.option("--ssh-config", type=click.Path(dir_okay=False), default=None, help="--remote: an ssh config file (ssh -F)."),
+        click.option("--remote-python", default=None,
+                     help="--remote: the Python with edge-sdk there [~/.cache/edge-sdk/venv/bin/python]."),
+    ]
+    if setup:
+        options.append(click.option("--remote-setup", is_flag=True,
+                                    help="--remote: create that venv and pip install the lean runtime (and extras) from PyPI."))
+    if directory:
+        options.append(click.option("--remote-dir", default=None, help="--remote: where the packages go there [~/.cache/edge-sdk]."))
+
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
 def _one_line(message: str) -> str:
     return " ".join(message.split())
 
@@ -179,12 +202,10 @@ def export(model: str, output: str, task, runtime, weights, device, static_promp
     for figure in figures:
         click.echo(f"  {figure}")
     device = package.manifest.get("device") or {}
-    task = get_task(package.task)
-    if device.get("static_shapes") and not task.static_shapes_run:
-        click.echo(f"Static shapes for {device['name']}: compiled on the CPU device to check; copy it to the device "
-                   "(edge-sdk's runtime runs dynamic-shape packages of this task so far)")
-    else:
-        click.echo(f"Try it: {task.try_it.format(path=path)}")
+    if device.get("static_shapes"):
+        click.echo(f"Static shapes for {device['name']}: runs here on OpenVINO's CPU device; on the device set "
+                   "EDGE_SDK_OPENVINO_DEVICE=NPU")
+    click.echo(f"Try it: {get_task(package.task).try_it.format(path=path)}")
 
 
 def _export_options(**fields):
@@ -389,8 +410,14 @@ def _chat_turn(generator, options, history: list[dict], text: str) -> list[dict]
 @click.option("--digits", is_flag=True, help="Image generation: judge the images with a classifier of real digits.")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--device", default=None, metavar="PROFILE",
+              help="Measure with this device's numerics (its int8 kernels): under emulation of its CPU here (arm64 "
+                   "profiles), or on the board with --remote; the figures are recorded in the manifest.")
+@_remote_options("--device: measure on this board over ssh (copies the package there).")
+@click.option("--no-save", is_flag=True, help="--device: print the figures without recording them in the manifest.")
 def evaluate(package: str, data: str | None, reference: str | None, windows: int, num: int, steps: int, digits: bool,
-             threads: int | None, as_json: bool) -> None:
+             threads: int | None, as_json: bool, device: str | None, remote, identity, ssh_config, remote_python,
+             remote_setup, remote_dir, no_save: bool) -> None:
     """Measure PACKAGE's accuracy.
 
     Text generation: on held-back text against an FP32 reference, the mean KL divergence of
@@ -406,9 +433,23 @@ def evaluate(package: str, data: str | None, reference: str | None, windows: int
       edge-sdk eval out/smollm-int4 --json
       edge-sdk eval out/whisper-int8 --data speech/
       edge-sdk eval out/digits-static --reference out/digits-fp32 --digits
+      edge-sdk eval out/smollm-int8 --reference out/smollm --device raspberry-pi-4
+      edge-sdk eval out/whisper-int8 --data speech/ --device raspberry-pi-5 --remote pi@raspberrypi.local
+
+    With --device, text figures are compared with the reference computed here (the device runs only
+    the package); speech figures are the device's own WER on --data. Emulating an arm64 core needs
+    qemu-user-static and, the first time, deb.debian.org and PyPI (the environment is cached).
     """
+    from edge_sdk.errors import InvalidInputError
     from edge_sdk.package import Package
 
+    if device is None and (remote or no_save):
+        raise InvalidInputError(f"{'--remote' if remote else '--no-save'} goes with --device PROFILE (the device's numerics)")
+    if device is not None:
+        _evaluate_on_device(package, device, data, reference, windows, threads, as_json, no_save,
+                            remote and {"target": remote, "identity": identity, "ssh_config": ssh_config,
+                                        "python": remote_python, "setup": remote_setup, "root": remote_dir})
+        return
     task = get_task(Package.open(package, verify=False).task)
     if task.command == "transcribe":
         _evaluate_speech(package, data, threads, as_json)
@@ -417,9 +458,40 @@ def evaluate(package: str, data: str | None, reference: str | None, windows: int
     elif task.command == "generate":
         _evaluate_text(package, data, reference, windows, threads, as_json)
     else:
-        from edge_sdk.errors import InvalidInputError
-
         raise InvalidInputError(f"eval does not measure {task.name} packages yet; its accuracy at export is in `edge-sdk inspect`")
+
+
+def _evaluate_on_device(package, device, data, reference, windows, threads, as_json, no_save, remote) -> None:
+    from edge_sdk.device_eval import evaluate_on_device
+    from edge_sdk.devices.profiles import load_profile
+
+    profile = load_profile(device)
+    record = evaluate_on_device(package, profile, data=data, reference=reference, windows=windows, threads=threads,
+                                remote=remote or None, save=not no_save, say=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    on = record["measured_on"]
+    how = on.get("remote") or on.get("emulated") or "here"
+    click.echo(f"{profile.name}: measured on {on.get('cpu')} ({on.get('int8_path')} int8 path, {on.get('engine')}; {how})")
+    for key, value in record["eval"].items():
+        if value is not None:
+            click.echo(f"  {key:22} {value:.4g}" if isinstance(value, float) else f"  {key:22} {value}")
+    if not no_save:
+        click.echo(f"recorded in {Path(package) / 'manifest.json'} under accuracy.on_devices.{profile.name}")
+
+
+@main.command("_measure", hidden=True)
+@click.argument("package", type=click.Path())
+@click.option("--prepared", type=click.Path(), default=None)
+@click.option("--data", type=click.Path(), default=None)
+@click.option("--threads", type=int, default=None)
+@click.option("--no-verify", is_flag=True)
+def measure(package: str, prepared: str | None, data: str | None, threads: int | None, no_verify: bool) -> None:
+    """What `eval --device` runs on the device (or its emulation): one line of JSON figures."""
+    from edge_sdk.device_eval import measure_here
+
+    click.echo(json.dumps(measure_here(package, prepared, data, threads, verify=not no_verify)))
 
 
 def _evaluate_text(package: str, data, reference, windows: int, threads, as_json: bool) -> None:
@@ -634,10 +706,7 @@ def devices_show(profile: str, as_json: bool) -> None:
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Write the profile to this TOML file (edit it freely).")
 @click.option("--name", default="this-machine", show_default=True, help="Name of the saved profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
-@click.option("--remote", default=None, metavar="USER@HOST[:PORT]", help="Detect that machine over ssh instead.")
-@click.option("--identity", type=click.Path(dir_okay=False), default=None, help="--remote: the ssh private key.")
-@click.option("--ssh-config", type=click.Path(dir_okay=False), default=None, help="--remote: an ssh config file (ssh -F).")
-@click.option("--remote-python", default=None, help="--remote: the Python with edge-sdk there [~/.cache/edge-sdk/venv/bin/python].")
+@_remote_options("Detect that machine over ssh instead.", setup=False, directory=False)
 def devices_detect(save: str | None, name: str, as_json: bool, remote, identity, ssh_config, remote_python) -> None:
     """Detect this machine (or --remote USER@HOST): cores, ISA flags, RAM, clock and a measured
     memory bandwidth (~0.5 s).
@@ -681,13 +750,7 @@ def devices_detect(save: str | None, name: str, as_json: bool, remote, identity,
 @click.option("--steps", type=int, default=10, show_default=True, help="Image generation: DDIM steps per run.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--report", type=click.Path(file_okay=False), default=None, help="Write bench.json, bench.md and bench.png here.")
-@click.option("--remote", default=None, metavar="USER@HOST[:PORT]",
-              help="Also measure on this machine over ssh (copies the packages, runs the harness there).")
-@click.option("--identity", type=click.Path(dir_okay=False), default=None, help="--remote: the ssh private key.")
-@click.option("--ssh-config", type=click.Path(dir_okay=False), default=None, help="--remote: an ssh config file (ssh -F).")
-@click.option("--remote-python", default=None, help="--remote: the Python with edge-sdk there [~/.cache/edge-sdk/venv/bin/python].")
-@click.option("--remote-setup", is_flag=True, help="--remote: create that venv and pip install the lean runtime (and extras) from PyPI.")
-@click.option("--remote-dir", default=None, help="--remote: where the packages go there [~/.cache/edge-sdk].")
+@_remote_options("Also measure on this machine over ssh (copies the packages, runs the harness there).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def bench(packages, device, threads, warmup, min_runs, min_seconds, prompt_tokens, new_tokens, audio, steps, json_out,
           report, remote, identity, ssh_config, remote_python, remote_setup, remote_dir, quiet) -> None:

@@ -103,12 +103,22 @@ def render_manifest(package: Package, verified: bool):
                 for key, item in value.items():
                     accuracy.add_row(f"eval: {key}", _fmt(item))
             elif isinstance(value, dict) and name == "measured_on":  # the numerics those figures hold for
-                accuracy.add_row("measured on", f"{value.get('cpu', '?')}: {value.get('int8_path', '?')} int8 kernels, "
-                                                f"{value.get('engine', '?')}")
+                accuracy.add_row("measured on", _numerics(value))
+            elif isinstance(value, dict) and name == "on_devices":  # `eval --device` figures, one row per profile
+                for profile, record in value.items():
+                    figures = ", ".join(f"{k} {_fmt(v)}" for k, v in (record.get("eval") or {}).items()
+                                        if k in ("kl_divergence", "top1_agreement", "perplexity", "wer"))
+                    accuracy.add_row(f"on {profile}", f"{figures} ({_numerics(record.get('measured_on') or {})})")
             else:
                 accuracy.add_row(name, _fmt(value))
         parts.append(accuracy)
     return Group(*parts)
+
+
+def _numerics(on: dict) -> str:
+    how = on.get("emulated") or (f"on {on['remote']}" if on.get("remote") else "")
+    return (f"{on.get('cpu', '?')}: {on.get('int8_path', '?')} int8 kernels, {on.get('engine', '?')}"
+            + (f", {how}" if how else ""))
 
 
 def _recipe_line(recipe: dict | None) -> str:

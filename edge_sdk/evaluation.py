@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -86,33 +87,48 @@ def text_accuracy(
     open_candidate: Callable[[], LogitsFn],
     windows: list[list[int]],
     open_reference: Callable[[], LogitsFn] | None = None,
+    reference_dir: str | os.PathLike | None = None,
 ) -> TextAccuracy:
     """Compare the candidate with the reference (if any) on each window of token ids.
 
     Both are opened on demand and one at a time: the reference's log-probabilities are spilled to
     a temporary directory (one file per window, float32) and the reference is released before
     the candidate is opened, so measuring accuracy never holds two models in memory.
+    ``reference_dir``: log-probabilities spilled before (``spill_reference``, on another machine:
+    ``eval --device``) instead of ``open_reference``.
     """
-    count = sum(len(ids) - 1 for ids in windows)
-    nll, ref_nll, kl, agree = 0.0, 0.0, 0.0, 0
     with tempfile.TemporaryDirectory(prefix="edge-sdk-eval-") as spill:
         if open_reference is not None:
-            reference = open_reference()
-            for index, ids in enumerate(windows):
-                np.save(Path(spill) / f"{index}.npy", log_softmax(reference(ids)[:-1]).astype(np.float32))
-            del reference
-        candidate = open_candidate()
-        for index, ids in enumerate(windows):
-            targets = np.asarray(ids[1:])
-            rows = np.arange(len(targets))
-            logp = log_softmax(candidate(ids)[:-1])
-            nll -= logp[rows, targets].sum()
-            if open_reference is not None:
-                ref_logp = log_softmax(np.load(Path(spill) / f"{index}.npy"))  # renormalized in float64
-                ref_nll -= ref_logp[rows, targets].sum()
-                kl += (np.exp(ref_logp) * (ref_logp - logp)).sum()
-                agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
-    has_reference = open_reference is not None
+            spill_reference(open_reference, windows, spill)
+            reference_dir = spill
+        return _compare(open_candidate, windows, reference_dir)
+
+
+def spill_reference(open_reference: Callable[[], LogitsFn], windows: list[list[int]], directory: str | os.PathLike) -> None:
+    """The reference's log-probabilities of every window, ``{index}.npy`` (float32) in ``directory``."""
+    reference = open_reference()
+    for index, ids in enumerate(windows):
+        np.save(Path(directory) / f"{index}.npy", log_softmax(reference(ids)[:-1]).astype(np.float32))
+
+
+def _compare(open_candidate: Callable[[], LogitsFn], windows: list[list[int]], reference_dir) -> TextAccuracy:
+    count = sum(len(ids) - 1 for ids in windows)
+    nll, ref_nll, kl, agree = 0.0, 0.0, 0.0, 0
+    candidate = open_candidate()
+    for index, ids in enumerate(windows):
+        targets = np.asarray(ids[1:])
+        rows = np.arange(len(targets))
+        logp = log_softmax(candidate(ids)[:-1])
+        nll -= logp[rows, targets].sum()
+        if reference_dir is not None:
+            ref_logp = log_softmax(np.load(Path(reference_dir) / f"{index}.npy", allow_pickle=False))  # renormalized in float64
+            if ref_logp.shape != logp.shape:
+                raise InvalidInputError(f"reference log-probabilities of window {index} have shape {ref_logp.shape}, the "
+                                        f"package's {logp.shape}: not the same model or text")
+            ref_nll -= ref_logp[rows, targets].sum()
+            kl += (np.exp(ref_logp) * (ref_logp - logp)).sum()
+            agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
+    has_reference = reference_dir is not None
     return TextAccuracy(
         windows=len(windows),
         tokens=count,
@@ -122,6 +138,51 @@ def text_accuracy(
         kl_divergence=max(float(kl / count), 0.0) if has_reference else None,
         top1_agreement=agree / count if has_reference else None,
     )
+
+
+WINDOWS_FILE = "windows.json"  # beside the spilled log-probabilities: the token windows they belong to
+
+
+def prepare_device_eval(package: str | os.PathLike, directory: str | os.PathLike, data=None, reference=None,
+                        max_windows: int = MAX_WINDOWS, threads: int | None = None, verify: bool = True) -> str | None:
+    """Here, before measuring on a device: the evaluation's token windows (``windows.json``) and,
+    when a reference is found (as ``evaluate_package`` finds one), its log-probabilities, into
+    ``directory``; returns the reference's name. ``evaluate_prepared`` runs on the device."""
+    from edge_sdk.runtimes import load
+
+    candidate = load(package, threads=threads, verify=verify)
+    if get_task(candidate.package.task) is not TEXT_GENERATION:
+        raise InvalidInputError(f"this measures {TEXT_GENERATION.name} packages; {package} is {candidate.package.task}")
+    windows = _windows(candidate, data, max_windows)
+    open_reference, name = _reference_opener(candidate, reference, threads)
+    del candidate
+    if open_reference is not None:
+        spill_reference(open_reference, windows, directory)
+    (Path(directory) / WINDOWS_FILE).write_text(json.dumps({"windows": windows, "reference": name}))
+    return name
+
+
+def evaluate_prepared(package: str | os.PathLike, directory: str | os.PathLike, threads: int | None = None,
+                      verify: bool = True) -> TextAccuracy:
+    """On the device: the package's accuracy on the windows ``prepare_device_eval`` wrote, against
+    the reference log-probabilities beside them (perplexity only when there are none)."""
+    from edge_sdk.runtimes import load
+
+    try:
+        prepared = json.loads((Path(directory) / WINDOWS_FILE).read_text())
+        windows = [[int(t) for t in w] for w in prepared["windows"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InvalidInputError(f"{directory} holds no prepared evaluation ({WINDOWS_FILE}): {e}") from e
+    candidate = load(package, threads=threads, verify=verify)
+    return _compare(lambda: candidate.logits, windows, directory if prepared.get("reference") else None)
+
+
+def _windows(candidate, data, max_windows: int) -> list[list[int]]:
+    if max_windows < 1:
+        raise InvalidInputError(f"--windows must be >= 1, got {max_windows}")
+    tokens = [t for text in read_texts(data or BUNDLED_EVAL_TEXT) for t in candidate.tokenizer.encode(text)]
+    # a static-shape (NPU) package holds its context in a fixed cache: windows no longer than it
+    return token_windows(tokens, window=min(WINDOW_TOKENS, candidate.context_length or WINDOW_TOKENS), max_windows=max_windows)
 
 
 def evaluate_package(
@@ -144,13 +205,10 @@ def evaluate_package(
     """
     from edge_sdk.runtimes import load
 
-    if max_windows < 1:
-        raise InvalidInputError(f"--windows must be >= 1, got {max_windows}")
     candidate = load(package, threads=threads)
     if get_task(candidate.package.task) is not TEXT_GENERATION:
         raise InvalidInputError(f"eval measures {TEXT_GENERATION.name} packages here; {package} is {candidate.package.task}")
-    tokens = [t for text in read_texts(data or BUNDLED_EVAL_TEXT) for t in candidate.tokenizer.encode(text)]
-    windows = token_windows(tokens, max_windows=max_windows)
+    windows = _windows(candidate, data, max_windows)
     open_reference, name = _reference_opener(candidate, reference, threads)
     return text_accuracy(lambda: candidate.logits, windows, open_reference), name
 

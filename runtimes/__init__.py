@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 
-from edge_sdk.errors import PackageError
 from edge_sdk.package import Package
 from edge_sdk.runtimes.backend import usable_cpus
 from edge_sdk.tasks import available_tasks, get_task
@@ -28,11 +27,6 @@ def load(path: str | os.PathLike, threads: int | None = None, verify: bool = Tru
     package = Package.open(path, verify=verify)
     task = get_task(package.task)
     device = package.manifest.get("device") or {}
-    if device.get("static_shapes") and not task.static_shapes_run:
-        raise PackageError(
-            f"{path} has static shapes for {device['name']}'s NPU (tokens per call and cache length fixed); edge-sdk's "
-            f"runtime runs dynamic-shape {package.task} packages so far: export without --device {device['name']} "
-            "(or with a CPU profile) to run it here")
     if threads is None and device.get("threads"):
         # the profile's count, but never more than this machine can run at once
         threads = min(int(device["threads"]), usable_cpus())

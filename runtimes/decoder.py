@@ -22,6 +22,16 @@ packages) has no cache inputs or outputs: the cache stays in the engine's reques
 manifest's graph entry, or an open session's inputs and outputs), never assumed per task. A graph
 without position inputs places its tokens after its cache (Whisper); one without a mask takes
 batches whose rows have one length.
+
+A static-shape graph (NPU packages: every axis fixed at export, ``input_ids`` (batch, P) and the
+cache (batch, heads, C, head_dim)) is driven as OpenVINO GenAI drives NPUs: each row keeps a cache
+of C slots filled from slot 0; prompts go in chunks of P tokens, right-padded; the mask is 1 on the
+filled slots and on the chunk's real tokens, positions count from the filled slots; the chunk's
+new keys/values (``present`` positions C .. C + n) are copied into the next free slots. Decode
+steps run a copy of the graph compiled at sequence 1 where the engine can reshape it
+(``Session.variant``), else the chunk graph with one real token. Rows run one at a time through a
+batch-1 graph, so a row's tokens never depend on the others'. The cache holds C tokens: prompt
+and generated (``DecoderGraph.max_tokens``).
 Whisper packages written before the one naming scheme call their cache inputs ``past.{i}.key``;
 ``LEGACY_PAST_PREFIX`` keeps them loading.
 
@@ -36,6 +46,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -43,6 +54,8 @@ import numpy as np
 
 from edge_sdk.errors import InvalidInputError, PackageError
 from edge_sdk.runtimes.backend import Session, describe_session
+
+log = logging.getLogger(__name__)
 
 IDS, MASK, POSITIONS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
 SEQLENS, TOTAL = "seqlens_k", "total_sequence_length"  # shared-cache graphs: cached tokens per row - 1, the longest row's
@@ -76,6 +89,12 @@ class DecoderGraph:
     has_positions: bool  # takes position_ids
     stateful: bool = False  # the cache lives in the engine's request (OpenVINO ReadValue/Assign), reordered by beam_idx
     shared_cache: bool = False  # past and present share one preallocated buffer (GroupQueryAttention), rows start at 0
+    static: tuple[int, int, int] | None = None  # fixed (batch, tokens per call P, cache slots C): NPU packages
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Tokens a sequence may hold in all (prompt and generated) when the cache has a fixed size."""
+        return self.static[2] if self.static else None
 
     @classmethod
     def from_description(cls, description: dict[str, Any], model: dict[str, Any] | None = None) -> "DecoderGraph":
@@ -107,8 +126,12 @@ class DecoderGraph:
             cache.append(CacheTensor(name, present, heads, head_dim, _dtype(entry.get("dtype"))))
         if not cache:
             raise PackageError(f"the decoder graph has no '{PAST_PREFIX}*' cache inputs; re-export the package")
+        static = _static_shape(inputs[IDS], inputs[cache[0].past])
+        if static and not (MASK in inputs and POSITIONS in inputs):
+            raise PackageError("this static-shape decoder takes no attention_mask / position_ids, so its fixed cache "
+                               "cannot be masked; re-export the package with this edge-sdk")
         return cls(tuple(cache), tuple(f for f in fixed if f not in (SEQLENS, TOTAL)), MASK in inputs, POSITIONS in inputs,
-                   shared_cache=SEQLENS in inputs and TOTAL in inputs)
+                   shared_cache=SEQLENS in inputs and TOTAL in inputs, static=static)
 
     @classmethod
     def from_session(cls, session: Session, model: dict[str, Any] | None = None) -> "DecoderGraph":
@@ -122,6 +145,14 @@ class DecoderGraph:
     @property
     def present_names(self) -> list[str]:
         return [c.present for c in self.cache]
+
+
+def _static_shape(ids: dict, past: dict) -> tuple[int, int, int] | None:
+    """(batch, tokens per call, cache slots) when both are fixed in the description, else None."""
+    shape = list(ids.get("shape") or []) + list((past.get("shape") or [None] * 3)[2:3])
+    if len(shape) == 3 and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        return tuple(shape)
+    return None
 
 
 def _dtype(name: str | None) -> np.dtype:
@@ -172,6 +203,8 @@ class DecoderState:
         self._shared = None  # ... and the engine request bound to them
         self._lengths: np.ndarray | None = None  # ... and the tokens each row's cache holds
         self._vocab = 0  # ... and the logits' last axis, once seen
+        self._filled: np.ndarray | None = None  # static graphs: the slots each row's fixed cache has filled
+        self._step_session = None  # ... and the graph compiled at one token per call, if the engine can
 
     def __enter__(self) -> "DecoderState":
         return self
@@ -199,6 +232,8 @@ class DecoderState:
         self.mask = np.zeros((batch, length), dtype=np.int64)
         for row, prompt in enumerate(rows):
             self.mask[row, length - len(prompt) :] = 1
+        if self.graph.static:
+            return self._prefill_static(rows, length)
         if self.graph.shared_cache:
             return self._prefill_shared(rows, length, capacity)
         ids = np.full((batch, length), self._pad_id, dtype=np.int64)
@@ -223,6 +258,8 @@ class DecoderState:
             raise InvalidInputError(f"step() takes one token per row: {len(self.mask)} rows, got {len(tokens)} tokens")
         self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
         self._last_position = self._last_position + 1
+        if self.graph.static:
+            return np.concatenate([self._run_static(row, tokens[row]) for row in range(len(tokens))])[:, -1, :]
         if self.graph.shared_cache:
             return self._run_shared(tokens, self._lengths[:, None], self._lengths + 1)[:, -1, :]
         return self._forward(tokens, self._last_position)[:, -1, :]
@@ -238,6 +275,9 @@ class DecoderState:
         self.mask, self._last_position = self.mask[rows], self._last_position[rows]
         if self.graph.stateful:
             self._beam = self._beam[rows]  # applied inside the graph by the next call's Gather
+        elif self.graph.static:
+            self._filled = self._filled[rows]
+            self._buffers = {name: buffer[rows] for name, buffer in self._buffers.items()}
         elif self.graph.shared_cache:
             self._lengths = self._lengths[rows]
             self._bind({name: buffer[rows] for name, buffer in self._buffers.items()})
@@ -247,7 +287,7 @@ class DecoderState:
     def close(self) -> None:
         """Release the cache (the state can be prefilled again afterwards)."""
         self.past, self.mask, self._last_position = {}, None, None
-        self._buffers, self._shared = {}, None
+        self._buffers, self._shared, self._filled = {}, None, None
         if self._request is not None:
             self._request.reset()
 
@@ -269,6 +309,72 @@ class DecoderState:
         outputs = self._session.run({**inputs, **self.past, **self._fixed}, keep=self._keep)
         self.past = {c.past: outputs[c.present] for c in self.graph.cache}
         return outputs[LOGITS]
+
+    # ------------------------------------------------------------------ static-shape graphs
+    def _prefill_static(self, rows: list[np.ndarray], length: int) -> np.ndarray:
+        """Each row's prompt through the batch-1 graph in chunks, into its own fixed cache; logits in
+        the left-padded layout (each row's last prompt token at index -1)."""
+        _, _, slots = self.graph.static
+        longest = max(len(r) for r in rows)
+        if longest > slots:
+            raise InvalidInputError(f"the prompt has {longest} tokens but this static-shape package's cache holds {slots}; "
+                                    "shorten it, or export with a larger --static-cache-length")
+        if self._step_session is None:  # compiled here, so that it never counts as decode time
+            self._step_session = self._one_token_graph()
+        self._buffers = {c.past: np.zeros((len(rows), c.heads, slots, c.head_dim), c.dtype) for c in self.graph.cache}
+        self._filled = np.zeros(len(rows), dtype=np.int64)
+        self._last_position = np.array([[len(r) - 1] for r in rows], dtype=np.int64)
+        aligned = None
+        for row, prompt in enumerate(rows):
+            logits = self._run_static(row, prompt)
+            if aligned is None:
+                aligned = np.zeros((len(rows), length, logits.shape[-1]), logits.dtype)
+            aligned[row, length - len(prompt) :] = logits
+        return aligned
+
+    def _run_static(self, row: int, ids: np.ndarray) -> np.ndarray:
+        """Feed ``ids`` to row ``row`` (chunks of the graph's P tokens); return their logits (1, n, vocab)."""
+        batch, chunk, slots = self.graph.static
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        filled = int(self._filled[row])
+        if filled + len(ids) > slots:
+            raise InvalidInputError(f"this static-shape package's cache holds {slots} tokens (prompt and generated); "
+                                    "the sequence outgrew it: export with a larger --static-cache-length")
+        out = []
+        for start in range(0, len(ids), chunk):
+            piece = ids[start : start + chunk]
+            n = len(piece)
+            session, width = (self._step_session, 1) if n == 1 and self._step_session else (self._session, chunk)
+            feed = np.full((batch, width), self._pad_id, dtype=np.int64)
+            feed[0, :n] = piece
+            mask = np.zeros((batch, slots + width), dtype=np.int64)
+            mask[0, :filled] = 1
+            mask[0, slots : slots + n] = 1
+            positions = np.broadcast_to(filled + np.arange(width, dtype=np.int64), (batch, width))
+            past = {name: np.ascontiguousarray(np.broadcast_to(buffer[row : row + 1], (batch,) + buffer.shape[1:]))
+                    for name, buffer in self._buffers.items()}
+            outputs = session.run({IDS: feed, MASK: mask, POSITIONS: positions, **past, **self._fixed})
+            for c in self.graph.cache:
+                self._buffers[c.past][row, :, filled : filled + n] = _as_numpy(outputs[c.present])[0, :, slots : slots + n]
+            filled += n
+            out.append(outputs[LOGITS][:1, :n])
+        self._filled[row] = filled
+        return np.concatenate(out, axis=1)
+
+    def _one_token_graph(self):
+        """The static graph compiled at one token per call (sequence 1, the same cache), where the
+        engine can reshape it; else False: decode steps then run the chunk graph with one real token."""
+        batch, chunk, slots = self.graph.static
+        if chunk == 1 or not hasattr(self._session, "variant"):
+            return False
+        shapes = {IDS: [batch, 1], MASK: [batch, slots + 1], POSITIONS: [batch, 1]}
+        for c in self.graph.cache:
+            shapes[c.past] = [batch, c.heads, slots, c.head_dim]
+        try:
+            return self._session.variant(shapes)
+        except PackageError as e:  # a device compiler that refuses the second shape: one graph does both
+            log.warning("decode steps run the %d-token graph: %s", chunk, e)
+            return False
 
     # ------------------------------------------------------------------ shared-cache graphs
     def _prefill_shared(self, rows: list[np.ndarray], length: int, capacity: int | None) -> np.ndarray:

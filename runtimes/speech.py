@@ -307,7 +307,9 @@ class SpeechRecognizer:
             return []
         # text only: special tokens (all at or above end-of-text) typed into a prompt are dropped
         tokens = [t for t in self.tokenizer.encode(" " + text.strip(), add_special_tokens=False) if t < self._decoding["eot"]]
-        return [start] + tokens[-(self._decoding["max_target_positions"] // 2 - 1):]
+        positions = min(self._decoding["max_target_positions"], self._graph.max_tokens or np.iinfo(np.int64).max)
+        keep = positions // 2 - 1
+        return [start] + tokens[-keep:] if keep > 0 else []
 
     def _prompt(self, language, task, timestamps) -> list[int]:
         d = self._decoding
@@ -321,6 +323,8 @@ class SpeechRecognizer:
     def _decode(self, cross, prompt: list[int], timestamps: bool) -> WindowDecoding:
         d = self._decoding
         limit = min(d["max_target_positions"] // 2, d["max_target_positions"] - len(prompt))
+        if self._graph.max_tokens:  # a static-shape (NPU) package: the prompt and every token fed back fit its cache
+            limit = min(limit, self._graph.max_tokens - len(prompt))
         tokens: list[int] = []
         sum_logprob = 0.0
         with DecoderState(self._decoder, self._graph, fixed=cross) as state:

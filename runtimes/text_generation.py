@@ -170,6 +170,8 @@ class TextGenerator:
         pad = generation.get("pad_token_id")
         self._pad_id = int(pad if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else 0))
         self._max_positions = self._model.get("max_positions")
+        if self._graph.max_tokens:  # a static-shape (NPU) package: its fixed cache is the context
+            self._max_positions = min(self._max_positions or self._graph.max_tokens, self._graph.max_tokens)
         known = {f.name for f in dataclasses.fields(GenerationOptions)}
         self.defaults = GenerationOptions(**{k: v for k, v in generation.get("defaults", {}).items() if k in known})
         self.last_stats: GenerationStats | None = None  # timings of the last generate()/stream()

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -152,15 +153,17 @@ def test_export_for_a_device_takes_runtime_precision_and_threads_from_its_profil
         options_for_device("intel-core-ultra-npu", runtime="onnxruntime")
 
 
-def test_npu_export_has_only_static_shapes_that_compile(tiny_model_dir, tmp_path):
+def test_npu_export_has_only_static_shapes_that_compile(tiny_model_dir, package_of, tmp_path, monkeypatch):
     import edge_sdk
     from edge_sdk.converters.export import export, options_for_device
     from edge_sdk.converters.tiny import build_unet
-    from edge_sdk.errors import PackageError
+    from edge_sdk.errors import InvalidInputError, PackageError
 
     options = options_for_device("intel-core-ultra-npu", static_prompt_length=8, static_cache_length=24)
     assert options.runtime == "openvino" and options.quantization.weights == "int4" and options.quantization.sym
-    lm = export(tiny_model_dir("LlamaForCausalLM"), tmp_path / "lm-npu", options, progress=False)
+    # int8 here (the speech test exports the NPU's int4 sym): the dynamic package to compare is the quantization tests'
+    int8 = options_for_device("intel-core-ultra-npu", weights="int8", static_prompt_length=8, static_cache_length=24)
+    lm = export(tiny_model_dir("LlamaForCausalLM"), tmp_path / "lm-npu", int8, progress=False)
     unet = export(build_unet(tmp_path / "unet", seed=0), tmp_path / "unet-npu", options, progress=False)
     for package in (lm, unet):
         manifest = json.loads((package / "manifest.json").read_text())
@@ -168,10 +171,31 @@ def test_npu_export_has_only_static_shapes_that_compile(tiny_model_dir, tmp_path
         assert dims and all(isinstance(d, int) for d in dims), dims
     inputs = {i["name"]: i["shape"] for i in json.loads((lm / "manifest.json").read_text())["graphs"][0]["inputs"]}
     assert inputs["input_ids"] == [1, 8] and inputs["attention_mask"] == [1, 32] and inputs["past_key_values.0.key"][2] == 24
-    with pytest.raises(PackageError, match="static shapes for intel-core-ultra-npu's NPU"):
+
+    # it runs: prompts in chunks of 8 into a 24-slot cache, the same greedy tokens as the dynamic
+    # (stateful) package of the same recipe, for a batch whose prompts span one and two chunks.
+    # OpenVINO's CPU plugin quantizes activations on the fly for compressed weights, not alike for
+    # the two graphs' shapes: off, both compute the same arithmetic
+    monkeypatch.setenv("EDGE_SDK_OPENVINO_CONFIG", "[1]")
+    with pytest.raises(PackageError, match="EDGE_SDK_OPENVINO_CONFIG must be a JSON object"):
         edge_sdk.load(lm)
+    monkeypatch.setenv("EDGE_SDK_OPENVINO_CONFIG", json.dumps({"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}))
+    static, dynamic = edge_sdk.load(lm), edge_sdk.load(package_of("LlamaForCausalLM", "openvino", "int8"))
+    assert static.context_length == 24
+    prompts = ["Hello world", "The quick brown fox jumps over"]
+    assert len(static.tokenizer.encode(prompts[1])) > 8
+    ours = static.generate(prompts, max_new_tokens=10)
+    assert [r.token_ids for r in ours] == [dynamic.generate(p, max_new_tokens=10).token_ids for p in prompts]
+    with static.decoder() as a, dynamic.decoder() as b:  # every prompt position's logits, and decode steps
+        ids = static.tokenizer.encode(prompts[1])
+        np.testing.assert_allclose(a.prefill([ids]), b.prefill([ids]), atol=1e-4)
+        np.testing.assert_allclose(a.step([7]), b.step([7]), atol=1e-4)
+    assert static.generate("Hello", max_new_tokens=100).finish_reason == "length"  # stops at the fixed cache
+    assert len(static.generate("Hello", max_new_tokens=100).token_ids) == 24 - len(static.tokenizer.encode("Hello"))
+    with pytest.raises(InvalidInputError, match="context is 24"):
+        static.generate("word " * 30, max_new_tokens=2)
     too_long = options_for_device("intel-core-ultra-npu", static_prompt_length=200, static_cache_length=100)
-    with pytest.raises(Exception, match="300 positions, but the model has 256"):
+    with pytest.raises(InvalidInputError, match="300 positions, but the model has 256"):  # before any work
         export(tiny_model_dir("LlamaForCausalLM"), tmp_path / "too-long", too_long, progress=False)
     assert not (tmp_path / "too-long").exists()
     images = edge_sdk.load(unet).sample(num_images=3, steps=2, scheduler="ddim")  # batch-1 graph, one image per call

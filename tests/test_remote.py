@@ -3,14 +3,9 @@ on a free loopback port with generated keys; the "board" is this machine, logged
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,75 +14,12 @@ from click.testing import CliRunner
 from edge_sdk.cli import main
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(sshd):
-        pytest.fail("openssh-server is not installed: apt-get install -y openssh-server (.ci/run does this)")
-    root = tmp_path_factory.mktemp("sshd")
-    host_key, client_key, other_key = _keygen(root / "host_key"), _keygen(root / "id"), _keygen(root / "other")
-    (root / "authorized_keys").write_text((root / "id.pub").read_text())
-    port = _free_port()
-    (root / "sshd_config").write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {host_key}
-PidFile {root}/sshd.pid
-AuthorizedKeysFile {root}/authorized_keys
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-""")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-    log = open(root / "sshd.log", "w")
-    process = subprocess.Popen([sshd, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 20
-    while True:
-        assert process.poll() is None, (root / "sshd.log").read_text()
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert time.time() < deadline, "sshd did not start"
-        time.sleep(0.05)
-    host_public = (root / "host_key.pub").read_text().split()
-    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_public[0]} {host_public[1]}\n")
-    (root / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} " + " ".join((root / "other.pub").read_text().split()[:2]) + "\n")
+    from sshd import loopback_sshd
 
-    def config(name: str, identity: Path = client_key, known_hosts: str = "known_hosts") -> Path:
-        path = root / f"{name}.config"
-        path.write_text(f"""Host board
-  HostName 127.0.0.1
-  Port {port}
-  User {getpass.getuser()}
-  IdentityFile {identity}
-  IdentitiesOnly yes
-  UserKnownHostsFile {root / known_hosts}
-  GlobalKnownHostsFile /dev/null
-  StrictHostKeyChecking yes
-""")
-        return path
-
-    try:
-        yield {"config": config("good"), "wrong_key": config("wrong-key", identity=other_key),
-               "wrong_host": config("wrong-host", known_hosts="wrong_known_hosts"), "root": root}
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+    with loopback_sshd(tmp_path_factory.mktemp("sshd")) as started:  # fails the tests when sshd is missing
+        yield started
 
 
 def _remote_flags(board, config: Path | None = None) -> list[str]:
@@ -130,3 +62,80 @@ def test_a_refused_host_key_or_a_wrong_key_is_one_line(board, tiny_package_dir, 
     assert done.exit_code != 0
     lines = [line for line in done.output.strip().splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and words in lines[0], done.output
+
+
+def _json_of(output: str) -> dict:
+    return json.loads(output[output.index("{\n"):])
+
+
+def test_eval_on_a_device_over_ssh_records_its_numerics_in_the_manifest(board, package_of, tiny_package_dir, tmp_path):
+    """`eval --device PROFILE --remote`: the windows and the FP32 reference's log-probabilities are
+    computed here, the package runs on the board (this machine, profiled by `devices detect`); the
+    figures and the numerics they came from land in the manifest, whose file checksums still verify.
+    A board whose int8 path is not its profile's gets its figures printed, not recorded."""
+    import dataclasses
+
+    from edge_sdk.devices.numerics import numerics_warning, this_machine
+    from edge_sdk.devices.profiles import detect
+    from edge_sdk.evaluation import evaluate_package
+    from edge_sdk.package import Package, read_manifest
+
+    package = Path(shutil.copytree(package_of("LlamaForCausalLM", "onnxruntime", "int8"), tmp_path / "int8"))
+    reference = tiny_package_dir("LlamaForCausalLM")
+    profile = tmp_path / "board.toml"
+    profile.write_text(dataclasses.replace(detect(bandwidth_seconds=0.05), name="board").to_toml())
+    flags = ["--reference", str(reference), "--windows", "2", "--json", *_remote_flags(board),
+             "--remote-dir", str(board["root"] / "remote")]
+    done = CliRunner().invoke(main, ["eval", str(package), "--device", str(profile), *flags])
+    assert done.exit_code == 0, done.output
+    record = _json_of(done.output)
+    here = this_machine("onnxruntime")
+    assert record["profile"] == "board" and record["measured_on"]["remote"] == "board" and record["recorded"]
+    assert {k: record["measured_on"][k] for k in here} == here
+    local, _ = evaluate_package(package, reference=reference, max_windows=2)
+    assert record["eval"]["tokens"] == local.tokens and record["eval"]["windows"] == 2
+    for key in ("perplexity", "reference_perplexity", "kl_divergence", "top1_agreement"):
+        assert record["eval"][key] == pytest.approx(getattr(local, key), rel=1e-6, abs=1e-9), key
+    assert (board["root"] / "remote" / "eval" / "int8" / "manifest.json").is_file()  # the package was copied there
+    assert not (board["root"] / "remote" / "eval-data").exists()  # the reference's log-probabilities were removed
+    manifest = read_manifest(package)
+    assert manifest["accuracy"]["on_devices"]["board"] == record
+    Package.open(package, verify=True)  # only the manifest changed: every file's checksum still holds
+    shown = CliRunner().invoke(main, ["inspect", str(package)])
+    assert shown.exit_code == 0 and "on board" in shown.output, shown.output
+    # a figure measured on this CPU's int8 path silences the warning an export elsewhere would give
+    manifest["accuracy"]["measured_on"]["int8_path"] = "arm64 NEON (no dot product)"
+    assert numerics_warning(manifest) is None
+    del manifest["accuracy"]["on_devices"]
+    assert "arm64 NEON" in numerics_warning(manifest)
+
+    # this machine is not a Raspberry Pi 4: measured and printed, not recorded as the Pi's
+    done = CliRunner().invoke(main, ["eval", str(package), "--device", "raspberry-pi-4", *flags])
+    assert done.exit_code == 0 and "not recorded under raspberry-pi-4" in done.output, done.output
+    assert not _json_of(done.output)["recorded"] and "raspberry-pi-4" not in read_manifest(package)["accuracy"]["on_devices"]
+
+
+def test_eval_on_a_device_refuses_what_it_cannot_measure_in_one_line(tiny_package_dir, tmp_path, monkeypatch):
+    import dataclasses
+
+    from edge_sdk.devices import emulation
+    from edge_sdk.devices.profiles import detect
+
+    package = str(tiny_package_dir("LlamaForCausalLM"))
+    here = detect(bandwidth_seconds=0.05)
+    other_isa = (("sse4_2",) if here.cpu.architecture == "x86_64"
+                 else ("neon",) if "asimddp" in here.cpu.isa or "i8mm" in here.cpu.isa else ("neon", "asimddp"))
+    other = tmp_path / "other.toml"  # this machine's architecture, another int8 path
+    other.write_text(dataclasses.replace(here, name="other", cpu=dataclasses.replace(here.cpu, isa=other_isa)).to_toml())
+    monkeypatch.setattr(emulation.shutil, "which", lambda name: None)  # as on a machine without qemu-user
+    cases = [
+        (["--remote", "pi@localhost"], "goes with --device PROFILE"),
+        (["--device", str(other)], "cannot be emulated here: measure on the device with --remote"),
+        (["--device", "nowhere"], "unknown device profile 'nowhere'"),
+    ]
+    if here.cpu.architecture == "x86_64":
+        cases.append((["--device", "raspberry-pi-4"], "apt-get install -y qemu-user-static"))
+    for arguments, words in cases:
+        done = CliRunner().invoke(main, ["eval", package, "--windows", "1", *arguments])
+        lines = [line for line in done.output.strip().splitlines() if line.startswith("Error:")]
+        assert done.exit_code != 0 and len(lines) == 1 and words in lines[0], (arguments, done.output)

@@ -417,7 +417,7 @@ def test_openai_checkpoint_exports_to_the_same_model(tiny_whisper, tiny_whisper_
 
 
 @pytest.mark.parametrize("runtime, weights", [("onnxruntime", "int8"), ("onnxruntime", "int4"), ("openvino", "fp32"),
-                                              ("openvino", "int8"), ("openvino", "int4")])
+                                              ("openvino", "int8")])  # OpenVINO int4: the NPU test below
 def test_every_runtime_and_precision_transcribes(runtime, weights, tiny_whisper, tiny_whisper_package, tmp_path):
     package = export(tiny_whisper, tmp_path / "pkg", ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights)),
                      progress=False)
@@ -437,6 +437,38 @@ def test_every_runtime_and_precision_transcribes(runtime, weights, tiny_whisper,
     if runtime == "onnxruntime" and weights == "int4":  # the head (Whisper's proj_out) is found from the graph: 8-bit
         decoder = manifest["precision"]["recipe"]["decoder"]["layers"]
         assert sorted(v["bits"] for v in decoder.values() if v["op"] in ("GatherBlockQuantized", "MatMulNBits")).count(8) == 2, decoder
+
+
+def test_static_shape_npu_package_transcribes_as_the_dynamic_one(tiny_whisper, tiny_whisper_package, tmp_path, monkeypatch):
+    """The NPU profile's package (every shape fixed: batch 1, 8 tokens per call, a 40-slot cache;
+    the decoder takes a mask and positions) runs on OpenVINO's CPU device and decodes the tokens
+    of the dynamic-shape OpenVINO package of the same recipe (int4 sym). The cache, 56 slots, is
+    what the model's 64 positions leave beside a chunk, and room for the 32 tokens a window decodes
+    after a prompt of up to 24 tokens, so both packages decode under the same limits."""
+    from edge_sdk.converters.export import options_for_device
+
+    # the same arithmetic in both: no on-the-fly activation quantization (it differs with the shapes)
+    monkeypatch.setenv("EDGE_SDK_OPENVINO_CONFIG", json.dumps({"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}))
+    options = options_for_device("intel-core-ultra-npu", static_prompt_length=8, static_cache_length=56)
+    static = edge_sdk.load(export(tiny_whisper, tmp_path / "npu", options, progress=False), threads=1)
+    dynamic = edge_sdk.load(export(tiny_whisper, tmp_path / "dynamic", ExportOptions(runtime="openvino", quantization=options.quantization),
+                                   progress=False), threads=1)
+    decoder = {i["name"]: i["shape"] for i in static.package.graph("decoder")["inputs"]}
+    assert decoder["input_ids"] == [1, 8] and decoder["attention_mask"] == [1, 64] and decoder["position_ids"] == [1, 8]
+    assert static._graph.max_tokens == 56 and dynamic._graph.max_tokens is None
+    for seed in (4, 5):
+        features = _random_features(seed)
+        cross = static.encode(features)
+        assert static.detect_language(cross) == dynamic.detect_language(dynamic.encode(features))
+        for language, task, timestamps in (("en", "transcribe", False), ("de", "translate", True)):
+            ours = static.decode(cross, language=language, task=task, timestamps=timestamps).tokens
+            assert ours and ours == dynamic.decode(dynamic.encode(features), language=language, task=task, timestamps=timestamps).tokens
+    # a prompt longer than a chunk (previous text) goes in several chunks and still agrees
+    audio = np.random.default_rng(3).normal(scale=0.3, size=16000 * 4).astype(np.float32)
+    prompted = dict(language="en", initial_prompt="one two three")
+    assert 8 < len(static._previous(prompted["initial_prompt"]) + static._prompt("en", "transcribe", False)) <= 24
+    assert static.transcribe(audio, **prompted).text == dynamic.transcribe(audio, **prompted).text
+    assert static.package.size_bytes < edge_sdk.load(tiny_whisper_package).package.size_bytes  # int4: smaller than FP32
 
 
 def test_cli_transcribe_formats_and_eval_on_a_directory(whisper_packages, clips, tmp_path):

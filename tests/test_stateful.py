@@ -84,3 +84,28 @@ def test_rows_reorder_like_beams(runtime, package_of, tiny_package_dir):
             expected = single.step([token])
             np.testing.assert_allclose(logits[row], expected[0], atol=1e-4)
             np.testing.assert_allclose(after[row], single.step(expected.argmax(-1))[0], atol=1e-4)
+
+
+def test_ctrl_c_after_openvino_packages_is_a_keyboard_interrupt_not_a_crash(package_of):
+    """OpenVINO's compile installs a signal stack on the calling thread that releasing the models can
+    leave unmapped; the backend puts the thread's own back. In a child process: load and release two
+    packages, then SIGINT: Python's KeyboardInterrupt, not SIGSEGV."""
+    import subprocess
+    import sys
+
+    script = """
+import gc, os, signal, sys
+import edge_sdk
+first = edge_sdk.load(sys.argv[1]); first.generate("Hello", max_new_tokens=2)
+second = edge_sdk.load(sys.argv[1]); second.generate("Hello", max_new_tokens=2)
+del first; gc.collect()
+third = edge_sdk.load(sys.argv[1]); third.generate("Hello", max_new_tokens=2)
+del second, third; gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    package = str(package_of("LlamaForCausalLM", "openvino", "fp32"))
+    done = subprocess.run([sys.executable, "-c", script, package], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "interrupted" in done.stdout, (done.returncode, done.stderr[-2000:])

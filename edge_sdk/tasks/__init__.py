@@ -85,7 +85,6 @@ class Task:
     command: str = ""  # the CLI command that runs its packages, e.g. "generate"
     try_it: str = ""  # a first command for a new package; "{path}" is replaced
     calibration: str = "files"  # what --calibration takes: "text", "audio files", or "sampling" (its own trajectories)
-    static_shapes_run: bool = False  # its runtime runs static-shape (NPU) packages
     module: str = field(default="", compare=False)  # the module that registered it (set by register)
 
     def runtime_class(self) -> type:

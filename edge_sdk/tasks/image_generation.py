@@ -41,5 +41,4 @@ TASK = register(Task(
     command="sample",
     try_it="edge-sdk sample {path} -o grid.png",
     calibration="sampling",
-    static_shapes_run=True,  # a static-shape (NPU) UNet takes one image per call; the runtime loops
 ))
