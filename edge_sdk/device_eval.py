@@ -68,14 +68,15 @@ def evaluate_on_device(package: str, profile, *, data: str | None = None, refere
         if not Path(data).is_dir():
             raise InvalidInputError(f"--data {data} is not a directory")
     threads = threads or profile.cpu.threads
+    expected = int8_path(profile.cpu.architecture, profile.cpu.isa)  # the profile's int8 kernels
+    here = this_machine()
     emulator = None  # where it runs, decided (and refused) before any work
     if remote:
         how = {"remote": remote["target"]}
-    elif profile.cpu.architecture == this_machine()["architecture"]:
-        here, theirs = this_machine()["int8_path"], int8_path(profile.cpu.architecture, profile.cpu.isa)
-        if theirs != here:
-            raise InvalidInputError(f"{profile.name}'s int8 path ({theirs}) is not this machine's ({here}) and cannot be "
-                                    "emulated here: measure on the device with --remote USER@HOST")
+    elif profile.cpu.architecture == here["architecture"]:
+        if expected != here["int8_path"]:
+            raise InvalidInputError(f"{profile.name}'s int8 path ({expected}) is not this machine's ({here['int8_path']}) and "
+                                    "cannot be emulated here: measure on the device with --remote USER@HOST")
         how = {"local": True}
     else:
         from edge_sdk.devices.emulation import Emulator
@@ -109,7 +110,6 @@ def evaluate_on_device(package: str, profile, *, data: str | None = None, refere
         "reference": reference_name,
         "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
     }
-    expected = int8_path(profile.cpu.architecture, profile.cpu.isa)
     if record["measured_on"].get("int8_path") != expected:  # a board that is not what the profile describes
         say(f"warning: {remote['target'] if remote else 'this machine'} takes the {record['measured_on'].get('int8_path')} "
             f"int8 path, not {profile.name}'s ({expected}): the figures are not recorded under {profile.name}; "
