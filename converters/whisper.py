@@ -9,6 +9,7 @@ through the same generic ``target.build_graph`` the text path uses.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from edge_sdk.converters.whisper_torch import (
     encoder_outputs,
 )
 from edge_sdk.converters.sources import ExportResult, Source
-from edge_sdk.errors import InvalidInputError
+from edge_sdk.errors import ExportError, InvalidInputError
 from edge_sdk.runtimes.backend import version_tuple
 
 
@@ -69,6 +70,7 @@ def export_whisper(source: Source, staging: Path, options, steps) -> ExportResul
     shapes, decoding = exported["shapes"], exported["decoding"]
     for name in (TOKENIZER_FILE, MEL_FILE):
         os.replace(work / name, staging / name)
+    vad = bundle_vad(staging)
 
     feeds: dict[str, list] = {}
     if quantization.effective_mode == "static":
@@ -95,6 +97,7 @@ def export_whisper(source: Source, staging: Path, options, steps) -> ExportResul
                          "chunk_seconds": decoding["chunk_seconds"]},
             "model": {"architecture": source.spec.architecture, "model_type": "whisper", "source_format": kind, **shapes},
             "decoding": decoding,
+            **({"vad": vad} if vad else {}),
         },
         validation={
             "reference": "transformers PyTorch FP32",
@@ -106,6 +109,43 @@ def export_whisper(source: Source, staging: Path, options, steps) -> ExportResul
         },
         work_dir=work,
     )
+
+
+VAD_DIR = "vad"
+# the variant with fixed shapes ([1, 64 + 512] samples, state [2, 1, 128]): ONNX Runtime and OpenVINO both read it
+_VAD_MODEL = "silero_vad_openvino_16k.onnx"
+
+
+def bundle_vad(staging: Path) -> dict | None:
+    """Copy the Silero VAD model and its license from the installed ``silero-vad`` pip package (MIT)
+    into ``staging/vad``; the manifest's ``vad`` section, or None (and a warning) without the package."""
+    import importlib.metadata
+    import logging
+
+    try:
+        dist = importlib.metadata.distribution("silero-vad")
+    except importlib.metadata.PackageNotFoundError:
+        logging.getLogger("edge_sdk").warning("silero-vad is not installed: the package gets no voice activity "
+                                              "detector (vad_filter); pip install silero-vad")
+        return None
+    files = {Path(str(f)).name: f for f in dist.files or ()}
+    model = files.get(_VAD_MODEL)
+    license_file = next((f for name, f in files.items() if name.upper().startswith("LICENSE")), None)
+    if model is None or license_file is None:
+        raise ExportError(f"silero-vad {dist.version} does not ship {_VAD_MODEL} and a LICENSE; "
+                          "install a release that does (pip install 'silero-vad>=5.1')")
+    (staging / VAD_DIR).mkdir(exist_ok=True)
+    shutil.copyfile(dist.locate_file(model), staging / VAD_DIR / "silero_vad.onnx")
+    shutil.copyfile(dist.locate_file(license_file), staging / VAD_DIR / "LICENSE")
+    return {"path": f"{VAD_DIR}/silero_vad.onnx", "model": "Silero VAD", "source": f"pip silero-vad {dist.version} ({_VAD_MODEL})",
+            "license": _license(dist), "license_file": f"{VAD_DIR}/LICENSE",
+            "sample_rate": 16000, "chunk_samples": 512, "context_samples": 64}
+
+
+def _license(dist) -> str:
+    """A distribution's license: its License-Expression, else its OSI classifier (silero-vad: "MIT License")."""
+    classifiers = [c.rsplit(" :: ", 1)[-1] for c in dist.metadata.get_all("Classifier") or () if c.startswith("License ::")]
+    return dist.metadata.get("License-Expression") or (classifiers[0] if classifiers else dist.metadata.get("License") or "unknown")
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")

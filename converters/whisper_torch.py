@@ -8,7 +8,9 @@ Two graphs, both with flat tensor inputs and outputs:
     decoder  input_ids (batch, sequence) int64
              past_key_values.{i}.key / .value (batch, heads, past_sequence, head_dim)
              cross.{i}.key / cross.{i}.value
-             -> logits (batch, sequence, vocab), present.{i}.key / present.{i}.value
+             -> logits (batch, sequence, vocab), present.{i}.key / present.{i}.value,
+                cross_qk (batch, alignment heads, sequence, 1500): the pre-softmax cross-attention
+                scores of the model's alignment heads (word timestamps: OpenAI's find_alignment)
 
 The decoder follows ``edge_sdk.runtimes.decoder``'s contract (the text decoder's names, without a
 mask or positions; packages exported before named its cache ``past.{i}.key``). For static-shape
@@ -34,6 +36,7 @@ from edge_sdk.errors import ModelLoadError
 
 ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE, MEL_FILE = "encoder.onnx", "decoder.onnx", "tokenizer.json", "mel_filters.npy"
 N_SAMPLES, N_FRAMES = 480000, 3000  # 30 s at 16 kHz; 10 ms frames
+CROSS_QK = "cross_qk"  # the decoder's alignment-head cross-attention scores (word timestamps)
 
 
 def encoder_outputs(layers: int) -> list[str]:
@@ -45,8 +48,25 @@ def decoder_inputs(layers: int, masked: bool = False) -> list[str]:
             *(f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")), *encoder_outputs(layers)]
 
 
-def decoder_outputs(layers: int) -> list[str]:
-    return ["logits", *(f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value"))]
+def decoder_outputs(layers: int, aligned: bool = True) -> list[str]:
+    return ["logits", *(f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")), *([CROSS_QK] if aligned else [])]
+
+
+def alignment_heads(model, ct2_config: dict) -> list[list[int]]:
+    """(decoder layer, head) pairs whose cross-attention follows the audio: the checkpoint's
+    (generation config, CTranslate2 config), else OpenAI's rule for a model it has no table for:
+    every head of the second half of the decoder layers."""
+    gen = getattr(model, "generation_config", None)
+    heads = getattr(gen, "alignment_heads", None) if gen is not None else None
+    if not heads:
+        heads = ct2_config.get("alignment_heads")
+    layers, per_layer = model.config.decoder_layers, model.config.decoder_attention_heads
+    if not heads:
+        heads = [[layer, head] for layer in range(layers // 2, layers) for head in range(per_layer)]
+    pairs = sorted({(int(layer), int(head)) for layer, head in heads})
+    if any(not (0 <= layer < layers and 0 <= head < per_layer) for layer, head in pairs):
+        raise ModelLoadError(f"alignment heads {pairs} do not fit a decoder of {layers} layers x {per_layer} heads")
+    return [list(pair) for pair in pairs]
 
 
 # ------------------------------------------------------------------ loading
@@ -193,6 +213,7 @@ def decoding_config(model, tokenizer_path: Path, ct2_config: dict) -> dict[str, 
         "multilingual": multilingual, "languages": languages,
         "suppress_tokens": suppress, "begin_suppress_tokens": begin_suppress,
         "max_target_positions": int(model.config.max_target_positions),
+        "alignment_heads": alignment_heads(model, ct2_config),
         "max_initial_timestamp": 1.0, "time_precision": 0.02, "n_mels": int(model.config.num_mel_bins),
         "sample_rate": 16000, "chunk_seconds": 30, "hop_length": 160, "n_fft": 400,
     }
@@ -200,7 +221,7 @@ def decoding_config(model, tokenizer_path: Path, ct2_config: dict) -> dict[str, 
 
 # ------------------------------------------------------------------ graphs
 
-def _modules(model, layers: int, masked: bool = False):
+def _modules(model, layers: int, masked: bool = False, aligned: list[list[int]] | None = None):
     import torch
     from torch import nn
 
@@ -253,7 +274,7 @@ def _modules(model, layers: int, masked: bool = False):
                 keys_at = torch.arange(past_length + length)
                 visible = keys_at[None, :] <= (torch.arange(length) + past_length)[:, None]
             hidden = self.decoder.embed_tokens(input_ids) + positions
-            presents = []
+            presents, scores = [], []
             for i, layer in enumerate(self.decoder.layers):
                 attn = layer.self_attn
                 x = layer.self_attn_layer_norm(hidden)
@@ -266,12 +287,15 @@ def _modules(model, layers: int, masked: bool = False):
                 cross_attn = layer.encoder_attn
                 x = layer.encoder_attn_layer_norm(hidden)
                 q = self._split(cross_attn.q_proj(x) * cross_attn.scaling)
+                heads = [h for layer_index, h in aligned or [] if layer_index == i]
+                if heads:  # OpenAI's qk: (q * d^-1/4) @ (k * d^-1/4)^T, before the softmax
+                    scores.append(q[:, heads] @ cross[2 * i][:, heads].transpose(-1, -2))
                 out = torch.nn.functional.scaled_dot_product_attention(q, cross[2 * i], cross[2 * i + 1], scale=1.0)
                 hidden = hidden + cross_attn.out_proj(out.transpose(1, 2).flatten(2))
                 x = layer.final_layer_norm(hidden)
                 hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
             hidden = self.decoder.layer_norm(hidden)
-            return (self.head(hidden), *presents)
+            return (self.head(hidden), *presents, *([torch.cat(scores, dim=1)] if scores else []))
 
     return Encoder().eval(), Decoder().eval()
 
@@ -292,7 +316,9 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
     head_dim = config.d_model // heads
     decoding = decoding_config(model, tokenizer_path, ct2_config)
     masked = bool(request.get("static"))  # static-shape (NPU) packages: a mask and positions for the fixed cache
-    encoder, decoder = _modules(model, layers, masked)
+    # word timestamps need the alignment heads' scores; a static-shape (NPU) decoder leaves them out
+    aligned = None if masked else decoding["alignment_heads"]
+    encoder, decoder = _modules(model, layers, masked, aligned)
 
     rng = np.random.default_rng(0)
     features = torch.from_numpy(rng.normal(scale=0.5, size=(1, config.num_mel_bins, N_FRAMES)).astype(np.float32))
@@ -316,7 +342,7 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
     mask_axes = ({0: batch, 1: total}, {0: batch, 1: seq}) if masked else ()
     dynamic = ({0: batch, 1: seq}, (*mask_axes, *({0: batch, 2: past} for _ in range(2 * layers)), *({0: batch} for _ in range(2 * layers))))
     export_onnx(decoder, trace, work / DECODER_FILE, input_names=decoder_inputs(layers, masked),
-                output_names=decoder_outputs(layers), dynamic_shapes=dynamic)
+                output_names=decoder_outputs(layers, aligned=bool(aligned)), dynamic_shapes=dynamic)
     Path(work / TOKENIZER_FILE).write_bytes(Path(tokenizer_path).read_bytes())
     np.save(work / MEL_FILE, _mel_filters(config.num_mel_bins))
     del encoder, decoder, model, cross

@@ -589,29 +589,86 @@ class _progress_bar:
 @click.option("--language", default=None, help="Language code for multilingual models (default: detected).")
 @click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe", show_default=True)
 @click.option("--timestamps/--no-timestamps", default=True, show_default=True, help="Segment times from Whisper's timestamp tokens.")
+@click.option("--beam-size", type=int, default=5, show_default=True, help="Beams at temperature 0 (1: greedy).")
+@click.option("--best-of", type=int, default=5, show_default=True, help="Candidates sampled at a fallback temperature.")
+@click.option("--patience", type=float, default=1.0, show_default=True, help="Beam search: finish at beam size x patience candidates.")
+@click.option("--length-penalty", type=float, default=None,
+              help="Rank by log-probability / ((5 + length) / 6) ** X [/ length].")
+@click.option("--temperature", default="0,0.2,0.4,0.6,0.8,1.0", show_default=True,
+              help="Temperature, or comma-separated fallback schedule tried in order.")
+@click.option("--compression-ratio-threshold", type=float, default=2.4, show_default=True,
+              help="Decode a window again, hotter, when its text's zlib compression ratio is above this (repetition).")
+@click.option("--log-prob-threshold", type=float, default=-1.0, show_default=True,
+              help="... or its mean token log-probability is below this.")
+@click.option("--no-speech-threshold", type=float, default=0.6, show_default=True,
+              help="A window is silence when P(no speech) is above this and its log-probability below the above.")
+@click.option("--condition-on-previous-text/--no-condition-on-previous-text", default=True, show_default=True,
+              help="Prompt each window with the text before it.")
+@click.option("--initial-prompt", default=None, help="Text before the first window (names, spellings, style).")
+@click.option("--prefix", default=None, help="Text the first window's transcript starts with.")
+@click.option("--word-timestamps", is_flag=True, help="Each word's start, end and probability (in JSON; SRT/VTT with --word-cues).")
+@click.option("--word-cues", is_flag=True, help="SRT/VTT: one cue per word (implies --word-timestamps).")
+@click.option("--vad-filter", is_flag=True, help="Transcribe only the speech the package's Silero VAD finds (times stay the file's).")
+@click.option("--vad-parameters", default=None, metavar="K=V,...",
+              help="Silero VAD settings, e.g. 'min_silence_duration_ms=500,speech_pad_ms=200' (faster-whisper's names).")
+@click.option("--batch-size", type=int, default=4, show_default=True,
+              help="Files transcribed side by side, their windows encoded as one batch.")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def transcribe(package: str, audio: tuple[str, ...], fmt: str, output_dir, language, task, timestamps, threads, quiet) -> None:
+def transcribe(package: str, audio: tuple[str, ...], fmt: str, output_dir, language, task, timestamps, beam_size, best_of,
+               patience, length_penalty, temperature, compression_ratio_threshold, log_prob_threshold, no_speech_threshold,
+               condition_on_previous_text, initial_prompt, prefix, word_timestamps, word_cues, vad_filter, vad_parameters,
+               batch_size, threads, quiet) -> None:
     """Transcribe AUDIO files (any sample rate, mono or stereo; WAV, FLAC, OGG, MP3 ...) with a
-    speech-recognition PACKAGE, offline.
+    speech-recognition PACKAGE, offline. Decoding follows faster-whisper's defaults: beam search of
+    5 at temperature 0, then a fallback to 0.2 ... 1.0 (best of 5 samples) for a window that repeats
+    itself or is unlikely, each window prompted with the text before it.
 
     \b
     Examples:
       edge-sdk transcribe out/whisper-int8 meeting.wav
       edge-sdk transcribe out/whisper-int8 a.wav b.flac -f srt -o subtitles/
       edge-sdk transcribe out/whisper-small talk.mp3 --language de --task translate -f json
+      edge-sdk transcribe out/whisper-int8 call.wav --beam-size 1 --temperature 0   # greedy, no fallback
+      edge-sdk transcribe out/whisper-int8 talk.wav --initial-prompt "Glossary: ONNX, OpenVINO, NNCF."
+      edge-sdk transcribe out/whisper-int8 talk.wav -f srt --word-cues            # one subtitle per word
+      edge-sdk transcribe out/whisper-int8 long.wav --vad-filter --vad-parameters min_silence_duration_ms=500
+      edge-sdk transcribe out/whisper-int8 calls/*.wav -f json -o out/ --batch-size 8
     """
+    from edge_sdk.errors import InvalidInputError
+    from edge_sdk.runtimes.speech import TranscriptionOptions
 
+    try:
+        temperatures = tuple(float(t) for t in temperature.split(",") if t.strip())
+    except ValueError:
+        raise InvalidInputError(f"--temperature takes a number or comma-separated numbers, got {temperature!r}") from None
+    if word_cues and fmt not in ("srt", "vtt"):
+        raise InvalidInputError(f"--word-cues is for subtitles: add -f srt or -f vtt (got -f {fmt})")
+    vad = _key_values(vad_parameters, "--vad-parameters") if vad_parameters else None
+    if vad is not None and not vad_filter:
+        raise InvalidInputError("--vad-parameters needs --vad-filter")
+    options = TranscriptionOptions(
+        language=language, task=task, timestamps=timestamps, beam_size=beam_size, best_of=best_of, patience=patience,
+        length_penalty=length_penalty, temperature=temperatures, compression_ratio_threshold=compression_ratio_threshold,
+        logprob_threshold=log_prob_threshold, no_speech_threshold=no_speech_threshold,
+        condition_on_previous_text=condition_on_previous_text, initial_prompt=initial_prompt, prefix=prefix,
+        word_timestamps=word_timestamps or word_cues, vad_filter=vad_filter, vad_parameters=vad)
+    if isinstance(batch_size, bool) or not 1 <= batch_size <= 64:
+        raise InvalidInputError(f"--batch-size must be an integer in [1, 64], got {batch_size}")
     recognizer = _load_for("transcribe", package, threads)
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-    for path in audio:
-        with _progress_bar(f"Transcribing {Path(path).name}", "s", enabled=not quiet) as advance:
-            result = recognizer.transcribe(path, language=language, task=task, timestamps=timestamps, progress=advance)
+    if len(audio) == 1:
+        with _progress_bar(f"Transcribing {Path(audio[0]).name}", "s", enabled=not quiet) as advance:
+            results = [recognizer.transcribe(audio[0], options, progress=advance)]
+    else:
+        with _progress_bar(f"Transcribing {len(audio)} files", "files", enabled=not quiet) as advance:
+            results = recognizer.transcribe_many(list(audio), options, batch_size=batch_size, progress=advance)
+    for path, result in zip(audio, results):
         rendered = {
             "txt": lambda: result.text + "\n",
-            "srt": result.to_srt,
-            "vtt": result.to_vtt,
+            "srt": lambda: result.to_srt(words=word_cues),
+            "vtt": lambda: result.to_vtt(words=word_cues),
             "json": lambda: json.dumps({"file": path, **result.as_dict()}, indent=2) + "\n",
         }[fmt]()
         if output_dir is None:
@@ -623,6 +680,23 @@ def transcribe(package: str, audio: tuple[str, ...], fmt: str, output_dir, langu
                                       lambda tmp: tmp.write_text(rendered, encoding="utf-8"))
             if not quiet:
                 click.echo(f"wrote {target}", err=True)
+
+
+def _key_values(text: str, option: str) -> dict:
+    """'a=1,b=2.5' -> {"a": 1, "b": 2.5} (numbers as int or float)."""
+    from edge_sdk.errors import InvalidInputError
+
+    values = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        key, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not key.strip() or number is None:
+            raise InvalidInputError(f"{option} takes comma-separated NAME=NUMBER pairs, got {item!r}")
+        values[key.strip()] = int(number) if number.is_integer() and "." not in value else number
+    return values
 
 
 @main.command()

@@ -205,6 +205,7 @@ class DecoderState:
         self._vocab = 0  # ... and the logits' last axis, once seen
         self._filled: np.ndarray | None = None  # static graphs: the slots each row's fixed cache has filled
         self._step_session = None  # ... and the graph compiled at one token per call, if the engine can
+        self.outputs: dict[str, np.ndarray] = {}  # the last call's other outputs (Whisper's cross_qk), dynamic graphs
 
     def __enter__(self) -> "DecoderState":
         return self
@@ -305,9 +306,10 @@ class DecoderState:
         if self.graph.stateful:
             outputs = self._request.run({**inputs, BEAM: self._beam, **self._fixed})
             self._beam = np.arange(len(ids), dtype=np.int32)  # rows continue themselves unless reorder() says otherwise
-            return outputs[LOGITS]
-        outputs = self._session.run({**inputs, **self.past, **self._fixed}, keep=self._keep)
-        self.past = {c.past: outputs[c.present] for c in self.graph.cache}
+        else:
+            outputs = self._session.run({**inputs, **self.past, **self._fixed}, keep=self._keep)
+            self.past = {c.past: outputs[c.present] for c in self.graph.cache}
+        self.outputs = {name: value for name, value in outputs.items() if name != LOGITS and name not in self._keep}
         return outputs[LOGITS]
 
     # ------------------------------------------------------------------ static-shape graphs

@@ -354,6 +354,7 @@ class Server:
             Route("/v1/completions", self._handler(self.completions), methods=["POST"]),
             Route("/v1/chat/completions", self._handler(self.chat_completions), methods=["POST"]),
             Route("/v1/audio/transcriptions", self._handler(self.transcriptions), methods=["POST"]),
+            Route("/v1/audio/translations", self._handler(self.translations), methods=["POST"]),
             Route("/v1/images/generations", self._handler(self.image_generations), methods=["POST"]),
         ]
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan,
@@ -611,7 +612,11 @@ class Server:
                 "ttft_s": round(req.first_token - req.submitted, 4) if req.first_token else None}
 
     # ------------------------------------------------------------------ speech
-    async def transcriptions(self, request):
+    async def translations(self, request):
+        """OpenAI's /v1/audio/translations: the speech in English (Whisper's translate task; multilingual models)."""
+        return await self.transcriptions(request, task="translate")
+
+    async def transcriptions(self, request, task: str = "transcribe"):
         started = time.perf_counter()
         try:
             form = await request.form(max_files=1, max_fields=32, max_part_size=self.options.max_body_bytes)
@@ -630,15 +635,19 @@ class Server:
         if response_format not in ("json", "text", "srt", "vtt", "verbose_json"):
             raise APIError(400, f"'response_format' must be json, text, srt, vtt or verbose_json, got {response_format!r}",
                            param="response_format")
-        temperature = _form_text(form, "temperature")
-        if temperature not in (None, "", "0", "0.0"):
-            raise APIError(400, "'temperature' must be 0: transcription decodes greedily (with Whisper's fallback "
-                                "rules for silence)", param="temperature")
+        # OpenAI's semantics: 0 (the default) decodes at 0 and raises the temperature on a failing
+        # window (the model's fallback schedule); above 0, that temperature alone
+        temperature = _form_number(form, "temperature", low=0, high=1)
         granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
-        if any(g != "segment" for g in granularities):
-            raise APIError(400, "only segment timestamps are available ('timestamp_granularities': ['segment'])",
+        if any(g not in ("segment", "word") for g in granularities):
+            raise APIError(400, f"'timestamp_granularities' entries must be 'segment' or 'word', got {granularities!r}",
                            param="timestamp_granularities")
-        overrides = {"language": _form_text(form, "language") or None, "initial_prompt": _form_text(form, "prompt") or None}
+        words = "word" in granularities
+        if words and response_format != "verbose_json":
+            raise APIError(400, "word timestamps come with response_format 'verbose_json'", param="timestamp_granularities")
+        overrides = {"language": _form_text(form, "language") or None,
+                     "initial_prompt": _form_text(form, "prompt") or None, "temperature": temperature or None, "task": task,
+                     "word_timestamps": words}
         samples, rate = await asyncio.get_running_loop().run_in_executor(None, _decode_audio, data, upload.filename)
         duration = len(samples) / rate
         if duration > self.options.max_audio_seconds:
@@ -680,13 +689,15 @@ class Server:
             return PlainTextResponse(result.to_vtt(), headers=headers, media_type="text/vtt")
         if response_format == "json":
             return JSONResponse({"text": result.text}, headers=headers)
-        from edge_sdk.serving.cascade import compression_ratio
-
         segments = [{"id": i, "seek": int(s.start * 100), "start": s.start, "end": s.end, "text": s.text, "tokens": [],
-                     "temperature": 0.0, "avg_logprob": s.avg_logprob, "compression_ratio": compression_ratio(s.text),
+                     "temperature": s.temperature, "avg_logprob": s.avg_logprob, "compression_ratio": s.compression_ratio,
                      "no_speech_prob": s.no_speech_prob} for i, s in enumerate(result.segments)]
-        return JSONResponse({"task": "transcribe", "language": result.language, "duration": result.duration,
-                             "text": result.text, "segments": segments, "model": answering.name}, headers=headers)
+        body = {"task": task, "language": result.language, "duration": result.duration, "text": result.text,
+                "segments": segments, "model": answering.name}
+        if words:
+            body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end, "probability": w.probability}
+                             for w in result.words]
+        return JSONResponse(body, headers=headers)
 
     async def _run_serial(self, served: Served, function, cancelled: threading.Event, deadline: float, request):
         task = asyncio.ensure_future(served.worker.run(function, cancelled))
@@ -939,6 +950,20 @@ def _form_text(form, key: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise APIError(400, f"'{key}' must be a text field", param=key)
+
+
+def _form_number(form, key: str, low: float, high: float) -> float | None:
+    """A number sent as a form field (multipart bodies carry text), or None when absent or empty."""
+    text = _form_text(form, key)
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise APIError(400, f"'{key}' must be a number, got {text!r}", param=key) from None
+    if not low <= value <= high:
+        raise APIError(400, f"'{key}' must be in [{low}, {high}], got {text}", param=key)
+    return value
 
 
 def _decode_audio(data: bytes, filename: str | None) -> tuple[np.ndarray, int]:

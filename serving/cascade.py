@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from edge_sdk.errors import InvalidInputError, optional_import
 from edge_sdk.runtimes.sampling import log_softmax
+from edge_sdk.runtimes.speech import compression_ratio
 
 TEXT_MEASURES = ("mean_logprob", "min_logprob", "neg_entropy")
 COMPRESSION_RATIO_THRESHOLD = 2.4  # OpenAI whisper's: above it a window's text is a repetition loop
@@ -51,12 +51,6 @@ def text_confidence(logprobs: Sequence[float], entropies: Sequence[float], measu
     if measure == "min_logprob":
         return float(np.min(logprobs))
     return -float(np.mean(entropies))
-
-
-def compression_ratio(text: str) -> float:
-    """Bytes of ``text`` over bytes of its zlib compression (Whisper's repetition signal)."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 @dataclass(frozen=True)

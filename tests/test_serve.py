@@ -213,6 +213,14 @@ def test_transcription_of_speech_with_tiny_en(server, whisper_packages, tmp_path
     with open(clip, "rb") as f:
         srt = client.audio.transcriptions.create(model="whisper", file=f, response_format="srt")
     assert srt.startswith("1\n00:00:0") and "-->" in srt
+    with open(clip, "rb") as f:  # word timestamps, in OpenAI's shape
+        worded = client.audio.transcriptions.create(model="whisper", file=f, response_format="verbose_json",
+                                                    timestamp_granularities=["word", "segment"])
+    assert [w.word for w in worded.words] == text.split() and worded.segments
+    assert all(a.end <= b.start + 1e-6 and b.start <= b.end for a, b in zip(worded.words, worded.words[1:]))
+    with open(clip, "rb") as f:  # an English-only model cannot translate: a 400, not a traceback
+        refused = _post(server, "/v1/audio/translations", files={"file": ("fox.wav", f)}, data={"model": "whisper"})
+    assert refused.status_code == 400 and "English-only" in refused.json()["error"]["message"]
 
 
 def test_image_generation(server):
@@ -291,6 +299,11 @@ def test_errors_are_openai_error_objects_and_the_server_keeps_serving(server, tm
         with open(tmp_path / name, "rb") as f:
             response = _post(server, "/v1/audio/transcriptions", files={"file": (name, f)}, data={"model": "whisper"})
         assert response.status_code == 400 and response.json()["error"]["param"] == "file", response.text
+    for temperature in ("hot", "3"):
+        with open(tmp_path / "notes.txt", "rb") as f:
+            response = _post(server, "/v1/audio/transcriptions", files={"file": ("notes.txt", f)},
+                             data={"model": "whisper", "temperature": temperature})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "temperature", response.text
     response = _post(server, "/v1/images/generations", json={"model": "digits", "n": 3})
     assert response.status_code == 400 and response.json()["error"]["param"] == "n"
     _assert_serving(server)

@@ -135,7 +135,7 @@ def test_fp32_package_tokens_match_pytorch_generate(whisper_packages, torch_whis
             expected, _ = torch_transcript(torch_whisper, path, timestamps)
             source = edge_sdk.runtimes.audio.AudioSource.open(path)
             features = asr.log_mel(source.read(0, 480000))
-            tokens = asr.decode(asr.encode(features), language="en", task="transcribe", timestamps=timestamps).tokens
+            tokens = asr.decode(asr.encode(features), language="en", task="transcribe", timestamps=timestamps, beam_size=1).tokens
             assert tokens == expected, (path.name, timestamps)
 
 
@@ -260,7 +260,7 @@ def tiny_whisper_package(tiny_whisper, tmp_path_factory) -> Path:
 
 
 def _our_tokens(asr, features: np.ndarray, language: str, task: str, timestamps: bool) -> list[int]:
-    return asr.decode(asr.encode(features), language=language, task=task, timestamps=timestamps).tokens
+    return asr.decode(asr.encode(features), language=language, task=task, timestamps=timestamps, beam_size=1).tokens
 
 
 def _random_features(seed: int) -> np.ndarray:
@@ -368,7 +368,7 @@ def test_options_object_and_keywords_transcribe_alike(tiny_whisper_package):
         with pytest.raises(InvalidInputError, match=message):
             TranscriptionOptions(**fields)
     with pytest.raises(InvalidInputError, match="unknown transcription option"):
-        asr.transcribe(audio, beam_size=5)
+        asr.transcribe(audio, beams=5)
 
 
 def test_openai_checkpoint_exports_to_the_same_model(tiny_whisper, tiny_whisper_package, tmp_path):
@@ -466,7 +466,7 @@ def test_static_shape_npu_package_transcribes_as_the_dynamic_one(tiny_whisper, t
     # a prompt longer than a chunk (previous text) goes in several chunks and still agrees
     audio = np.random.default_rng(3).normal(scale=0.3, size=16000 * 4).astype(np.float32)
     prompted = dict(language="en", initial_prompt="one two three")
-    assert 8 < len(static._previous(prompted["initial_prompt"]) + static._prompt("en", "transcribe", False)) <= 24
+    assert 8 < len(static._previous(static._text_tokens(prompted["initial_prompt"])) + static._prompt("en", "transcribe", False)) <= 24
     assert static.transcribe(audio, **prompted).text == dynamic.transcribe(audio, **prompted).text
     assert static.package.size_bytes < edge_sdk.load(tiny_whisper_package).package.size_bytes  # int4: smaller than FP32
 
@@ -547,3 +547,319 @@ def test_quantized_package_carries_its_accuracy_against_fp32_and_inspect_shows_i
     assert measured["wer_vs_reference"] <= 10 and measured["token_agreement"] >= 0.9
     shown = CliRunner().invoke(main, ["inspect", str(whisper_packages["int8"])])
     assert shown.exit_code == 0 and "token_agreement" in shown.output and "wer_vs_reference" in shown.output
+
+
+# ------------------------------------------------------------------ decoding as faster-whisper's defaults (issue 18)
+
+
+def _hf_beam_tokens(model, features: np.ndarray, prompt: list[int], num_beams: int, max_new_tokens: int) -> list[int]:
+    """transformers' beam search (GenerationMixin.generate: Whisper's own generate adds long-form
+    seeking around it) from ``prompt``, without Whisper's suppressed tokens, length penalty 0 and
+    early stopping at ``num_beams`` finished candidates; the tokens after the prompt, without
+    end-of-text."""
+    import copy
+
+    import torch
+    from transformers import GenerationMixin
+
+    config = copy.deepcopy(model.generation_config)
+    config.suppress_tokens = config.begin_suppress_tokens = None
+    with torch.inference_mode():
+        out = GenerationMixin.generate(model, input_features=torch.from_numpy(features[None]), decoder_input_ids=torch.tensor([prompt]),
+                                       generation_config=config, num_beams=num_beams, do_sample=False, length_penalty=0.0,
+                                       early_stopping=True, max_new_tokens=max_new_tokens)
+    return [int(t) for t in out[0][len(prompt):] if int(t) not in (config.eos_token_id, config.pad_token_id)]
+
+
+def _unsuppressed(asr):
+    """``asr`` without Whisper's suppressed tokens: transformers' beam search takes log-probabilities
+    before it suppresses tokens (their mass stays in each beam's score), OpenAI's and CTranslate2's
+    (and ours) after (the rest renormalized); without suppressed tokens the two are the same search."""
+    asr._suppress, asr._begin_suppress = asr._suppress[:0], asr._begin_suppress[:0]
+    return asr
+
+
+def test_beam_search_of_one_is_greedy_token_for_token(tiny_whisper_package):
+    """The beam search run with one beam gives the greedy tokens (its candidates: the best two)."""
+    from edge_sdk.runtimes.decoder import DecoderState
+
+    asr = edge_sdk.load(tiny_whisper_package)
+    opts = asr.options(beam_size=1, temperature=0, language="en", timestamps=True)
+    for seed in (0, 1, 2):
+        cross = asr.encode(_random_features(seed))
+        greedy = asr.decode(cross, opts).tokens
+        prompt = asr._prompt("en", "transcribe", True)
+        with DecoderState(asr._decoder, asr._graph, fixed=cross) as state:
+            beam, _ = asr._beam_search(state, state.prefill([prompt])[:, -1], opts, 32)
+        assert len(greedy) > 3 and beam == greedy, seed
+
+
+def test_beam_search_gives_transformers_beam_tokens(tiny_whisper, tiny_whisper_package):
+    """Beam 4 gives transformers' beam search tokens when both run the same search: no suppressed
+    tokens (see _unsuppressed), length_penalty 0 (both rank by the sum of log-probabilities; OpenAI's
+    default divides by the length) and early stopping at 4 finished candidates (OpenAI's patience
+    1). Each beam proposing its 5 best tokens (OpenAI) and the 8 best over all beams
+    (transformers) keep the same 4 beams; the two can part only when end-of-text candidates rank
+    differently within one step (transformers keeps one ranked among the first 4 of 8, OpenAI one
+    ranked before the 4th continuing beam), which these windows do not hit. The random model runs
+    to the 32-token limit; tiny.en below ends its beams."""
+    from edge_sdk.converters.whisper_torch import load_whisper
+
+    model, _, _ = load_whisper(str(tiny_whisper), "huggingface")
+    asr = _unsuppressed(edge_sdk.load(tiny_whisper_package))
+    compared = 0
+    for seed, language, task in [(0, "en", "transcribe"), (1, "de", "translate"), (5, "en", "transcribe"), (6, "de", "transcribe")]:
+        features = _random_features(seed)
+        ours = asr.decode(asr.encode(features), language=language, task=task, timestamps=False, beam_size=4,
+                          length_penalty=0.0, temperature=0).tokens
+        expected = _hf_beam_tokens(model, features, asr._prompt(language, task, False), 4, model.config.max_target_positions // 2)
+        assert ours == expected, (seed, language, task)
+        greedy = asr.decode(asr.encode(features), language=language, task=task, timestamps=False, beam_size=1, temperature=0)
+        compared += ours != greedy.tokens
+    assert compared >= 2  # the beams found other windows than greedy decoding did
+
+
+def test_beam_search_on_tiny_en_speech_gives_transformers_tokens(whisper_packages, torch_whisper, clips):
+    """The same on speech, where beams end (end-of-text) and finished candidates compete."""
+    import librosa
+    from transformers import WhisperFeatureExtractor
+
+    asr = _unsuppressed(edge_sdk.load(whisper_packages["fp32"]))
+    extractor = WhisperFeatureExtractor(feature_size=torch_whisper.config.num_mel_bins)
+    for path, _ in clips[:3]:
+        audio, _ = librosa.load(str(path), sr=16000)
+        features = extractor(audio, sampling_rate=16000, return_tensors="np").input_features[0]
+        # without timestamps: transformers' generic beam search knows no timestamp rules
+        ours = asr.decode(asr.encode(features), timestamps=False, beam_size=4, length_penalty=0.0, temperature=0).tokens
+        expected = _hf_beam_tokens(torch_whisper, features, asr._prompt("en", "transcribe", False), 4, 224)
+        assert len(ours) > 5 and ours == expected, path.name
+
+
+def test_fallback_decodes_a_repetitive_window_hotter_and_clean_speech_at_zero(whisper_packages, clips, tmp_path):
+    """A constructed repetitive window: "go" said 30 times, which tiny.en at temperature 0 writes as
+    one long stutter (compression ratio far above 2.4). The window is decoded again at 0.2, ...
+    (best of 5 samples) and the kept decoding is one whose compression ratio is acceptable, the same
+    on every run (sampling is seeded). A clean sentence is decoded once, at temperature 0."""
+    speech = edge_sdk.load(whisper_packages["int8"])
+    clip = espeak(" ".join(["go"] * 30), tmp_path / "go.wav", speed=170)
+    first = speech.transcribe(clip, temperature=0)
+    assert first.stats.fallbacks == 0 and first.segments[0].compression_ratio > 2.4, first.segments
+    result = speech.transcribe(clip)
+    assert result.stats.fallbacks >= 1 and result.segments, result
+    assert all(0 < s.temperature and s.compression_ratio <= 2.4 for s in result.segments), result.segments
+    assert speech.transcribe(clip).text == result.text  # sampling is seeded: the same transcript every run
+
+    clean = speech.transcribe(clips[0][0])
+    assert clean.stats.fallbacks == 0 and clean.segments and all(s.temperature == 0 for s in clean.segments)
+    assert all(s.compression_ratio < 2.4 for s in clean.segments)
+    assert "fox" in clean.text.lower()
+
+
+def test_each_window_is_prompted_with_the_text_before_it(whisper_packages, tmp_path, monkeypatch):
+    """condition_on_previous_text: the second window's prompt holds <|startofprev|> and the first
+    window's tokens (after initial_prompt's); off, or after a window decoded above
+    prompt_reset_on_temperature, only the start-of-transcript sequence."""
+    import soundfile
+
+    speech = edge_sdk.load(whisper_packages["int8"])
+    parts = [soundfile.read(espeak(text, tmp_path / f"{i}.wav"))[0] for i, text in enumerate(SENTENCES)]
+    audio = np.concatenate([np.concatenate([p, np.zeros(8000)]) for p in parts * 3]).astype(np.float32)  # > 30 s
+    prompts = []
+    original = speech._decode
+
+    def spy(cross, prompt, opts, temperature, rng):
+        prompts.append(list(prompt))
+        return original(cross, prompt, opts, temperature, rng)
+
+    monkeypatch.setattr(speech, "_decode", spy)
+    start = speech.tokenizer.token_id("<|startofprev|>")
+    glossary = speech._text_tokens("Stella")
+    speech.transcribe(audio, initial_prompt="Stella", beam_size=2)
+    assert len(prompts) >= 2 and prompts[0][0] == start and prompts[0][1 : 1 + len(glossary)] == glossary
+    assert prompts[1][0] == start and len(prompts[1]) > len(prompts[0]) + 5  # the first window's text came along
+    prompts.clear()
+    speech.transcribe(audio, condition_on_previous_text=False, beam_size=2)
+    assert len(prompts) >= 2 and all(start not in p for p in prompts)
+
+
+def test_decoding_options_are_validated_in_one_line(whisper_packages, clips):
+    from click.testing import CliRunner
+
+    from edge_sdk.cli import main
+
+    package, clip = str(whisper_packages["int8"]), str(clips[0][0])
+    for arguments, words in (
+        (["--beam-size", "0"], "beam_size must be an integer in [1, 64]"),
+        (["--best-of", "100"], "best_of must be an integer in [1, 64]"),
+        (["--patience", "0"], "patience must be a number > 0"),
+        (["--length-penalty", "-1"], "length_penalty must be None or a number in [0, 10]"),
+        (["--temperature", "0,hot"], "--temperature takes a number or comma-separated numbers"),
+        (["--temperature", "3"], "temperature must be a number in [0, 2]"),
+        (["--compression-ratio-threshold", "0"], "compression_ratio_threshold must be None or a number > 0"),
+        (["--no-speech-threshold", "2"], "no_speech_threshold must be a probability in [0, 1]"),
+    ):
+        done = CliRunner().invoke(main, ["transcribe", package, clip, *arguments])
+        lines = [line for line in done.output.strip().splitlines() if line.startswith("Error:")]
+        assert done.exit_code != 0 and len(lines) == 1 and words in lines[0], (arguments, done.output)
+    with pytest.raises(InvalidInputError, match="prompt_reset_on_temperature"):
+        edge_sdk.load(package).transcribe(clip, prompt_reset_on_temperature=-1)
+
+
+def _speech(text: str, path: Path, voice: str = "en-us", trim: bool = False) -> np.ndarray:
+    """espeak-ng speech as 16 kHz samples; ``trim``: without the silence before and after it."""
+    from edge_sdk.runtimes.audio import AudioSource
+
+    samples = AudioSource.open(espeak(text, path, voice)).read(0, 10**9)
+    if trim:
+        loud = np.flatnonzero(np.abs(samples) > 0.01)
+        samples = samples[loud[0] : loud[-1] + 1]
+    return samples
+
+
+def test_word_timestamps_are_monotonic_inside_segments_and_where_the_words_were_put(whisper_packages, tmp_path):
+    """A clip built from words spoken one at a time with 0.1 s between them: each word found starts
+    within 0.2 s of where it was put, no word starts before the one before it ended, every word
+    lies inside its segment; in JSON, SRT and VTT (word cues)."""
+    words = "please call stella and ask her to bring these things from the store".split()
+    parts, offsets, position = [], [], 0
+    for i, word in enumerate(words):
+        samples = _speech(word, tmp_path / f"{i}.wav", trim=True)
+        offsets.append(position / 16000)
+        parts += [samples, np.zeros(1600, np.float32)]
+        position += len(samples) + 1600
+    audio = np.concatenate(parts)
+    asr = edge_sdk.load(whisper_packages["int8"])
+    result = asr.transcribe(audio, word_timestamps=True)
+    found = result.words
+    assert len(found) == len(words) and result.stats.alignment_seconds > 0
+    assert " ".join(w.word.strip() for w in found) == result.text
+    for word, offset in zip(found, offsets):
+        assert abs(word.start - offset) <= 0.2, (word, offset)
+        assert 0 < word.probability <= 1 and word.start <= word.end
+    assert all(a.end <= b.start for a, b in zip(found, found[1:]))
+    for segment in result.segments:
+        assert segment.words and all(segment.start <= w.start and w.end <= segment.end for w in segment.words)
+    assert result.to_srt(words=True).count(" --> ") == len(words) and result.to_vtt(words=True).startswith("WEBVTT")
+    assert result.as_dict()["segments"][0]["words"][0]["word"] == found[0].word
+    plain = asr.transcribe(audio)
+    assert plain.text == result.text and all(s.words is None for s in plain.segments)
+    with pytest.raises(InvalidInputError, match="word-level cues need"):
+        plain.to_srt(words=True)
+
+
+def test_speech_regions_follow_faster_whisper_parameters():
+    from edge_sdk.runtimes.vad import CHUNK, VadOptions, regions_from_probabilities
+
+    p = np.zeros(200, np.float32)
+    p[10:30] = p[35:40] = p[150:160] = 0.9  # speech; a 5-chunk (160 ms) pause; a long pause
+    p[30:35] = 0.4  # below the threshold, above threshold - 0.15: not yet a pause ...
+    p[31:34] = 0.1  # ... these three are
+    n = len(p) * CHUNK
+
+    def regions(**options):
+        return [(s // CHUNK, e // CHUNK) for s, e in regions_from_probabilities(p, n, VadOptions(speech_pad_ms=0, **options))]
+
+    assert regions(min_silence_duration_ms=500) == [(10, 40), (150, 160)]  # the short pause does not end speech
+    assert regions(min_silence_duration_ms=50) == [(10, 31), (35, 40), (150, 160)]  # speech resumes at >= threshold
+    assert regions(min_silence_duration_ms=500, min_speech_duration_ms=400) == [(10, 40)]
+    assert regions(min_silence_duration_ms=500, max_speech_duration_s=0.8) == [(10, 31), (35, 40), (150, 160)]  # at its pause
+    padded = regions_from_probabilities(p, n, VadOptions(min_silence_duration_ms=500, speech_pad_ms=100))
+    assert padded == [(10 * CHUNK - 1600, 40 * CHUNK + 1600), (150 * CHUNK - 1600, 160 * CHUNK + 1600)]
+    close = np.zeros(60, np.float32)
+    close[5:10] = close[12:20] = 0.9  # two regions 64 ms apart, padded 100 ms: they meet in the middle
+    met = regions_from_probabilities(close, 60 * CHUNK, VadOptions(min_silence_duration_ms=0, speech_pad_ms=100))
+    assert len(met) == 2 and met[0][1] == met[1][0]
+    for bad, message in (({"threshold": 2}, "threshold must be"), ({"pad": 1}, "unknown parameter"),
+                         ({"min_silence_duration_ms": -1}, "min_silence_duration_ms must be")):
+        with pytest.raises(InvalidInputError, match=message):
+            VadOptions.from_value(bad)
+
+
+def test_vad_removes_a_long_silence_and_keeps_times_on_the_original_axis(whisper_packages, tmp_path):
+    """Two sentences with 40 s of low noise between them: the bundled Silero VAD (MIT, from the
+    silero-vad pip package) leaves about 6 s of speech to transcribe; segments and words are on
+    the original time axis: the second sentence's start after the noise."""
+    first = _speech(SENTENCES[3], tmp_path / "a.wav")
+    second = _speech(SENTENCES[5], tmp_path / "b.wav", "en")
+    noise = np.random.default_rng(0).normal(scale=0.002, size=16000 * 40).astype(np.float32)
+    audio = np.concatenate([first, noise, second])
+    resumed, total = (len(first) + len(noise)) / 16000, len(audio) / 16000
+    asr = edge_sdk.load(whisper_packages["int8"])
+    manifest = asr.package.manifest["vad"]
+    assert manifest["license"].startswith("MIT") and asr.package.path(manifest["license_file"]).read_text().startswith("MIT")
+    result = asr.transcribe(audio, vad_filter=True, word_timestamps=True)
+    assert result.duration == pytest.approx(total, abs=0.01) and result.stats.audio_seconds == pytest.approx(total, abs=0.01)
+    assert result.stats.speech_seconds < (len(first) + len(second)) / 16000 + 2 and result.stats.vad_seconds > 0
+    later = [s for s in result.segments if s.start > len(first) / 16000 + 1]
+    earlier = [s for s in result.segments if s not in later]
+    assert earlier and later and all(s.end <= len(first) / 16000 + 0.5 for s in earlier)
+    assert all(resumed - 0.5 <= s.start and s.end <= total + 0.01 for s in later)
+    assert all(resumed - 0.5 <= w.start for s in later for w in s.words)
+    # each sentence in its own segments (tiny.en mishears some espeak words, not these)
+    assert "north of the country tomorrow" in "".join(s.text for s in later)
+    assert "meeting" in "".join(s.text for s in earlier) and "before lunch" in "".join(s.text for s in earlier)
+    with pytest.raises(InvalidInputError, match="vad_parameters: threshold must be"):
+        asr.transcribe(audio, vad_filter=True, vad_parameters={"threshold": -1})
+
+
+def test_language_detection_returns_the_forced_language_and_translate_prompts_for_it(tiny_whisper, tmp_path, monkeypatch):
+    """A tiny random multilingual Whisper whose <|de|> token is forced (its output embedding made
+    to dominate after <|startoftranscript|>): detection gives 'de' with its probability; translate
+    prompts with <|de|><|translate|>; an English-only model refuses to translate."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper).eval()
+    tokenizer = edge_sdk.runtimes.tokenizer.TextTokenizer.from_file(tiny_whisper / "tokenizer.json")
+    forced = tokenizer.token_id("<|de|>")
+    direction = torch.nn.functional.normalize(torch.randn(model.config.d_model, generator=torch.Generator().manual_seed(0)), dim=0)
+    with torch.no_grad():
+        model.model.decoder.layer_norm.bias += 2 * direction
+        model.get_output_embeddings().weight[forced] = 10 * direction
+    model.save_pretrained(tmp_path / "forced")
+    for name in ("tokenizer.json", "generation_config.json"):  # Whisper's languages and tasks live in the latter
+        shutil.copy(tiny_whisper / name, tmp_path / "forced")
+    asr = edge_sdk.load(export(tmp_path / "forced", tmp_path / "pkg", progress=False))
+    cross = asr.encode(_random_features(2))
+    probabilities = asr.language_probabilities(cross)
+    assert list(probabilities) == ["de", "en"] and probabilities["de"] > 0.99 and sum(probabilities.values()) == pytest.approx(1)
+    assert asr.detect_language(cross) == "de"
+    prompts = []
+    decode = asr._decode
+    monkeypatch.setattr(asr, "_decode", lambda cross, prompt, *rest: prompts.append(prompt) or decode(cross, prompt, *rest))
+    audio = np.random.default_rng(1).normal(scale=0.3, size=16000 * 2).astype(np.float32)
+    result = asr.transcribe(audio, task="translate", beam_size=1, temperature=0)
+    assert result.language == "de" and result.language_probability > 0.99
+    d = asr.package.manifest["decoding"]
+    assert prompts[0][:3] == [d["sot"], d["languages"]["de"], d["translate"]]
+    forced_en = asr.transcribe(audio, language="en", beam_size=1, temperature=0)  # --language wins over detection
+    assert forced_en.language == "en" and forced_en.language_probability is None
+    assert prompts[-1][:3] == [d["sot"], d["languages"]["en"], d["transcribe"]]
+
+
+def test_cli_transcribes_many_files_batched_with_words_and_vad(whisper_packages, clips, tmp_path):
+    """Several files go through the encoder as one batch and get each the transcript they get alone;
+    --word-cues writes one subtitle per word; --vad-filter; English-only translate is refused."""
+    from click.testing import CliRunner
+
+    from edge_sdk.cli import main
+
+    package = str(whisper_packages["int8"])
+    asr = edge_sdk.load(package)
+    files = [str(path) for path, _ in clips[:3]]
+    alone = [asr.transcribe(f).text for f in files]
+    assert [r.text for r in asr.transcribe_many(files, batch_size=3)] == alone
+    done = CliRunner().invoke(main, ["transcribe", package, *files, "-q", "--batch-size", "2", "-f", "json", "-o", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    assert [json.loads((tmp_path / "out" / f"{Path(f).stem}.json").read_text())["text"] for f in files] == alone
+    srt = CliRunner().invoke(main, ["transcribe", package, files[0], "-q", "-f", "srt", "--word-cues"])
+    assert srt.exit_code == 0 and srt.output.count(" --> ") == len(alone[0].split())
+    vad = CliRunner().invoke(main, ["transcribe", package, files[0], "-q", "--vad-filter", "--vad-parameters",
+                                    "min_silence_duration_ms=500,speech_pad_ms=200"])
+    assert vad.exit_code == 0 and wer([clips[0][1]], [vad.output]) < 30
+    for arguments, words in ((["--word-cues"], "--word-cues is for subtitles"), (["--vad-parameters", "a=1"], "needs --vad-filter"),
+                             (["--vad-filter", "--vad-parameters", "threshold"], "NAME=NUMBER"),
+                             (["--task", "translate"], "English-only"), (["--batch-size", "0"], "--batch-size must be")):
+        done = CliRunner().invoke(main, ["transcribe", package, files[0], *arguments])
+        lines = [line for line in done.output.strip().splitlines() if line.startswith("Error:")]
+        assert done.exit_code != 0 and len(lines) == 1 and words in lines[0], (arguments, done.output)
