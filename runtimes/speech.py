@@ -128,7 +128,7 @@ def _number(value) -> bool:
 
 @dataclass(frozen=True)
 class WindowDecoding:
-    """One 30-second window decoded greedily."""
+    """One 30-second window decoded (beam search, greedy or sampled)."""
 
     tokens: list[int]  # without the prompt and the end-of-text token; timestamps included
     avg_logprob: float  # mean log-probability of the tokens (end-of-text counted)
@@ -232,10 +232,14 @@ def _clock(seconds: float, separator: str) -> str:
 class SpeechRecognizer:
     """A loaded Whisper package. ``transcribe(path_or_array)`` returns a ``Transcription``.
 
-    Options (keyword arguments of ``transcribe``, or one ``TranscriptionOptions``): ``language``,
-    ``task``, ``timestamps``, ``no_speech_threshold``, ``logprob_threshold``. The steps of one
-    window are public too: ``log_mel`` (samples -> features), ``encode`` (features -> cross-attention
-    keys/values), ``detect_language`` and ``decode`` (-> ``WindowDecoding``).
+    Options (keyword arguments of ``transcribe``, or one ``TranscriptionOptions``; faster-whisper's
+    names and defaults): ``language``, ``task``, ``timestamps``, ``beam_size``, ``best_of``,
+    ``patience``, ``length_penalty``, ``temperature``, ``compression_ratio_threshold``,
+    ``logprob_threshold``, ``no_speech_threshold``, ``condition_on_previous_text``,
+    ``initial_prompt``, ``prefix``, ``word_timestamps``, ``vad_filter``, ``vad_parameters``.
+    ``transcribe_many`` batches several files' windows through the encoder. The steps of one window
+    are public too: ``log_mel`` (samples -> features), ``encode`` (features -> cross-attention
+    keys/values), ``language_probabilities`` / ``detect_language`` and ``decode`` (-> ``WindowDecoding``).
     """
 
     def __init__(self, package: Package, threads: int | None = None):
@@ -519,12 +523,9 @@ class SpeechRecognizer:
         probabilities = np.exp(scores - scores.max(-1, keepdims=True))
         probabilities = (probabilities / probabilities.sum(-1, keepdims=True))[np.arange(len(text_tokens)), text_tokens]
         path = alignment.token_frames(qk[:, rows], window_frames)
-        timings = alignment.word_timings(self.tokenizer.decode, text_tokens, path, probabilities,
+        timings, median = alignment.word_timings(self.tokenizer.decode, text_tokens, path, probabilities,
                                          split_on_spaces=language not in alignment.SPACELESS_LANGUAGES,
                                          prepended=opts.prepend_punctuations, appended=opts.append_punctuations)
-        durations = np.array([t.end - t.start for t in timings])
-        durations = durations[durations.nonzero()]
-        median = min(0.7, float(np.median(durations))) if len(durations) else 0.0
         longest = 2 * median
         out, index = [], 0
         previous_end = segments[0].start

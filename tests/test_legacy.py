@@ -32,7 +32,8 @@ def test_old_speech_package_loads_under_the_new_task_name_and_transcribes_the_sa
     asr = edge_sdk.load(legacy / "speech-recognition", threads=1)
     assert json.loads((legacy / "speech-recognition" / "manifest.json").read_text())["task"] == "speech-recognition"
     assert asr.package.task == "automatic-speech-recognition"
-    result = asr.transcribe(SPEECH_SAMPLE)
+    # the decoding it was recorded with (greedy, no fallback; beam 5 with fallback is today's default)
+    result = asr.transcribe(SPEECH_SAMPLE, beam_size=1, temperature=0.0, condition_on_previous_text=False)
     assert result.text == EXPECTED["transcript"] and len(result.segments) == EXPECTED["segments"]
 
 
