@@ -148,7 +148,9 @@ def test_tiny_en_transcribes_speech_with_wer_close_to_pytorch(whisper_packages, 
     figures = {}
     for weights, package in whisper_packages.items():
         asr = edge_sdk.load(package, threads=2)
-        figures[weights] = wer(references, [asr.transcribe(p).text for p, _ in clips])
+        # the search PyTorch's greedy generate runs (beam 5 and fallback are tested on their own)
+        figures[weights] = wer(references, [asr.transcribe(p, beam_size=1, temperature=0.0, condition_on_previous_text=False).text
+                                            for p, _ in clips])
     assert figures["fp32"] <= torch_wer + 1.0, (figures, torch_wer)
     assert figures["int8"] <= torch_wer + 3.0, (figures, torch_wer)
 
