@@ -295,10 +295,7 @@ class SpeechRecognizer:
         opts = self.options(options, **overrides)
         language = self._check(opts)
         vad = self._voice_activity() if opts.vad_filter else None
-        if isinstance(audio, (str, os.PathLike)):
-            source = AudioSource.open(audio)
-        else:
-            source = AudioSource.from_array(audio, sample_rate)
+        source = _source(audio, sample_rate)
         try:
             if vad is None:
                 result = self._transcribe(source, language, opts, progress)
@@ -337,7 +334,7 @@ class SpeechRecognizer:
         started: dict[int, float] = {}
         try:
             for audio in audios:
-                sources.append(AudioSource.open(audio) if isinstance(audio, (str, os.PathLike)) else AudioSource.from_array(audio))
+                sources.append(_source(audio))
             pending, active = list(range(len(sources))), {}  # active: file index -> (generator, its next features)
             while pending or active:
                 while pending and len(active) < batch_size:
@@ -795,6 +792,11 @@ class SpeechRecognizer:
             duration = (stamps[-1] - ts_begin) * step
         found = segment(offset, offset + duration, tokens)
         return ([found] if found else []), window_frames, tokens
+
+
+def _source(audio, sample_rate: int = SAMPLE_RATE) -> AudioSource:
+    """A file path or an array of samples as an ``AudioSource``."""
+    return AudioSource.open(audio) if isinstance(audio, (str, os.PathLike)) else AudioSource.from_array(audio, sample_rate)
 
 
 def _on_original_axis(result: Transcription, speech: SpeechAudio, duration: float) -> Transcription:
