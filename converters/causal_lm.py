@@ -121,7 +121,7 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
     if not source.spec.tested:
         log.warning("%s is not among the families edge-sdk tests; exporting it by the generic path "
                     "(the export still checks it against PyTorch)", source.spec.architecture)
-    exported = run_stage("edge_sdk.converters.causal_lm_torch:export_fp32", request, work, steps)
+    exported = run_stage("edge_sdk.converters.causal_lm_torch:export_fp32", request, work, steps, inputs=[source.path])
     shapes = exported["shapes"]
     fp32_graph = work / DECODER_FILE
     os.replace(work / TOKENIZER_FILE, staging / TOKENIZER_FILE)

@@ -71,7 +71,7 @@ def export_unet(source: Source, staging: Path, options, steps) -> ExportResult:
     steps.expect(5)
     work = staging / "fp32-work"
     request = {"unet": str(source.path), "work": str(work), "atol": options.atol}
-    exported = run_stage("edge_sdk.converters.diffusion_torch:export_fp32", request, work, steps)
+    exported = run_stage("edge_sdk.converters.diffusion_torch:export_fp32", request, work, steps, inputs=[source.path])
     scheduler = json.loads(Path(source.extra["scheduler_file"]).read_text(encoding="utf-8"))
     scheduler = {key: scheduler[key] for key in SCHEDULER_KEYS if key in scheduler}
     shapes = exported["shapes"]

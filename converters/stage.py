@@ -6,32 +6,127 @@ exports and validates the FP32 graph, writes it to a work directory and exits, r
 that memory; the parent, which never imports torch, builds the package from the files.
 
 The child runs ``FUNCTION(request, step)``; ``step(description)`` moves the parent's progress bar.
+
+Export cache (opt-in): with ``$EDGE_SDK_EXPORT_CACHE`` set to a directory, a stage's work files and
+result are kept there under a key of everything that decides them: the target, the request (less
+its work path), the bytes of the source files, the versions of edge-sdk, torch, transformers,
+onnx and onnxscript, and the converters' own code. Exporting the same model again (another
+runtime, another precision, another device) then copies the validated FP32 graph from the cache
+instead of running torch.export again, as a build cache would. Entries are written whole or not
+at all (a temporary directory renamed into place); a failed stage is never kept.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from edge_sdk import errors, worker
 
+log = logging.getLogger("edge_sdk")
+CACHE_VARIABLE = "EDGE_SDK_EXPORT_CACHE"
+_RESULT, _STEPS = "stage-result.json", "stage-steps.json"
+_VERSIONED = ("edge-sdk", "torch", "transformers", "onnx", "onnxscript", "diffusers")
 
-def run_stage(target: str, request: dict[str, Any], work: Path, steps) -> dict[str, Any]:
+
+def run_stage(target: str, request: dict[str, Any], work: Path, steps, inputs: Iterable[Path] = ()) -> dict[str, Any]:
     """Run ``target`` ("module:function") on ``request`` in a child process; return its result.
 
-    An edge-sdk error raised in the child is raised again here, same class and message; a crash
-    becomes an ``ExportError``.
+    ``inputs``: the files or directories the stage reads (the source model); with the export cache
+    on (``$EDGE_SDK_EXPORT_CACHE``) their bytes are part of the cache key. An edge-sdk error raised
+    in the child is raised again here, same class and message; a crash becomes an ``ExportError``.
     """
     current = None
+    seen: list[str] = []
 
     def on_step(description: str) -> None:
         nonlocal current
         if current is not None:
             current.__exit__(None, None, None)
+        seen.append(description)
         current = steps.step(description)
         current.__enter__()
 
-    result = worker.run(target, request, work=work, on_step=on_step, failure=errors.ExportError, what="the export process")
+    cache = _cache_dir()
+    entry = cache / _key(target, request, inputs) if cache is not None and inputs else None
+    if entry is not None and (entry / _RESULT).is_file():
+        result = _restore(entry, work, on_step)
+    else:
+        result = worker.run(target, request, work=work, on_step=on_step, failure=errors.ExportError, what="the export process")
+        if entry is not None:
+            _store(entry, work, result, seen)
     if current is not None:  # a failed step is not shown as done
         current.__exit__(None, None, None)
     return result
+
+
+def _cache_dir() -> Path | None:
+    value = os.environ.get(CACHE_VARIABLE, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def _key(target: str, request: dict[str, Any], inputs: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in request.items() if k != "work"}
+    for path in inputs:  # the source is named by its bytes, not its path
+        settings = {k: v for k, v in settings.items() if v != str(path)}
+    digest.update(json.dumps([target, settings], sort_keys=True, default=str).encode())
+    for name in _VERSIONED:
+        try:
+            digest.update(f"{name}={metadata.version(name)}\n".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{name}=absent\n".encode())
+    _hash_tree(digest, Path(__file__).resolve().parent, suffix=".py")  # the converters' code decides the graph
+    for path in inputs:
+        _hash_tree(digest, Path(path))
+    return digest.hexdigest()[:32]
+
+
+def _hash_tree(digest, root: Path, suffix: str = "") -> None:
+    """Every file under ``root`` (or ``root`` itself): its relative name and its bytes."""
+    if not root.exists():
+        digest.update(f"absent:{root.name}\n".encode())
+        return
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(suffix))
+    for file in files:
+        digest.update(f"{file.relative_to(root) if file != root else file.name}\n".encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+
+
+def _restore(entry: Path, work: Path, on_step) -> dict[str, Any]:
+    """Copy a cached stage's files into ``work``; replay its steps (marked as reused)."""
+    for description in json.loads((entry / _STEPS).read_text(encoding="utf-8")):
+        on_step(f"{description} (cached)")
+    work.mkdir(parents=True, exist_ok=True)
+    for file in entry.iterdir():
+        if file.name not in (_RESULT, _STEPS):
+            (shutil.copytree if file.is_dir() else shutil.copy2)(file, work / file.name)
+    log.info("reused the exported FP32 graph from %s", entry)
+    return json.loads((entry / _RESULT).read_text(encoding="utf-8"))
+
+
+def _store(entry: Path, work: Path, result: dict[str, Any], steps: list[str]) -> None:
+    """Keep a finished stage's work files and result; a cache that cannot be written only logs."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+        for file in work.iterdir():
+            if file.name not in (worker.REQUEST_NAME, worker.RESULT_NAME):
+                (shutil.copytree if file.is_dir() else shutil.copy2)(file, staging / file.name)
+        (staging / _STEPS).write_text(json.dumps(steps), encoding="utf-8")
+        (staging / _RESULT).write_text(json.dumps(result), encoding="utf-8")  # last: an entry without it is unused
+        try:
+            os.replace(staging, entry)
+        except OSError:  # another export of the same model stored it first
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as e:
+        log.warning("could not keep the export in the cache %s: %s", entry.parent, e)

@@ -42,8 +42,9 @@ def _decoder_probe(shapes: dict, decoding: dict):
 
     rng = np.random.default_rng(2)
     heads, head_dim = shapes["num_heads"], shapes["head_dim"]
-    cross = {name: rng.normal(size=(1, heads, shapes["source_positions"], head_dim)).astype(np.float32)
-             for name in encoder_outputs(shapes["num_layers"])}
+    frames = shapes["source_positions"]
+    cross = {name: rng.normal(size=(1, heads, head_dim, frames) if name.endswith(".key") else (1, heads, frames, head_dim))
+             .astype(np.float32) for name in encoder_outputs(shapes["num_layers"])}  # keys come transposed
     prompt = [decoding["sot"], decoding["no_timestamps"], 1, 2]
 
     def run(session) -> np.ndarray:
@@ -66,7 +67,9 @@ def export_whisper(source: Source, staging: Path, options, steps) -> ExportResul
     work = staging / "fp32-work"
     request = {"source": str(source.path), "kind": kind, "work": str(work), "atol": options.atol,
                "static": bool(options.device is not None and options.device.static_shapes)}
-    exported = run_stage("edge_sdk.converters.whisper_torch:export_fp32", request, work, steps)
+    # an OpenAI checkpoint file reads the tokenizer beside it
+    inputs = [source.path] if Path(source.path).is_dir() else [source.path, Path(source.path).with_name(TOKENIZER_FILE)]
+    exported = run_stage("edge_sdk.converters.whisper_torch:export_fp32", request, work, steps, inputs=inputs)
     shapes, decoding = exported["shapes"], exported["decoding"]
     for name in (TOKENIZER_FILE, MEL_FILE):
         os.replace(work / name, staging / name)

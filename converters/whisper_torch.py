@@ -3,14 +3,23 @@
 Two graphs, both with flat tensor inputs and outputs:
 
     encoder  input_features (batch, n_mels, 3000) float32
-             -> cross.{i}.key / cross.{i}.value (batch, heads, 1500, head_dim) for each decoder layer:
-                the cross-attention keys/values, computed once per 30-second window
+             -> cross.{i}.key (batch, heads, head_dim, 1500) and cross.{i}.value (batch, heads, 1500,
+                head_dim) for each decoder layer: the cross-attention keys (stored transposed, as
+                the product q @ k^T reads them) and values, computed once per 30-second window
     decoder  input_ids (batch, sequence) int64
              past_key_values.{i}.key / .value (batch, heads, past_sequence, head_dim)
-             cross.{i}.key / cross.{i}.value
+             cross.{i}.key / cross.{i}.value of ONE window (batch axis 1)
              -> logits (batch, sequence, vocab), present.{i}.key / present.{i}.value,
                 cross_qk (batch, alignment heads, sequence, 1500): the pre-softmax cross-attention
                 scores of the model's alignment heads (word timestamps: OpenAI's find_alignment)
+
+Every row of a decoder call attends to the one window it was given: in cross-attention the rows
+fold into the query axis, (1, heads, batch x sequence, head_dim) against the window's keys, so a
+beam search of 5 reads the window's keys and values once per step, not 5 times (tiling them per
+row made a beam-5 step ~5x a greedy one), and no per-step transpose of them is left in the graph.
+The alignment heads' scores are the same product the attention takes its softmax of.
+Packages exported before this take cross values tiled per row (a dynamic batch axis); the
+runtime reads which from the graph's description.
 
 The decoder follows ``edge_sdk.runtimes.decoder``'s contract (the text decoder's names, without a
 mask or positions; packages exported before named its cache ``past.{i}.key``). For static-shape
@@ -237,8 +246,9 @@ def _modules(model, layers: int, masked: bool = False, aligned: list[list[int]] 
             batch, frames, width = hidden.shape
             outputs = []
             for layer in self.layers:
-                for proj in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj):
-                    outputs.append(proj(hidden).view(batch, frames, self.heads, width // self.heads).transpose(1, 2))
+                split = (batch, frames, self.heads, width // self.heads)
+                outputs.append(layer.encoder_attn.k_proj(hidden).view(split).permute(0, 2, 3, 1))  # keys transposed
+                outputs.append(layer.encoder_attn.v_proj(hidden).view(split).transpose(1, 2))
             return tuple(outputs)
 
     class Decoder(nn.Module):
@@ -286,12 +296,16 @@ def _modules(model, layers: int, masked: bool = False, aligned: list[list[int]] 
                 hidden = hidden + attn.out_proj(out.transpose(1, 2).flatten(2))
                 cross_attn = layer.encoder_attn
                 x = layer.encoder_attn_layer_norm(hidden)
-                q = self._split(cross_attn.q_proj(x) * cross_attn.scaling)
+                q = cross_attn.q_proj(x) * cross_attn.scaling
+                batch, width = q.shape[0], q.shape[2]
+                # every row attends to the one window: rows fold into the query axis
+                q = q.reshape(1, batch * length, self.heads, width // self.heads).transpose(1, 2)
+                qk = q @ cross[2 * i]  # (1, heads, rows x sequence, frames): the keys come transposed
                 heads = [h for layer_index, h in aligned or [] if layer_index == i]
                 if heads:  # OpenAI's qk: (q * d^-1/4) @ (k * d^-1/4)^T, before the softmax
-                    scores.append(q[:, heads] @ cross[2 * i][:, heads].transpose(-1, -2))
-                out = torch.nn.functional.scaled_dot_product_attention(q, cross[2 * i], cross[2 * i + 1], scale=1.0)
-                hidden = hidden + cross_attn.out_proj(out.transpose(1, 2).flatten(2))
+                    scores.append(qk[0, heads].reshape(len(heads), batch, length, -1).transpose(0, 1))
+                out = torch.softmax(qk, dim=-1) @ cross[2 * i + 1]  # (1, heads, rows x sequence, head_dim)
+                hidden = hidden + cross_attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
                 x = layer.final_layer_norm(hidden)
                 hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
             hidden = self.decoder.layer_norm(hidden)
@@ -338,9 +352,9 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
         cross = encoder(traced)
     mask_inputs = (torch.ones(2, 5, dtype=torch.int64), torch.arange(2, 5).repeat(2, 1)) if masked else ()
     trace = (torch.zeros(2, 3, dtype=torch.int64), *mask_inputs, *(torch.zeros(2, heads, 2, head_dim) for _ in range(2 * layers)),
-             *(c.clone() for c in cross))
+             *(c[:1].clone() for c in cross))  # one window for all rows: its batch axis is 1
     mask_axes = ({0: batch, 1: total}, {0: batch, 1: seq}) if masked else ()
-    dynamic = ({0: batch, 1: seq}, (*mask_axes, *({0: batch, 2: past} for _ in range(2 * layers)), *({0: batch} for _ in range(2 * layers))))
+    dynamic = ({0: batch, 1: seq}, (*mask_axes, *({0: batch, 2: past} for _ in range(2 * layers)), *({} for _ in range(2 * layers))))
     export_onnx(decoder, trace, work / DECODER_FILE, input_names=decoder_inputs(layers, masked),
                 output_names=decoder_outputs(layers, aligned=bool(aligned)), dynamic_shapes=dynamic)
     Path(work / TOKENIZER_FILE).write_bytes(Path(tokenizer_path).read_bytes())

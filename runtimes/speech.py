@@ -253,6 +253,10 @@ class SpeechRecognizer:
         self._decoder = open_session(package.runtime, package.graph_path("decoder"), threads, min_version)
         self._graph = DecoderGraph.from_description(package.graph("decoder"), self._model)
         self._cross_names = list(self._graph.fixed)  # the encoder's outputs the decoder takes on every call
+        # one window for all rows (batch axis 1: rows fold into the query axis), or, in packages
+        # exported before, the window's values tiled per row (a dynamic batch axis)
+        shapes = {entry["name"]: entry.get("shape") or [None] for entry in package.graph("decoder")["inputs"]}
+        self._one_window = all(shapes.get(name, [None])[0] == 1 for name in self._cross_names)
         self._decoder_outputs = {entry["name"] for entry in package.graph("decoder")["outputs"]}
         self.tokenizer = TextTokenizer.from_file(package.path(manifest["tokenizer"]["path"]))
         filters = np.load(package.path(self._features["mel_filters"]), allow_pickle=False)
@@ -650,7 +654,7 @@ class SpeechRecognizer:
     def _cross_rows(self, cross: dict, rows: int) -> dict:
         """The window's cross-attention values for ``rows`` decoder rows (a static graph runs its rows
         one at a time through batch 1)."""
-        if rows == 1 or self._graph.static:
+        if rows == 1 or self._graph.static or self._one_window:
             return cross
         return {name: np.repeat(value, rows, axis=0) for name, value in cross.items()}
 
@@ -664,15 +668,15 @@ class SpeechRecognizer:
         done = np.zeros(rows, dtype=bool)
         for _ in range(limit):
             chosen = np.full(rows, eot, dtype=np.int64)
-            for row in np.flatnonzero(~done):
-                scores = self._apply_rules(last[row].astype(np.float64), tokens[row], opts.timestamps)
-                logprobs = _log_softmax(scores)
+            active = np.flatnonzero(~done)
+            logprobs = self._logprobs(last[active], [tokens[row] for row in active], opts.timestamps)
+            for row, row_logprobs in zip(active, logprobs):
                 if temperature == 0:
-                    token = int(np.argmax(scores))
+                    token = int(np.argmax(row_logprobs))
                 else:
-                    p = np.exp(_log_softmax(scores / temperature))
+                    p = np.exp(_log_softmax(row_logprobs / temperature))
                     token = int(rng.choice(len(p), p=p / p.sum()))
-                sums[row] += logprobs[token]
+                sums[row] += row_logprobs[token]
                 chosen[row] = token
                 if token == eot:
                     done[row] = True
@@ -694,12 +698,12 @@ class SpeechRecognizer:
         finished: dict[tuple, float] = {}
         for _ in range(limit):
             scores, sources = {}, {}
-            for i, prefix in enumerate(beams):
-                logprobs = _log_softmax(self._apply_rules(last[i].astype(np.float64), prefix, opts.timestamps))
-                top = np.argpartition(-logprobs, size)[: size + 1]
-                for token in top[np.argsort(-logprobs[top], kind="stable")]:
+            logprobs = self._logprobs(last, beams, opts.timestamps)
+            tops = np.argpartition(-logprobs, size, axis=-1)[:, : size + 1]
+            for i, (prefix, top) in enumerate(zip(beams, tops)):
+                for token in top[np.argsort(-logprobs[i, top], kind="stable")]:
                     sequence = tuple(prefix) + (int(token),)
-                    scores[sequence], sources[sequence] = sums[i] + logprobs[token], i
+                    scores[sequence], sources[sequence] = sums[i] + logprobs[i, token], i
             kept, kept_sums, rows, ended = [], [], [], {}
             for sequence in sorted(scores, key=scores.get, reverse=True):
                 if sequence[-1] == eot:
@@ -740,17 +744,29 @@ class SpeechRecognizer:
         sequence, score = max(candidates.items(), key=ranked)
         return list(sequence), float(score)
 
-    def _apply_rules(self, scores: np.ndarray, tokens: list[int], timestamps: bool) -> np.ndarray:
-        """Whisper's logit filters on the next token's scores, in place: suppressed tokens, blanks
-        at the first step, and with ``timestamps`` the timestamp rules."""
+    def _logprobs(self, last: np.ndarray, prefixes: list[list[int]], timestamps: bool) -> np.ndarray:
+        """Next-token log-probabilities (rows, vocab) under Whisper's logit filters, from each row's
+        scores ``last`` and its tokens so far: suppressed tokens, blanks at the first step, and with
+        ``timestamps`` OpenAI's timestamp rules (text is ruled out where the timestamps together are
+        likelier than any one text token). In float64, all rows at once."""
         d = self._decoding
+        scores = np.array(last, dtype=np.float64, ndmin=2)
         if len(self._suppress):
-            scores[self._suppress] = -np.inf
-        if not tokens and len(self._begin_suppress):
-            scores[self._begin_suppress] = -np.inf
+            scores[:, self._suppress] = -np.inf
+        for row, tokens in enumerate(prefixes):
+            if not tokens and len(self._begin_suppress):
+                scores[row, self._begin_suppress] = -np.inf
+            if timestamps:
+                _timestamp_rules(scores[row], tokens, d["timestamp_begin"], d["eot"], d["no_timestamps"], self._max_initial)
+        logprobs = _log_softmax(scores)
         if timestamps:
-            _timestamp_rules(scores, tokens, d["timestamp_begin"], d["eot"], d["no_timestamps"], self._max_initial)
-        return scores
+            begin = d["timestamp_begin"]
+            stamps = np.logaddexp.reduce(logprobs[:, begin:], axis=-1)
+            text = np.flatnonzero(stamps > logprobs[:, :begin].max(axis=-1))
+            if len(text):
+                scores[text, :begin] = -np.inf
+                logprobs[text] = _log_softmax(scores[text])
+        return logprobs
 
     def _segments(self, window: WindowDecoding, offset, window_frames, timestamps) -> tuple[list[Segment], int, list[int]]:
         """Cut a window's tokens into segments; return them, how many frames to advance, and the
@@ -824,14 +840,15 @@ def compression_ratio(text: str) -> float:
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
-    finite = x[np.isfinite(x)]
-    top = finite.max() if finite.size else 0.0
-    shifted = x - top
-    return shifted - np.log(np.exp(shifted).sum())
+    """Along the last axis; entries at -inf stay there."""
+    top = x.max(axis=-1, keepdims=True)
+    shifted = x - np.where(np.isfinite(top), top, 0.0)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def _timestamp_rules(scores: np.ndarray, tokens: list[int], ts_begin: int, eot: int, no_timestamps: int, max_initial: int) -> None:
-    """OpenAI Whisper's ApplyTimestampRules on one row of scores, in place."""
+    """OpenAI Whisper's ApplyTimestampRules on one row of scores, in place: the rules that follow
+    from the tokens so far (the one that weighs timestamps against text is in ``_logprobs``)."""
     scores[no_timestamps] = -np.inf
     last_was_ts = len(tokens) >= 1 and tokens[-1] >= ts_begin
     penultimate_was_ts = len(tokens) < 2 or tokens[-2] >= ts_begin
@@ -847,7 +864,3 @@ def _timestamp_rules(scores: np.ndarray, tokens: list[int], ts_begin: int, eot: 
     if not tokens:  # the first token is a timestamp, at most max_initial steps in
         scores[:ts_begin] = -np.inf
         scores[ts_begin + max_initial + 1 :] = -np.inf
-    logprobs = _log_softmax(scores)
-    stamp_logprob = np.logaddexp.reduce(logprobs[ts_begin:])
-    if stamp_logprob > logprobs[:ts_begin].max():
-        scores[:ts_begin] = -np.inf

@@ -21,6 +21,20 @@ def build_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Path:
+    """One export cache for the session (``$EDGE_SDK_EXPORT_CACHE``, converters/stage.py): a model
+    exported at several runtimes and precisions runs torch.export once. CLI subprocesses inherit it."""
+    cache = tmp_path_factory.mktemp("export-cache")
+    before = os.environ.get("EDGE_SDK_EXPORT_CACHE")
+    os.environ["EDGE_SDK_EXPORT_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("EDGE_SDK_EXPORT_CACHE", None)
+    else:
+        os.environ["EDGE_SDK_EXPORT_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(build_dir):
     """architecture -> directory of a saved tiny model of it (built on first use)."""

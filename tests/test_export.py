@@ -124,12 +124,43 @@ def test_corrupt_weights_fail_and_leave_nothing(tiny_model_dir, tmp_path):
     assert _nothing_written(tmp_path, "out")
 
 
-def test_validation_failure_lists_mismatches_and_leaves_nothing(tiny_model_dir, tmp_path):
+def test_validation_failure_lists_mismatches_and_leaves_nothing(tiny_model_dir, tmp_path, export_cache):
+    cached = set(export_cache.iterdir())
     with pytest.raises(ValidationError) as error:
         export(tiny_model_dir("GPT2LMHeadModel"), tmp_path / "out", ExportOptions(atol=1e-15), progress=False)
     message = str(error.value)
     assert "prefill: logits" in message and "max abs diff" in message
     assert _nothing_written(tmp_path, "out")
+    assert set(export_cache.iterdir()) == cached  # a failed export is not kept in the export cache
+
+
+def test_export_cache_reuses_the_validated_graph_of_the_same_bytes(tiny_model_dir, tiny_package_dir, tmp_path, monkeypatch,
+                                                                   export_cache):
+    """A second export of the same model (here: a copy elsewhere) takes the FP32 graph from
+    $EDGE_SDK_EXPORT_CACHE instead of running torch.export; other bytes or settings are another key."""
+    from safetensors.numpy import load_file, save_file
+
+    from edge_sdk import worker
+    from edge_sdk.converters import stage
+
+    first = Package.open(tiny_package_dir("GPT2LMHeadModel"))  # exported, and kept, once this session
+    model = shutil.copytree(tiny_model_dir("GPT2LMHeadModel"), tmp_path / "moved")
+    targets, real = [], worker.run
+    monkeypatch.setattr(worker, "run", lambda target, *a, **k: targets.append(target) or real(target, *a, **k))
+    again = Package.open(export(model, tmp_path / "again", progress=False))
+    assert targets == ["edge_sdk.evaluation:text_package_accuracy"]  # no torch stage ran
+    assert {f["path"]: f["sha256"] for f in again.manifest["files"]} == {f["path"]: f["sha256"] for f in first.manifest["files"]}
+    assert again.manifest["accuracy"]["max_abs_diff"] == first.manifest["accuracy"]["max_abs_diff"]
+
+    key = stage._key("edge_sdk.converters.causal_lm_torch:export_fp32", {"model_dir": str(model), "atol": 1e-3}, [model])
+    assert key != stage._key("edge_sdk.converters.causal_lm_torch:export_fp32", {"model_dir": str(model), "atol": 1e-4}, [model])
+    weights = load_file(model / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    assert key != stage._key("edge_sdk.converters.causal_lm_torch:export_fp32", {"model_dir": str(model), "atol": 1e-3}, [model])
+    monkeypatch.delenv(stage.CACHE_VARIABLE)
+    assert stage._cache_dir() is None  # off unless asked for
 
 
 def test_weights_are_external_data_and_checksummed(tiny_package_dir, tmp_path):

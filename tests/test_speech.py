@@ -304,6 +304,11 @@ def test_speech_decoder_names_its_cache_like_the_text_decoder(tiny_whisper_packa
     inputs, outputs = [i["name"] for i in decoder["inputs"]], {o["name"] for o in decoder["outputs"]}
     assert "past_key_values.0.key" in inputs and not [name for name in inputs if name.startswith("past.")]
     assert {"logits", "present.0.key", "present.0.value"} <= outputs and "cross.0.key" in inputs
+    # one window for every row (batch axis 1: a beam search reads its keys once per step), keys transposed
+    shapes = {i["name"]: i["shape"] for i in decoder["inputs"]}
+    model = edge_sdk.load(tiny_whisper_package).package.manifest["model"]
+    assert shapes["cross.0.key"] == [1, model["num_heads"], model["head_dim"], 1500]
+    assert shapes["cross.0.value"] == [1, model["num_heads"], 1500, model["head_dim"]]
 
 
 def test_decoder_state_on_a_graph_without_mask_or_positions(tiny_whisper_package):
@@ -637,18 +642,31 @@ def test_beam_search_on_tiny_en_speech_gives_transformers_tokens(whisper_package
         assert len(ours) > 5 and ours == expected, path.name
 
 
-def test_fallback_decodes_a_repetitive_window_hotter_and_clean_speech_at_zero(whisper_packages, clips, tmp_path):
+def test_fallback_decodes_a_repetitive_window_hotter_and_clean_speech_at_zero(whisper_packages, clips, tmp_path, monkeypatch):
     """A constructed repetitive window: "go" said 30 times, which tiny.en at temperature 0 writes as
-    one long stutter (compression ratio far above 2.4). The window is decoded again at 0.2, ...
-    (best of 5 samples) and the kept decoding is one whose compression ratio is acceptable, the same
-    on every run (sampling is seeded). A clean sentence is decoded once, at temperature 0."""
+    one long stutter (compression ratio far above 2.4). The window is decoded again at 0.2, 0.4 ...
+    (best of 5 samples) until a decoding passes both thresholds; if none does, the kept one is the
+    likeliest whose compression ratio passed, else the likeliest (faster-whisper's choice). The
+    same on every run (sampling is seeded). A clean sentence is decoded once, at temperature 0."""
     speech = edge_sdk.load(whisper_packages["int8"])
     clip = espeak(" ".join(["go"] * 30), tmp_path / "go.wav", speed=170)
     first = speech.transcribe(clip, temperature=0)
     assert first.stats.fallbacks == 0 and first.segments[0].compression_ratio > 2.4, first.segments
+    tried, original = [], speech._decode
+    monkeypatch.setattr(speech, "_decode", lambda *args: tried.append(original(*args)) or tried[-1])
     result = speech.transcribe(clip)
-    assert result.stats.fallbacks >= 1 and result.segments, result
-    assert all(0 < s.temperature and s.compression_ratio <= 2.4 for s in result.segments), result.segments
+    opts = speech.options()
+    assert [w.temperature for w in tried] == list(opts.temperature[: len(tried)]) and len(tried) >= 2
+    assert result.stats.fallbacks == len(tried) - 1
+    passed = [w for w in tried if w.compression_ratio <= 2.4 and w.avg_logprob >= opts.logprob_threshold]
+    if passed:  # the first decoding that passed ends the search
+        kept = tried[-1]
+        assert passed == [kept]
+    else:
+        kept = max([w for w in tried if w.compression_ratio <= 2.4] or tried, key=lambda w: w.avg_logprob)
+    assert result.segments and {s.temperature for s in result.segments} == {kept.temperature} and kept.temperature > 0
+    assert result.segments[0].compression_ratio == pytest.approx(kept.compression_ratio)
+    monkeypatch.undo()
     assert speech.transcribe(clip).text == result.text  # sampling is seeded: the same transcript every run
 
     clean = speech.transcribe(clips[0][0])
