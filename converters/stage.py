@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 from edge_sdk import errors, worker
 
@@ -36,7 +36,7 @@ _RESULT, _STEPS = "stage-result.json", "stage-steps.json"
 _VERSIONED = ("edge-sdk", "torch", "transformers", "onnx", "onnxscript", "diffusers")
 
 
-def run_stage(target: str, request: dict[str, Any], work: Path, steps, inputs: Iterable[Path] = ()) -> dict[str, Any]:
+def run_stage(target: str, request: dict[str, Any], work: Path, steps, inputs: Sequence[Path] = ()) -> dict[str, Any]:
     """Run ``target`` ("module:function") on ``request`` in a child process; return its result.
 
     ``inputs``: the files or directories the stage reads (the source model); with the export cache
@@ -72,11 +72,10 @@ def _cache_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def _key(target: str, request: dict[str, Any], inputs: Iterable[Path]) -> str:
+def _key(target: str, request: dict[str, Any], inputs: Sequence[Path]) -> str:
     digest = hashlib.sha256()
-    settings = {k: v for k, v in request.items() if k != "work"}
-    for path in inputs:  # the source is named by its bytes, not its path
-        settings = {k: v for k, v in settings.items() if v != str(path)}
+    paths = [str(path) for path in inputs]  # the source is named by its bytes, not its path
+    settings = {k: v for k, v in request.items() if k != "work" and v not in paths}
     digest.update(json.dumps([target, settings], sort_keys=True, default=str).encode())
     for name in _VERSIONED:
         try:
@@ -107,9 +106,7 @@ def _restore(entry: Path, work: Path, on_step) -> dict[str, Any]:
     for description in json.loads((entry / _STEPS).read_text(encoding="utf-8")):
         on_step(f"{description} (cached)")
     work.mkdir(parents=True, exist_ok=True)
-    for file in entry.iterdir():
-        if file.name not in (_RESULT, _STEPS):
-            (shutil.copytree if file.is_dir() else shutil.copy2)(file, work / file.name)
+    _copy_files(entry, work, leave=(_RESULT, _STEPS))
     log.info("reused the exported FP32 graph from %s", entry)
     return json.loads((entry / _RESULT).read_text(encoding="utf-8"))
 
@@ -119,9 +116,7 @@ def _store(entry: Path, work: Path, result: dict[str, Any], steps: list[str]) ->
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
-        for file in work.iterdir():
-            if file.name not in (worker.REQUEST_NAME, worker.RESULT_NAME):
-                (shutil.copytree if file.is_dir() else shutil.copy2)(file, staging / file.name)
+        _copy_files(work, staging, leave=(worker.REQUEST_NAME, worker.RESULT_NAME))
         (staging / _STEPS).write_text(json.dumps(steps), encoding="utf-8")
         (staging / _RESULT).write_text(json.dumps(result), encoding="utf-8")  # last: an entry without it is unused
         try:
@@ -130,3 +125,10 @@ def _store(entry: Path, work: Path, result: dict[str, Any], steps: list[str]) ->
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as e:
         log.warning("could not keep the export in the cache %s: %s", entry.parent, e)
+
+
+def _copy_files(source: Path, destination: Path, leave: tuple[str, ...]) -> None:
+    """Copy what ``source`` holds (files and directories) into ``destination``, but the names in ``leave``."""
+    for file in source.iterdir():
+        if file.name not in leave:
+            (shutil.copytree if file.is_dir() else shutil.copy2)(file, destination / file.name)

@@ -251,13 +251,14 @@ class SpeechRecognizer:
         min_version = manifest["runtime"].get("min_version")
         self._encoder = open_session(package.runtime, package.graph_path("encoder"), threads, min_version)
         self._decoder = open_session(package.runtime, package.graph_path("decoder"), threads, min_version)
-        self._graph = DecoderGraph.from_description(package.graph("decoder"), self._model)
+        description = package.graph("decoder")
+        self._graph = DecoderGraph.from_description(description, self._model)
         self._cross_names = list(self._graph.fixed)  # the encoder's outputs the decoder takes on every call
         # one window for all rows (batch axis 1: rows fold into the query axis), or, in packages
         # exported before, the window's values tiled per row (a dynamic batch axis)
-        shapes = {entry["name"]: entry.get("shape") or [None] for entry in package.graph("decoder")["inputs"]}
-        self._one_window = all(shapes.get(name, [None])[0] == 1 for name in self._cross_names)
-        self._decoder_outputs = {entry["name"] for entry in package.graph("decoder")["outputs"]}
+        shapes = {entry["name"]: entry.get("shape") or [None] for entry in description["inputs"]}
+        self._one_window = all(shapes[name][0] == 1 for name in self._cross_names)
+        self._decoder_outputs = {entry["name"] for entry in description["outputs"]}
         self.tokenizer = TextTokenizer.from_file(package.path(manifest["tokenizer"]["path"]))
         filters = np.load(package.path(self._features["mel_filters"]), allow_pickle=False)
         if filters.shape != (self._features["n_mels"], self._features["n_fft"] // 2 + 1):

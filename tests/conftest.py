@@ -26,13 +26,9 @@ def export_cache(tmp_path_factory) -> Path:
     """One export cache for the session (``$EDGE_SDK_EXPORT_CACHE``, converters/stage.py): a model
     exported at several runtimes and precisions runs torch.export once. CLI subprocesses inherit it."""
     cache = tmp_path_factory.mktemp("export-cache")
-    before = os.environ.get("EDGE_SDK_EXPORT_CACHE")
-    os.environ["EDGE_SDK_EXPORT_CACHE"] = str(cache)
-    yield cache
-    if before is None:
-        os.environ.pop("EDGE_SDK_EXPORT_CACHE", None)
-    else:
-        os.environ["EDGE_SDK_EXPORT_CACHE"] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGE_SDK_EXPORT_CACHE", str(cache))
+        yield cache
 
 
 @pytest.fixture(scope="session")
