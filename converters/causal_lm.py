@@ -53,7 +53,7 @@ def calibration_feeds(fp32_graph: Path, shapes: dict, tokenizer, options) -> lis
     seed; the decode steps follow the FP32 model's own greedy tokens.
     """
     from edge_sdk.converters.quantize import FeedRecorder
-    from edge_sdk.evaluation import read_texts
+    from edge_sdk.texts import read_texts
     from edge_sdk.runtimes.backend import open_session
     from edge_sdk.runtimes.decoder import DecoderGraph, DecoderState
 

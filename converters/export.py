@@ -1,7 +1,7 @@
 """``export()``: a model source in, a validated edge package out (written atomically).
 
 What is common to every task is assembled here, once: the source is recognised by the registered
-resolvers (``sources.resolve_source``), the task's exporter (named in its ``edge_sdk.tasks``
+resolvers (``resolve.resolve_source``), the task's exporter (named in its ``edge_sdk.tasks``
 registration) builds the graphs and returns an ``ExportResult``, the package's accuracy against
 the FP32 graphs is measured by the task's own measure in a fresh process, and the manifest's
 common sections (task, source, runtime, precision, graphs, accuracy, device) are written here.
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_sdk.converters.registry import supported_architectures
-from edge_sdk.converters.sources import ExportResult, Source, resolve_source, weights_sha256
+from edge_sdk.converters.resolve import resolve_source
+from edge_sdk.converters.sources import ExportResult, Source, weights_sha256
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.package import staged_output, write_manifest
 from edge_sdk.progress import Steps

@@ -64,6 +64,7 @@ def export_onnx(
     """
     import torch
 
+    use_exact_no_op_rules()
     with quiet_exporter(), torch.no_grad():
         try:
             program = torch.onnx.export(
@@ -89,6 +90,60 @@ def export_onnx(
     del program
     _release_rewriter_state()
     return [path] + sorted(p for p in path.parent.glob(f"{path.name}.data*") if p.is_file())
+
+
+def use_exact_no_op_rules() -> None:
+    """Make onnxscript's optimizer remove ``x + c``, ``x - c``, ``x * c`` and ``x / c`` only where
+    ``c`` is exactly 0 (or 1), not where it is merely close to it; for this process, once.
+
+    Its own no-op rules match a constant within ``abs_tol=1e-8`` of 0 and ``rel_tol=1e-5`` of 1, so
+    the epsilon of an RMSNorm with ``rms_norm_eps=1e-8`` (Helium's default) was dropped as "+ 0":
+    ``rsqrt(mean(x ** 2))`` is then infinite on a zero row (a padding token's embedding), and the
+    exported model's logits and cache turned non-finite. Any family with such an epsilon, or a scale
+    within 1e-5 of 1, was affected. The optimizer reads its default rules from
+    ``onnxscript.rewriter._DEFAULT_REWRITE_RULES`` whenever it runs (the exporter's ``optimize=True``
+    and our fusion passes); they become the same list with the tolerant no-op rules replaced by exact
+    ones. A future onnxscript without that list is left as it is (the decoder families' parity tests
+    would show a regression).
+    """
+    global _EXACT_NO_OP_RULES
+    if _EXACT_NO_OP_RULES:
+        return
+    try:
+        from onnxscript import rewriter
+        from onnxscript.rewriter import pattern
+        from onnxscript.rewriter.rules.common import _no_op
+    except ImportError:
+        return
+    defaults = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    tolerant = set(getattr(_no_op, "rules", ()) or ())
+    if defaults is None or not tolerant:
+        return
+
+    def exactly(value: float):
+        def condition(context, x, c, **_) -> bool:
+            constant = c.const_value
+            if constant is None:
+                return False
+            array = constant.numpy()
+            return array.size == 1 and array.dtype.kind in "fiu" and array.item() == value
+
+        return condition
+
+    def identity(op, x, **_):
+        return op.Identity(x)
+
+    exact = [
+        *pattern.RewriteRule(lambda op, x, c: op.Add(x, c), identity, exactly(0)).commute(),
+        *pattern.RewriteRule(lambda op, x, c: op.Mul(x, c), identity, exactly(1)).commute(),
+        pattern.RewriteRule(lambda op, x, c: op.Sub(x, c), identity, exactly(0)),
+        pattern.RewriteRule(lambda op, x, c: op.Div(x, c), identity, exactly(1)),
+    ]
+    rewriter._DEFAULT_REWRITE_RULES = (*exact, *(rule for rule in defaults if rule not in tolerant))
+    _EXACT_NO_OP_RULES = True
+
+
+_EXACT_NO_OP_RULES = False  # use_exact_no_op_rules() has run in this process
 
 
 def _release_rewriter_state() -> None:

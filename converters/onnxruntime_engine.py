@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.converters.graph_prepare import prepare_graph
-from edge_sdk.converters.onnx_export import quiet_exporter
+from edge_sdk.converters.onnx_export import quiet_exporter, use_exact_no_op_rules
 from edge_sdk.converters.onnx_graph import WeightLayer, remove_unused_initializers, save_with_external_data, weight_layers
 from edge_sdk.converters.quantize import CalibrationFeeds, Probe, effective_group, plan_group_size
 from edge_sdk.errors import InvalidInputError
@@ -225,6 +225,7 @@ def simplify_for_fusion(model) -> None:
     from onnxscript.optimizer import optimize
     from onnxscript.rewriter.ort_fusions import shape_optimization
 
+    use_exact_no_op_rules()
     common_passes.ShapeInferencePass()(model)
     optimize(model)
     shape_optimization.rules.apply_to_model(model)

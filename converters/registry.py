@@ -68,6 +68,9 @@ for _spec in (
     CausalLMSpec("SmolLM3ForCausalLM", features=("NoPE layers (no rotary every few layers)",)),
     CausalLMSpec("Olmo2ForCausalLM", features=("post-norms", "QK-norm over all heads")),
     CausalLMSpec("GraniteForCausalLM", features=("embedding, residual, attention and logits multipliers",)),
+    # kyutai's Helium: rotary over interleaved channel pairs; its RMSNorm epsilon (1e-8) is small enough
+    # that onnxscript's optimizer dropped it as "+ 0" (see onnx_export.use_exact_no_op_rules)
+    CausalLMSpec("HeliumForCausalLM", features=("interleaved rotary", "RMSNorm epsilon 1e-8")),
 ):
     register(_spec)
 register(ModelSpec("WhisperForConditionalGeneration", task="speech-recognition"))  # also OpenAI .pt and CTranslate2

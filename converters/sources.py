@@ -82,7 +82,7 @@ class Source:
 # (model argument, its path) -> Source, or None when the source is not of the resolver's kind
 Resolver = Callable[[str, Path], "Source | None"]
 RESOLVERS: dict[str, Resolver] = {}
-_FALLBACK = "huggingface"  # tried last: a directory with config.json, or a hub id
+FALLBACK = "huggingface"  # tried last: a directory with config.json, or a hub id
 
 
 def resolver(name: str):
@@ -96,25 +96,7 @@ def resolver(name: str):
     return decorate
 
 
-def resolve_source(model: str) -> Source:
-    """The registered resolvers' reading of ``model`` (a path or a hub id).
-
-    Example::
-
-        source = resolve_source("models/whisper-tiny.pt")   # Source(path, spec Whisper, extra {"kind": "openai"})
-    """
-    import edge_sdk.converters.diffusion  # noqa: F401  (modules that register resolvers)
-    import edge_sdk.converters.whisper_sources  # noqa: F401
-
-    path = Path(str(model)).expanduser()
-    for name in sorted(RESOLVERS, key=lambda n: n == _FALLBACK):
-        found = RESOLVERS[name](str(model), path)
-        if found is not None:
-            return found
-    raise ModelLoadError(f"edge-sdk does not recognise {model} as a model source")
-
-
-@resolver(_FALLBACK)
+@resolver(FALLBACK)
 def _huggingface(model: str, path: Path) -> Source:
     """A Hugging Face model directory (or hub id): the architecture named in config.json."""
     from edge_sdk.converters.registry import lookup

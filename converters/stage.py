@@ -13,11 +13,14 @@ its work path), the bytes of the source files, the versions of edge-sdk, torch, 
 onnx and onnxscript, and the converters' own code. Exporting the same model again (another
 runtime, another precision, another device) then copies the validated FP32 graph from the cache
 instead of running torch.export again, as a build cache would. Entries are written whole or not
-at all (a temporary directory renamed into place); a failed stage is never kept.
+at all (a temporary directory renamed into place); a failed stage is never kept. Two processes
+exporting the same model at once (two test workers, two exports at different precisions) take
+turns on the entry: the second reuses what the first stored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,15 +59,41 @@ def run_stage(target: str, request: dict[str, Any], work: Path, steps, inputs: S
 
     cache = _cache_dir()
     entry = cache / _key(target, request, inputs) if cache is not None and inputs else None
-    if entry is not None and (entry / _RESULT).is_file():
-        result = _restore(entry, work, on_step)
-    else:
-        result = worker.run(target, request, work=work, on_step=on_step, failure=errors.ExportError, what="the export process")
-        if entry is not None:
-            _store(entry, work, result, seen)
+    with _exclusive(entry):  # another process exporting the same model: wait for its entry, then reuse it
+        if entry is not None and (entry / _RESULT).is_file():
+            result = _restore(entry, work, on_step)
+        else:
+            result = worker.run(target, request, work=work, on_step=on_step, failure=errors.ExportError,
+                                what="the export process")
+            if entry is not None:
+                _store(entry, work, result, seen)
     if current is not None:  # a failed step is not shown as done
         current.__exit__(None, None, None)
     return result
+
+
+@contextlib.contextmanager
+def _exclusive(entry: Path | None):
+    """Hold ``entry``'s lock file (``<entry>.lock``, an advisory ``flock``) while the block runs: one
+    process at a time computes or reads a cache entry. Without a cache, or where the lock cannot be
+    taken (no ``fcntl``, a read-only cache), the block runs unlocked."""
+    if entry is None:
+        yield
+        return
+    try:
+        import fcntl
+
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(entry.with_name(entry.name + ".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _cache_dir() -> Path | None:

@@ -80,6 +80,8 @@ TINY_CONFIGS = {
     # Granite: embedding, residual, attention and logits multipliers
     "GraniteForCausalLM": dict(_LLAMA_LIKE, embedding_multiplier=2.0, residual_multiplier=0.5,
                                attention_multiplier=0.2, logits_scaling=2.0, tie_word_embeddings=True),
+    # Helium: interleaved rotary, RMSNorm epsilon 1e-8 (its default, kept: a zero padding embedding needs it)
+    "HeliumForCausalLM": dict(_LLAMA_LIKE, head_dim=16, tie_word_embeddings=False),
 }
 # generation_config.json settings of tiny models, as some checkpoints ship them
 TINY_GENERATION = {"Olmo2ForCausalLM": {"repetition_penalty": 1.3}}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.errors import InvalidInputError
-from edge_sdk.evaluation import read_text_files
+from edge_sdk.texts import read_text_files
 
 log = logging.getLogger("edge_sdk")
 

@@ -1,4 +1,4 @@
-"""Diffusion students by block removal (BK-SDM's recipe) on the distillation loop of ``train.py``.
+"""Diffusion students by block removal (BK-SDM's recipe) on the distillation loop of ``run.py``.
 
 A diffusion model's cost is the UNet times the steps. The student is the teacher's ``UNet2DModel``
 with fewer resnet (and attention) layers per block (``layers_per_block``) and, optionally, no mid
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from edge_sdk.distillation.data import Items
 from edge_sdk.distillation.options import DistillationOptions
-from edge_sdk.distillation.train import Run
+from edge_sdk.distillation.run import Run
 from edge_sdk.errors import InvalidInputError
 
 log = logging.getLogger("edge_sdk")

@@ -188,7 +188,7 @@ def run(teacher, students: list, packages: list, device: str, data, output, opti
 
 def _check_data(kind: Kind, data) -> None:
     if kind.name == "text":
-        from edge_sdk.evaluation import read_texts
+        from edge_sdk.texts import read_texts
 
         if data is None:
             raise InvalidInputError("--data is required for a text teacher: held-back text to measure every package on")
@@ -235,7 +235,8 @@ def _text_quality(teacher: Path, packages: list[Path], data, windows: int) -> li
     """Each package against the teacher: the teacher's log-probabilities computed once, spilled, reused."""
     import edge_sdk
     from edge_sdk.converters.causal_lm_torch import model_logits
-    from edge_sdk.evaluation import read_texts, text_accuracy, token_windows
+    from edge_sdk.evaluation import text_accuracy, token_windows
+    from edge_sdk.texts import read_texts
     from edge_sdk.runtimes.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer.from_file(Path(packages[0]) / "tokenizer.json")

@@ -1,4 +1,4 @@
-"""Whisper students, distil-whisper's recipe on the distillation loop of ``train.py``.
+"""Whisper students, distil-whisper's recipe on the distillation loop of ``run.py``.
 
 Whisper's cost on a device is the decoder, run once per token, while the encoder runs once per
 30 s window: the student keeps the teacher's encoder (copied and frozen) and ``keep_decoder_layers``
@@ -27,7 +27,7 @@ import torch
 from edge_sdk.distillation.data import Items
 from edge_sdk.distillation.losses import cross_entropy, heldout_figures, soft_label_kl
 from edge_sdk.distillation.student import copy_teacher_weights, spaced_layers
-from edge_sdk.distillation.train import Run
+from edge_sdk.distillation.run import Run
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.package import sha256_file
 

@@ -12,8 +12,11 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log(softmax) along the last axis, in float64 (token log-probabilities, scoring)."""
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    """log(softmax) along the last axis, in float64 (token log-probabilities, scoring); entries at
+    -inf (filtered tokens) stay there."""
+    scores = np.asarray(logits, dtype=np.float64)
+    top = scores.max(axis=-1, keepdims=True)
+    shifted = scores - np.where(np.isfinite(top), top, 0.0)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from edge_sdk.errors import InvalidInputError, optional_import
 from edge_sdk.runtimes.sampling import log_softmax
-from edge_sdk.runtimes.speech import compression_ratio
+from edge_sdk.runtimes.speech_decoding import compression_ratio
 
 TEXT_MEASURES = ("mean_logprob", "min_logprob", "neg_entropy")
 COMPRESSION_RATIO_THRESHOLD = 2.4  # OpenAI whisper's: above it a window's text is a repetition loop

@@ -24,8 +24,14 @@ def build_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def export_cache(tmp_path_factory) -> Path:
     """One export cache for the session (``$EDGE_SDK_EXPORT_CACHE``, converters/stage.py): a model
-    exported at several runtimes and precisions runs torch.export once. CLI subprocesses inherit it."""
-    cache = tmp_path_factory.mktemp("export-cache")
+    exported at several runtimes and precisions runs torch.export once. CLI subprocesses inherit it.
+    Under pytest-xdist the workers share it (beside their own temporary directories): a model two
+    workers export runs torch.export once, the second waiting for the first's entry."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process
+        cache = tmp_path_factory.mktemp("export-cache")
+    else:
+        cache = tmp_path_factory.getbasetemp().parent / "export-cache"
+        cache.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGE_SDK_EXPORT_CACHE", str(cache))
         yield cache

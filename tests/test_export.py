@@ -163,6 +163,51 @@ def test_export_cache_reuses_the_validated_graph_of_the_same_bytes(tiny_model_di
     assert stage._cache_dir() is None  # off unless asked for
 
 
+def test_two_exports_of_the_same_model_at_once_run_the_torch_stage_once(tmp_path, monkeypatch):
+    """Two exports of the same bytes at once (two test workers, or a user's two precisions side by
+    side) take turns on the cache entry: the torch stage runs once, and the other export reuses
+    what it stored instead of running torch.export beside it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_sdk import worker
+    from edge_sdk.converters import stage
+    from edge_sdk.progress import Steps
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"the same bytes")
+    monkeypatch.setenv(stage.CACHE_VARIABLE, str(tmp_path / "cache"))
+    ran, inside, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def slow_stage(target, request, work, on_step, **_):  # stands in for the child process running torch.export
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        on_step("exporting")
+        time.sleep(0.5)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "graph.onnx").write_bytes(b"graph")
+        ran.append(target)
+        with lock:
+            inside[0] -= 1
+        return {"shapes": [1]}
+
+    monkeypatch.setattr(worker, "run", slow_stage)
+
+    def export_once(name: str):
+        with Steps(total=1, enabled=False) as steps:
+            return stage.run_stage("some.module:export", {"model_dir": str(model)}, tmp_path / name, steps, inputs=[model])
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(export_once, ["a", "b"]))
+    assert ran == ["some.module:export"] and most[0] == 1  # once, and never two at a time
+    assert results == [{"shapes": [1]}] * 2
+    assert (tmp_path / "a" / "graph.onnx").read_bytes() == (tmp_path / "b" / "graph.onnx").read_bytes() == b"graph"
+
+
 def test_weights_are_external_data_and_checksummed(tiny_package_dir, tmp_path):
     package = Package.open(tiny_package_dir("LlamaForCausalLM"))
     assert package.graph("decoder")["external_data"] == ["decoder.onnx.data"]

@@ -94,7 +94,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_runtimes_serving_and_devices_source_never_import_the_conversion_stack():
     torch_free = [*(ROOT / "runtimes").rglob("*.py"), *(ROOT / "devices").rglob("*.py"), *(ROOT / "edge_sdk" / "tasks").rglob("*.py"),
-                  *(ROOT / "serving").rglob("*.py"), ROOT / "edge_sdk" / "cli_serve.py",
+                  *(ROOT / "serving").rglob("*.py"), *(ROOT / "edge_sdk" / f"cli_{group}.py" for group in ("serve", "run", "common", "devices")),
                   ROOT / "edge_sdk" / "quantization.py", ROOT / "edge_sdk" / "worker.py", ROOT / "edge_sdk" / "package.py",
                   ROOT / "distillation" / "options.py"]
     for path in torch_free:
@@ -102,6 +102,84 @@ def test_runtimes_serving_and_devices_source_never_import_the_conversion_stack()
         bad = {m for m in imported if m.split(".")[0] in FORBIDDEN or m.startswith(("edge_sdk.converters", "edge_sdk.distillation."))
                and m != "edge_sdk.distillation.options"}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+# the source folders and the edge_sdk packages they are installed as (pyproject.toml's package-dir)
+PACKAGE_DIRS = {"edge_sdk": "edge_sdk", "converters": "edge_sdk.converters", "distillation": "edge_sdk.distillation",
+                "runtimes": "edge_sdk.runtimes", "serving": "edge_sdk.serving", "devices": "edge_sdk.devices"}
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """edge_sdk module -> the edge_sdk modules it imports, at its top or inside a function (a
+    ``from package import name`` counts as importing the submodule ``name`` when there is one)."""
+    files = {}
+    for folder, package in PACKAGE_DIRS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = [p for p in path.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"]
+            files[".".join([package, *parts])] = path
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name in files}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    imported.add(target if target in files else base)
+        graph[name] = {m for m in imported if m in files and m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index, low, on_stack, stack, found, counter = {}, {}, set(), [], [], 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_circle_between_modules_deferred_imports_included():
+    graph = _module_graph()
+    assert len(graph) > 80 and "edge_sdk.serving.text" in graph["edge_sdk.serving.app"]  # the scan sees the modules
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # and would see a circle
+    assert _cycles(graph) == []
 
 
 def test_every_registered_architecture_has_a_tiny_test_model():

@@ -462,7 +462,7 @@ def test_static_shape_npu_package_transcribes_as_the_dynamic_one(tiny_whisper, t
                                    progress=False), threads=1)
     decoder = {i["name"]: i["shape"] for i in static.package.graph("decoder")["inputs"]}
     assert decoder["input_ids"] == [1, 8] and decoder["attention_mask"] == [1, 64] and decoder["position_ids"] == [1, 8]
-    assert static._graph.max_tokens == 56 and dynamic._graph.max_tokens is None
+    assert static.decoder.graph.max_tokens == 56 and dynamic.decoder.graph.max_tokens is None
     for seed in (4, 5):
         features = _random_features(seed)
         cross = static.encode(features)
@@ -473,7 +473,9 @@ def test_static_shape_npu_package_transcribes_as_the_dynamic_one(tiny_whisper, t
     # a prompt longer than a chunk (previous text) goes in several chunks and still agrees
     audio = np.random.default_rng(3).normal(scale=0.3, size=16000 * 4).astype(np.float32)
     prompted = dict(language="en", initial_prompt="one two three")
-    assert 8 < len(static._previous(static._text_tokens(prompted["initial_prompt"])) + static._prompt("en", "transcribe", False)) <= 24
+    decoder = static.decoder
+    prompt = decoder.previous(decoder.text_tokens(prompted["initial_prompt"])) + decoder.sot_sequence("en", "transcribe", False)
+    assert 8 < len(prompt) <= 24
     assert static.transcribe(audio, **prompted).text == dynamic.transcribe(audio, **prompted).text
     assert static.package.size_bytes < edge_sdk.load(tiny_whisper_package).package.size_bytes  # int4: smaller than FP32
 
@@ -582,22 +584,20 @@ def _unsuppressed(asr):
     """``asr`` without Whisper's suppressed tokens: transformers' beam search takes log-probabilities
     before it suppresses tokens (their mass stays in each beam's score), OpenAI's and CTranslate2's
     (and ours) after (the rest renormalized); without suppressed tokens the two are the same search."""
-    asr._suppress, asr._begin_suppress = asr._suppress[:0], asr._begin_suppress[:0]
+    asr.decoder.suppress, asr.decoder.begin_suppress = asr.decoder.suppress[:0], asr.decoder.begin_suppress[:0]
     return asr
 
 
 def test_beam_search_of_one_is_greedy_token_for_token(tiny_whisper_package):
     """The beam search run with one beam gives the greedy tokens (its candidates: the best two)."""
-    from edge_sdk.runtimes.decoder import DecoderState
-
     asr = edge_sdk.load(tiny_whisper_package)
     opts = asr.options(beam_size=1, temperature=0, language="en", timestamps=True)
     for seed in (0, 1, 2):
         cross = asr.encode(_random_features(seed))
         greedy = asr.decode(cross, opts).tokens
-        prompt = asr._prompt("en", "transcribe", True)
-        with DecoderState(asr._decoder, asr._graph, fixed=cross) as state:
-            beam, _ = asr._beam_search(state, state.prefill([prompt])[:, -1], opts, 32)
+        prompt = asr.decoder.sot_sequence("en", "transcribe", True)
+        with asr.decoder.state(cross) as state:
+            beam, _ = asr.decoder.beam_search(state, state.prefill([prompt])[:, -1], opts, 32)
         assert len(greedy) > 3 and beam == greedy, seed
 
 
@@ -619,7 +619,7 @@ def test_beam_search_gives_transformers_beam_tokens(tiny_whisper, tiny_whisper_p
         features = _random_features(seed)
         ours = asr.decode(asr.encode(features), language=language, task=task, timestamps=False, beam_size=4,
                           length_penalty=0.0, temperature=0).tokens
-        expected = _hf_beam_tokens(model, features, asr._prompt(language, task, False), 4, model.config.max_target_positions // 2)
+        expected = _hf_beam_tokens(model, features, asr.decoder.sot_sequence(language, task, False), 4, model.config.max_target_positions // 2)
         assert ours == expected, (seed, language, task)
         greedy = asr.decode(asr.encode(features), language=language, task=task, timestamps=False, beam_size=1, temperature=0)
         compared += ours != greedy.tokens
@@ -638,7 +638,7 @@ def test_beam_search_on_tiny_en_speech_gives_transformers_tokens(whisper_package
         features = extractor(audio, sampling_rate=16000, return_tensors="np").input_features[0]
         # without timestamps: transformers' generic beam search knows no timestamp rules
         ours = asr.decode(asr.encode(features), timestamps=False, beam_size=4, length_penalty=0.0, temperature=0).tokens
-        expected = _hf_beam_tokens(torch_whisper, features, asr._prompt("en", "transcribe", False), 4, 224)
+        expected = _hf_beam_tokens(torch_whisper, features, asr.decoder.sot_sequence("en", "transcribe", False), 4, 224)
         assert len(ours) > 5 and ours == expected, path.name
 
 
@@ -652,8 +652,8 @@ def test_fallback_decodes_a_repetitive_window_hotter_and_clean_speech_at_zero(wh
     clip = espeak(" ".join(["go"] * 30), tmp_path / "go.wav", speed=170)
     first = speech.transcribe(clip, temperature=0)
     assert first.stats.fallbacks == 0 and first.segments[0].compression_ratio > 2.4, first.segments
-    tried, original = [], speech._decode
-    monkeypatch.setattr(speech, "_decode", lambda *args: tried.append(original(*args)) or tried[-1])
+    tried, original = [], speech.decoder.decode
+    monkeypatch.setattr(speech.decoder, "decode", lambda *args: tried.append(original(*args)) or tried[-1])
     result = speech.transcribe(clip)
     opts = speech.options()
     assert [w.temperature for w in tried] == list(opts.temperature[: len(tried)]) and len(tried) >= 2
@@ -685,15 +685,15 @@ def test_each_window_is_prompted_with_the_text_before_it(whisper_packages, tmp_p
     parts = [soundfile.read(espeak(text, tmp_path / f"{i}.wav"))[0] for i, text in enumerate(SENTENCES)]
     audio = np.concatenate([np.concatenate([p, np.zeros(8000)]) for p in parts * 3]).astype(np.float32)  # > 30 s
     prompts = []
-    original = speech._decode
+    original = speech.decoder.decode
 
     def spy(cross, prompt, opts, temperature, rng):
         prompts.append(list(prompt))
         return original(cross, prompt, opts, temperature, rng)
 
-    monkeypatch.setattr(speech, "_decode", spy)
+    monkeypatch.setattr(speech.decoder, "decode", spy)
     start = speech.tokenizer.token_id("<|startofprev|>")
-    glossary = speech._text_tokens("Stella")
+    glossary = speech.decoder.text_tokens("Stella")
     speech.transcribe(audio, initial_prompt="Stella", beam_size=2)
     assert len(prompts) >= 2 and prompts[0][0] == start and prompts[0][1 : 1 + len(glossary)] == glossary
     assert prompts[1][0] == start and len(prompts[1]) > len(prompts[0]) + 5  # the first window's text came along
@@ -845,8 +845,8 @@ def test_language_detection_returns_the_forced_language_and_translate_prompts_fo
     assert list(probabilities) == ["de", "en"] and probabilities["de"] > 0.99 and sum(probabilities.values()) == pytest.approx(1)
     assert asr.detect_language(cross) == "de"
     prompts = []
-    decode = asr._decode
-    monkeypatch.setattr(asr, "_decode", lambda cross, prompt, *rest: prompts.append(prompt) or decode(cross, prompt, *rest))
+    decode = asr.decoder.decode
+    monkeypatch.setattr(asr.decoder, "decode", lambda cross, prompt, *rest: prompts.append(prompt) or decode(cross, prompt, *rest))
     audio = np.random.default_rng(1).normal(scale=0.3, size=16000 * 2).astype(np.float32)
     result = asr.transcribe(audio, task="translate", beam_size=1, temperature=0)
     assert result.language == "de" and result.language_probability > 0.99

@@ -26,7 +26,8 @@ DECODE_STEPS = 20
 NEW_TOKENS = 32
 # families whose rotary embedding runs inside GroupQueryAttention (do_rotary); the others keep the
 # RotaryEmbedding ops: partial rotary (GPT-NeoX, Phi, StableLM), per-head q/k norms after the
-# projection (Gemma 3, Qwen3, Qwen3-MoE), learned positions (GPT-2, OPT), Gemma 2
+# projection (Gemma 3, Qwen3, Qwen3-MoE), learned positions (GPT-2, OPT), Gemma 2, rotary over
+# interleaved channel pairs (Helium)
 ROTARY_IN_ATTENTION = {"GemmaForCausalLM", "GraniteForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
                        "Olmo2ForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM", "SmolLM3ForCausalLM"}
 

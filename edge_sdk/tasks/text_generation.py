@@ -13,7 +13,7 @@ DECODE_SECONDS = Metric("decode_seconds", "decode s", "s", higher_is_better=Fals
 def workload(model, options):
     """Generate ``options.new_tokens`` tokens (greedy, EOS ignored) after a prompt of
     ``options.prompt_tokens`` tokens cut from the bundled evaluation text."""
-    from edge_sdk.evaluation import BUNDLED_EVAL_TEXT
+    from edge_sdk.texts import BUNDLED_EVAL_TEXT
 
     words = BUNDLED_EVAL_TEXT.read_text(encoding="utf-8").split()
     encode = model.tokenizer.encode
