@@ -74,7 +74,8 @@ def run_stage(target: str, request: dict[str, Any], work: Path, steps, inputs: S
 
 @contextlib.contextmanager
 def _exclusive(entry: Path | None):
-    """Hold ``entry``'s lock file (``<entry>.lock``, an advisory ``flock``) while the block runs: one
+    """Hold ``entry``'s lock file (``.locks/<key>`` in the cache, an advisory ``flock``; kept, as
+    removing a lock file others may wait on would let two holders in) while the block runs: one
     process at a time computes or reads a cache entry. Without a cache, or where the lock cannot be
     taken (no ``fcntl``, a read-only cache), the block runs unlocked."""
     if entry is None:
@@ -83,8 +84,9 @@ def _exclusive(entry: Path | None):
     try:
         import fcntl
 
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(entry.with_name(entry.name + ".lock"), "a")
+        locks = entry.parent / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        handle = open(locks / entry.name, "a")
     except (ImportError, OSError):
         yield
         return
