@@ -128,7 +128,7 @@ class WindowDecoder:
     def beam_search(self, state: DecoderState, last: np.ndarray, opts, limit: int) -> tuple[list[int], float]:
         """OpenAI whisper's beam search: each beam proposes its beam_size + 1 likeliest next tokens;
         the beam_size best unfinished candidates go on (the cache reordered to them), finished ones
-        are kept until beam_size x patience exist; the winner by ``_best``."""
+        are kept until beam_size x patience exist; the winner by ``best``."""
         eot, size = self.decoding["eot"], opts.beam_size
         most = round(size * opts.patience)
         beams: list[list[int]] = [[] for _ in range(size)]

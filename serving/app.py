@@ -78,7 +78,7 @@ class Server:
         ]
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan,
                                    exception_handlers={404: self._not_found, 405: self._not_allowed})
-        self.app = Guard(self.starlette, self.options.api_key, self.options.max_body_bytes, self.record)
+        self.app = Guard(self.starlette, self.options, self.record)
 
     def _handler(self, function):
         """The endpoint ``function`` with every failure answered as OpenAI's error object (and

@@ -73,9 +73,9 @@ class Guard:
     limit, and errors as OpenAI's error object (never a traceback). ``record(info, status, started)``
     counts and logs a refused request."""
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int, record):
-        self.app, self.limit, self.record = app, max_body_bytes, record
-        self._key = api_key.encode("utf-8") if api_key else None
+    def __init__(self, app, options, record):
+        self.app, self.options, self.record = app, options, record  # options: the server's ServeOptions
+        self._key = options.api_key.encode("utf-8") if options.api_key else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -93,9 +93,10 @@ class Guard:
 
         try:
             self._authorize(path, headers)
+            limit = self.options.max_body_bytes
             length = headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit:
-                raise too_large(self.limit)
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise too_large(limit)
             received = 0
 
             async def limited_receive():
@@ -103,8 +104,8 @@ class Guard:
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    if received > self.limit:
-                        raise too_large(self.limit)
+                    if received > limit:
+                        raise too_large(limit)
                 return message
 
             await self.app(scope, limited_receive, tracked_send)

@@ -21,6 +21,37 @@ def build_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+def _xdist_worker() -> bool:
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+@pytest.fixture(scope="session")
+def once(tmp_path_factory):
+    """``once(name, build)``: the directory ``build(path)`` wrote at ``path``, built once for the
+    whole run. Under pytest-xdist the workers take turns on a lock beside it: the first builds,
+    the others wait and reuse it (a build left half done by a crash is started again). For what
+    is slow and the same wherever it is made: trained models, packages of them."""
+    import fcntl
+
+    if _xdist_worker():
+        root = tmp_path_factory.getbasetemp().parent / "once"
+        root.mkdir(exist_ok=True)
+    else:
+        root = tmp_path_factory.mktemp("once")
+
+    def get(name: str, build) -> Path:
+        path, done = root / name, root / f".{name}.done"
+        with open(root / f".{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.is_file():
+                shutil.rmtree(path, ignore_errors=True)
+                build(path)
+                done.touch()
+        return path
+
+    return get
+
+
 @pytest.fixture(scope="session", autouse=True)
 def export_cache(tmp_path_factory) -> Path:
     """One export cache for the session (``$EDGE_SDK_EXPORT_CACHE``, converters/stage.py): a model
@@ -139,44 +170,43 @@ def _train_docstring_lm(out: Path, layers: int, steps: int) -> tuple[Path, list[
 
 
 @pytest.fixture(scope="session")
-def trained_lm_dir(build_dir) -> Path:
+def trained_lm_dir(once) -> Path:
     """A tiny Llama trained for ~10 s on standard-library docstrings: real structure for accuracy tests.
 
     Random weights give near-flat (or, scaled up, chaotic) next-token distributions on which
     quantization agreement means nothing; this model has learned docstring English (loss ~3).
     """
-    out, train = _train_docstring_lm(build_dir / "trained-lm", layers=2, steps=1000)
-    (out / "calibration.txt").write_text("\n\n".join(train[:30]))  # training text, disjoint from heldout.txt
-    return out
+    def build(out: Path) -> None:
+        _, train = _train_docstring_lm(out, layers=2, steps=1000)
+        (out / "calibration.txt").write_text("\n\n".join(train[:30]))  # training text, disjoint from heldout.txt
+
+    return once("trained-lm", build)
 
 
 @pytest.fixture(scope="session")
-def trained_packages(trained_lm_dir, build_dir):
+def trained_packages(trained_lm_dir, once):
     """(runtime, weights, mode) -> the trained tiny LM's package (exported once), evaluated on its held-back text."""
     from edge_sdk.converters.export import ExportOptions, export
     from edge_sdk.quantization import QuantizationOptions
 
-    made = {}
-
     def get(runtime: str, weights: str, mode: str | None = None) -> Path:
-        key = (runtime, weights, mode)
-        if key not in made:
-            calibration = {"calibration": trained_lm_dir / "calibration.txt", "num_samples": 8} if mode == "static" else {}
-            quantization = QuantizationOptions(weights=weights, mode=mode, **calibration)
-            options = ExportOptions(runtime=runtime, quantization=quantization, eval_data=trained_lm_dir / "heldout.txt")
-            made[key] = export(trained_lm_dir, build_dir / f"trained-{runtime}-{weights}-{mode}", options, progress=False)
-        return made[key]
+        calibration = {"calibration": trained_lm_dir / "calibration.txt", "num_samples": 8} if mode == "static" else {}
+        quantization = QuantizationOptions(weights=weights, mode=mode, **calibration)
+        options = ExportOptions(runtime=runtime, quantization=quantization, eval_data=trained_lm_dir / "heldout.txt")
+        return once(f"trained-{runtime}-{weights}-{mode}", lambda out: export(trained_lm_dir, out, options, progress=False))
 
     return get
 
 
 @pytest.fixture(scope="session")
-def trained_teacher_dir(build_dir) -> Path:
-    """A 4-layer docstring Llama (~10 s of training): a teacher for 2-layer students. Beside it,
-    ``distill-data.txt``: training text for them."""
-    out, train = _train_docstring_lm(build_dir / "teacher-4l", layers=4, steps=400)
-    (out.parent / "distill-data.txt").write_text("\n\n".join(train[:60]), encoding="utf-8")
-    return out
+def trained_teacher_dir(once) -> Path:
+    """A 4-layer docstring Llama (~10 s of training): a teacher for 2-layer students. Beside it
+    (in its directory's parent), ``distill-data.txt``: training text for them."""
+    def build(root: Path) -> None:
+        _, train = _train_docstring_lm(root / "teacher-4l", layers=4, steps=400)
+        (root / "distill-data.txt").write_text("\n\n".join(train[:60]), encoding="utf-8")
+
+    return once("teacher-4l", build) / "teacher-4l"
 
 
 @pytest.fixture(scope="session")
@@ -188,16 +218,15 @@ def tiny_en() -> Path:
 
 
 @pytest.fixture(scope="session")
-def whisper_packages(tiny_en, tmp_path_factory):
-    """weights -> FP32 / INT8 ONNX Runtime packages of tiny.en (exported once per session)."""
+def whisper_packages(tiny_en, once):
+    """weights -> FP32 / INT8 ONNX Runtime packages of tiny.en (exported once per run)."""
     from edge_sdk.converters.export import ExportOptions, export
     from edge_sdk.quantization import QuantizationOptions
 
-    root = tmp_path_factory.mktemp("whisper")
     packages = {}
     for weights in ("fp32", "int8"):
-        packages[weights] = export(tiny_en, root / weights, ExportOptions(quantization=QuantizationOptions(weights=weights)),
-                                   progress=False)
+        options = ExportOptions(quantization=QuantizationOptions(weights=weights))
+        packages[weights] = once(f"whisper-tiny-en-{weights}", lambda out: export(tiny_en, out, options, progress=False))
     return packages
 
 

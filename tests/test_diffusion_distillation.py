@@ -13,6 +13,9 @@ from click.testing import CliRunner
 from edge_sdk.cli import main
 from edge_sdk.distillation import DistillationOptions, distill
 
+# one xdist worker runs this module (pytest -n ... --dist loadgroup): the teachers and students trained here are built once
+pytestmark = pytest.mark.xdist_group("diffusion_distillation")
+
 # a random teacher predicts nothing like the data's noise: distil its outputs alone (no denoising term)
 BASE = DistillationOptions(layers_per_block=1, steps=15, batch_size=8, learning_rate=2e-3, warmup_steps=2, save_every=0,
                            teacher_samples=16, denoise_weight=0.0)

@@ -21,6 +21,9 @@ from edge_sdk.cli import main
 from edge_sdk.distillation import DistillationOptions, distill
 from edge_sdk.errors import EdgeSDKError, InvalidInputError
 
+# one xdist worker runs this module (pytest -n ... --dist loadgroup): the students distilled here are built once
+pytestmark = pytest.mark.xdist_group("distillation")
+
 BASE = DistillationOptions(keep_layers=2, steps=40, batch_size=8, sequence_length=64, learning_rate=1e-3, save_every=0)
 
 

@@ -23,6 +23,9 @@ import pytest
 
 from openai import OpenAI
 
+# one xdist worker runs this module (pytest -n ... --dist loadgroup): the server this module starts is started once
+pytestmark = pytest.mark.xdist_group("serve")
+
 try:  # the openai client's own HTTP library: httpx2 in openai 3, httpx before
     import httpx2 as httpx
 except ImportError:  # pragma: no cover

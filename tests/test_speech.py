@@ -21,6 +21,9 @@ from edge_sdk.quantization import QuantizationOptions
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.evaluation import normalize_transcript
 
+# one xdist worker runs this module (pytest -n ... --dist loadgroup): this module's Whisper models, packages and clips are built once
+pytestmark = pytest.mark.xdist_group("speech")
+
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Please call Stella and ask her to bring these things from the store.",

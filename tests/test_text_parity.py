@@ -20,6 +20,9 @@ from edge_sdk.converters.tiny import TINY_WINDOW
 
 from conftest import ARCHITECTURES
 
+# one xdist worker runs this module (pytest -n ... --dist loadgroup): every family is exported once, two at a time
+pytestmark = pytest.mark.xdist_group("text_parity")
+
 PROMPTS = ["The quick brown fox", "Once upon a time there was a little robot who", "Hello"]
 LONG_PROMPT = "Edge devices run small models: laptops, Raspberry Pis and NPUs. The capital of France is Paris;"
 DECODE_STEPS = 20

@@ -15,6 +15,9 @@ from click.testing import CliRunner
 from edge_sdk.cli import main
 from edge_sdk.distillation import DistillationOptions, distill
 
+# one xdist worker runs this module (pytest -n ... --dist loadgroup): the Whisper teacher, its speech and student are built once
+pytestmark = pytest.mark.xdist_group("whisper_distillation")
+
 SENTENCES = ("The lamp on the desk is bright.", "Seven ships sailed at dawn.", "Please close the window now.",
              "A river runs under the old bridge.", "We bake bread every morning.", "The clock struck nine.")
 BASE = DistillationOptions(keep_decoder_layers=1, steps=12, batch_size=2, learning_rate=3e-3, warmup_steps=2,
