@@ -98,6 +98,24 @@ def _exclusive(entry: Path | None):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def export_cache(directory: Path | None = None):
+    """The export cache on for the block: ``$EDGE_SDK_EXPORT_CACHE`` if it is set already, else
+    ``directory``, else a temporary directory removed afterwards. For a run that exports one model
+    several times (``edge-sdk quickstart``: FP32 then INT8), so torch.export runs once."""
+    if _cache_dir() is not None:
+        yield _cache_dir()
+        return
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-sdk-export-cache-")))
+        os.environ[CACHE_VARIABLE] = str(directory)
+        try:
+            yield Path(directory)
+        finally:
+            os.environ.pop(CACHE_VARIABLE, None)
+
+
 def _cache_dir() -> Path | None:
     value = os.environ.get(CACHE_VARIABLE, "").strip()
     return Path(value).expanduser() if value else None

@@ -58,7 +58,7 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 def quickstart(out, threads, as_json) -> None:
     """The whole journey in one offline command, on the bundled Whisper tiny.en: export FP32 and
     INT8 packages, transcribe a synthesized sentence, benchmark both here, and say whether they fit
-    a Raspberry Pi 4 and 5 (projected). About 40 seconds on 2 cores.
+    a Raspberry Pi 4 and 5 (projected). About 50 seconds on 2 cores (measured 2026-12-07).
 
     \b
     Examples:

@@ -211,6 +211,23 @@ def test_two_exports_of_the_same_model_at_once_run_the_torch_stage_once(tmp_path
     assert (tmp_path / "a" / "graph.onnx").read_bytes() == (tmp_path / "b" / "graph.onnx").read_bytes() == b"graph"
 
 
+def test_export_cache_block_turns_the_cache_on_and_leaves_a_users_own(tmp_path, monkeypatch):
+    """``stage.export_cache()`` (what quickstart exports its FP32 and INT8 packages under): a
+    temporary cache for the block, removed after, unless the user set $EDGE_SDK_EXPORT_CACHE."""
+    from edge_sdk.converters import stage
+
+    monkeypatch.delenv(stage.CACHE_VARIABLE, raising=False)
+    with stage.export_cache() as cache:
+        assert stage._cache_dir() == cache and cache.is_dir()
+        (cache / "entry").mkdir()
+    assert stage._cache_dir() is None and not cache.exists()
+    mine = tmp_path / "mine"
+    monkeypatch.setenv(stage.CACHE_VARIABLE, str(mine))
+    with stage.export_cache(tmp_path / "other") as cache:
+        assert cache == mine
+    assert stage._cache_dir() == mine
+
+
 def test_weights_are_external_data_and_checksummed(tiny_package_dir, tmp_path):
     package = Package.open(tiny_package_dir("LlamaForCausalLM"))
     assert package.graph("decoder")["external_data"] == ["decoder.onnx.data"]
