@@ -118,10 +118,17 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
     work = staging / "fp32-work"
     request = {"model_dir": str(source.path), "architecture": source.spec.architecture, "work": str(work), "atol": options.atol,
                "attention": source.spec.attention}
+    gguf = source.extra.get("gguf")
+    if gguf is not None:  # transformers reads the file (a split set merged into one first)
+        from edge_sdk.converters.gguf import merge_parts
+
+        gguf_file = merge_parts(gguf, staging / "gguf-work")
+        request.update(model_dir=str(gguf_file.parent), gguf_file=gguf_file.name)
     if not source.spec.tested:
         log.warning("%s is not among the families edge-sdk tests; exporting it by the generic path "
                     "(the export still checks it against PyTorch)", source.spec.architecture)
-    exported = run_stage("edge_sdk.converters.causal_lm_torch:export_fp32", request, work, steps, inputs=[source.path])
+    inputs = [Path(request["model_dir"]) / request["gguf_file"]] if gguf is not None else [source.path]
+    exported = run_stage("edge_sdk.converters.causal_lm_torch:export_fp32", request, work, steps, inputs=inputs)
     shapes = exported["shapes"]
     fp32_graph = work / DECODER_FILE
     os.replace(work / TOKENIZER_FILE, staging / TOKENIZER_FILE)
@@ -133,13 +140,22 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
 
     quantization = options.quantization
     static = options.device is not None and options.device.static_shapes
+    carry = None
+    if gguf is not None and exported.get("gguf_tensors") and quantization.weights in ("int8", "int4") \
+            and quantization.effective_mode == "weight-only" and not options.requantize:
+        from edge_sdk.converters.gguf import CarryOver
+
+        carry = CarryOver(inputs[0], exported["gguf_tensors"])
     with steps.step(f"building the {options.runtime} {quantization.weights} graph"):
         calibration = (lambda: calibration_feeds(fp32_graph, shapes, tokenizer, options)) if quantization.calibration else None
         # static NPU graphs keep the attention torch exported (fixed shapes, a numpy cache)
         graph, recipe, min_version = build_graph(
             fp32_graph, staging, "decoder", options.runtime, quantization, calibration, _probe(shapes, tokenizer),
             attention=None if static else {"windows": attention_windows(shapes), "positions": shapes.get("max_positions")},
+            carry=carry,
         )
+        if gguf is not None and recipe is not None and options.requantize:
+            recipe["from_source"] = {"format": "gguf", "carried": {}, "requantized": {"--requantize": len(exported["gguf_tensors"] or {})}}
         if options.runtime == "openvino" and not static:  # NPU graphs stay stateless: static shapes, numpy cache
             from edge_sdk.converters.openvino_engine import make_stateful
 

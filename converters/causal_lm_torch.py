@@ -43,7 +43,7 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def attention_implementation(model_dir: Path, attention: str | None = None) -> str:
+def attention_implementation(model_dir: Path, attention: str | None = None, gguf_file: str | None = None) -> str:
     """The attention to trace: ``attention`` if the registry names one, else SDPA (plain ONNX ops,
     fused by ONNX Runtime) where the family's class supports it, else eager (Gemma 2's soft-capping)."""
     if attention:
@@ -51,14 +51,15 @@ def attention_implementation(model_dir: Path, attention: str | None = None) -> s
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        model_class = AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(model_dir))]
+        model_class = AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(model_dir, gguf_file=gguf_file))]
     except Exception:  # an unmapped config fails in from_pretrained with transformers' own message
         return "sdpa"
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
-def load_model(model_dir: Path, attention: str | None = None):
-    """The transformers model in FP32 (bf16/fp16 checkpoints are upcast), eval mode.
+def load_model(model_dir: Path, attention: str | None = None, gguf_file: str | None = None):
+    """The transformers model in FP32 (bf16/fp16 checkpoints are upcast, GGUF ``gguf_file`` in
+    ``model_dir`` dequantized by transformers' GGUF reader), eval mode.
 
     Never with ``trust_remote_code``: a model whose code ships with its weights is refused before
     this (``registry.lookup``) and transformers will not run it here either.
@@ -68,13 +69,15 @@ def load_model(model_dir: Path, attention: str | None = None):
 
     try:
         with quiet_transformers():
-            implementation = attention_implementation(model_dir, attention)
+            implementation = attention_implementation(model_dir, attention, gguf_file)
             # mixture-of-experts layers run as batched matmuls over gathered expert weights: their
             # default grouped_mm is a custom op that torch.onnx cannot translate (Mixtral, Qwen3-MoE)
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=implementation,
-                                                         experts_implementation="batched_mm", trust_remote_code=False)
+                                                         experts_implementation="batched_mm", trust_remote_code=False,
+                                                         **({"gguf_file": gguf_file} if gguf_file else {}))
     except Exception as e:
-        raise ModelLoadError(f"transformers cannot load the model in {model_dir}: {type(e).__name__}: {e}") from e
+        where = model_dir / gguf_file if gguf_file else model_dir
+        raise ModelLoadError(f"transformers cannot load the model in {where}: {type(e).__name__}: {e}") from e
     return model.eval()
 
 
@@ -217,11 +220,11 @@ def _compare(session, cases: list[_Case], comparison: Comparison) -> None:
             comparison.check(f"{case.name}: {name}", axis_values(outputs[name]), axis_values(expected))
 
 
-def _tokenizer(model_dir: Path):
+def _tokenizer(model_dir: Path, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **({"gguf_file": gguf_file} if gguf_file else {}))
     except Exception as e:
         raise ModelLoadError(
             f"cannot load the tokenizer in {model_dir} ({type(e).__name__}: {e}); "
@@ -296,11 +299,17 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
         raise missing_extra(e.name or "torch", "convert", "exporting a model") from e
     model_dir, work = Path(request["model_dir"]), Path(request["work"])
     step("loading model")
-    model = load_model(model_dir, request.get("attention"))
+    gguf_file = request.get("gguf_file")  # a GGUF source: the file's name in model_dir
+    model = load_model(model_dir, request.get("attention"), gguf_file)
     shapes = cache_shapes(model, request["architecture"])
     model_type = model.config.model_type
-    tokenizer = _tokenizer(model_dir)
+    tokenizer = _tokenizer(model_dir, gguf_file)
     generation = _generation_config(model_dir, model.config, tokenizer)
+    gguf_tensors = None
+    if gguf_file:  # where each weight came from in the file: what a quantized package may carry over as it is
+        from edge_sdk.converters.gguf import tensor_map
+
+        gguf_tensors = tensor_map(model, model_dir / gguf_file)
     wrapper = _kv_cache_decoder(model, shapes["num_layers"])
     token_ids = [tokenizer(text)["input_ids"] for text in _VALIDATION_TEXTS]
     pad_id = generation["pad_token_id"] if generation["pad_token_id"] is not None else 0
@@ -343,6 +352,7 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
         "special_tokens": _special_tokens(tokenizer),
         "max_abs_diff": comparison.max_diffs(),
         "validation_inputs": f"{len(_VALIDATION_TEXTS)} left-padded prompts, prefill + {_VALIDATION_DECODE_STEPS} decode steps",
+        "gguf_tensors": gguf_tensors,
     }
 
 

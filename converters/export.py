@@ -40,6 +40,9 @@ class ExportOptions:
     # text: also measure against this Hugging Face model, the teacher of a distilled student (None: the
     # teacher named in the source's distill.json when it is found locally)
     teacher: Path | None = None
+    # a quantized source (GGUF): quantize its dequantized weights with the package's recipe instead of
+    # carrying its blocks over where the engine holds them as they are
+    requantize: bool = False
 
     def __post_init__(self):
         if self.task is not None:
@@ -145,7 +148,7 @@ def export(
         manifest = {
             "task": task.name,
             "source": {"model": str(model), "architecture": source.spec.architecture,
-                       "weights_sha256": weights_sha256(source.path)},
+                       "weights_sha256": weights_sha256(source.path), **source.extra.get("manifest", {})},
             "runtime": {"name": options.runtime, "min_version": result.min_version},
             "precision": {"weights": options.quantization.weights, "activations": options.quantization.activations,
                           "recipe": result.recipe},

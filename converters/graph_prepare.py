@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_sdk.converters.onnx_graph import NAME_SCOPES_KEY, layer_kind_of
+from edge_sdk.converters.onnx_graph import NAME_SCOPES_KEY, module_path_of
 
 
 def prepare_graph(src: Path, dst: Path, untie: bool) -> dict[str, int]:
@@ -150,9 +150,11 @@ def _merge_parallel_matmuls(graph) -> int:
         name = f"{nodes[0].name}_merged"
         merged = _constant(graph, f"{name}.weight", np.concatenate([_const(w) for w in weights], axis=1))
         widths = _constant(graph, f"{name}.split", np.array([w.const_value.shape[1] for w in weights], dtype=np.int64))
-        kinds = [layer_kind_of(n.op_type, n.metadata_props.get(NAME_SCOPES_KEY)) for n in nodes]
-        prefix = kinds[0].rsplit(".", 1)[0] + "." if "." in kinds[0] else ""
-        joined = prefix + "+".join(k[len(prefix):] if k.startswith(prefix) else k for k in kinds)
+        # the merged layer keeps its modules' paths, indices included ("layers.3.self_attn.q_proj+k_proj+v_proj"):
+        # its kind for the manifest, and the source weights it holds (a GGUF source's blocks, carry_over)
+        paths = [module_path_of(n.metadata_props.get(NAME_SCOPES_KEY)) or n.op_type for n in nodes]
+        prefix = paths[0].rsplit(".", 1)[0] + "." if "." in paths[0] else ""
+        joined = prefix + "+".join(p[len(prefix):] if p.startswith(prefix) else p for p in paths)
         matmul = ir.node("MatMul", [nodes[0].inputs[0], merged], name=name,
                          metadata_props={NAME_SCOPES_KEY: repr(["model." + joined])})
         split = ir.node("Split", [matmul.outputs[0], widths], {"axis": -1}, num_outputs=len(nodes), name=f"{name}_split")

@@ -37,22 +37,33 @@ def layer_kind(node) -> str:
     return layer_kind_of(node.op_type, next((p.value for p in node.metadata_props if p.key == NAME_SCOPES_KEY), None))
 
 
-def layer_kind_of(op_type: str, scopes: str | None) -> str:
-    """The module path from the exporter's name-scope metadata, layer indices replaced by ``*``.
+def module_path(node) -> str | None:
+    """The module an ONNX (protobuf) node was exported from, layer indices kept
+    (``model.layers.3.mlp.down_proj``: the Hugging Face parameter prefix), or None without metadata."""
+    return module_path_of(next((p.value for p in node.metadata_props if p.key == NAME_SCOPES_KEY), None))
 
-    The outermost ``model.`` (our export wrapper's attribute) is dropped. Graphs without the
-    metadata get the op type as their kind.
-    """
+
+def module_path_of(scopes: str | None) -> str | None:
+    """The innermost module of the exporter's name-scope metadata, without the outermost ``model.``
+    (our export wrapper's attribute)."""
     if not scopes:
-        return op_type
+        return None
     try:
         paths = [s for s in ast.literal_eval(scopes) if isinstance(s, str) and s]
     except (ValueError, SyntaxError):
-        return op_type
+        return None
     modules = [p for p in paths if "." in p] or paths
-    path = modules[-1] if modules else op_type
-    path = path[len("model.") :] if path.startswith("model.") else path
-    return _LAYER_INDEX.sub(".*", path)
+    if not modules:
+        return None
+    path = modules[-1]
+    return path[len("model.") :] if path.startswith("model.") else path
+
+
+def layer_kind_of(op_type: str, scopes: str | None) -> str:
+    """The module path from the exporter's name-scope metadata, layer indices replaced by ``*``.
+    Graphs without the metadata get the op type as their kind."""
+    path = module_path_of(scopes)
+    return _LAYER_INDEX.sub(".*", path) if path else op_type
 
 
 MIN_IN_CHANNELS = 16  # a MatMul over fewer input channels is not a weight layer (rotary positions x frequencies: 1)

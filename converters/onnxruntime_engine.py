@@ -49,11 +49,13 @@ _MIN_ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20"
 
 def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, calibration: CalibrationFeeds | None = None,
           probe: Probe | None = None, model_type: str = "transformer",
-          attention: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+          attention: dict[str, Any] | None = None, carry=None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Write graph ``role`` (``<role>.onnx`` + data) into ``staging``; return (manifest graph entry,
     recipe or None, minimum ONNX Runtime version). ``fp32`` stays where it is. ``attention`` (a
     KV decoder's ``{"windows": [per-layer sliding window or None], "positions": context length}``)
-    lets its attention run over a preallocated cache, rotary embedding inside (``ort_attention``)."""
+    lets its attention run over a preallocated cache, rotary embedding inside (``ort_attention``);
+    ``carry`` (a ``gguf.CarryOver``): weight-only layers take a quantized source's blocks as they are
+    (``carry_over``)."""
     path = staging / f"{role}.onnx"
     fused = staging / "fused-work" / path.name
     fused.parent.mkdir()
@@ -68,7 +70,7 @@ def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, ca
         for source in (fused, fused.with_name(fused.name + ".data")):
             os.replace(source, staging / source.name)
     else:
-        recipe = quantize_onnx(fused, path, options, calibration, model_type)
+        recipe = quantize_onnx(fused, path, options, calibration, model_type, carry)
     shutil.rmtree(fused.parent)
     entry = {"role": role, "path": path.name, **describe(path), "fusions": fusions}
     entry["external_data"] = sorted(p.name for p in staging.glob(f"{path.name}.data*"))
@@ -309,7 +311,7 @@ def nbits_block(in_channels: int, group: int) -> int:
 
 
 def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None,
-                  model_type: str = "transformer") -> dict:
+                  model_type: str = "transformer", carry=None) -> dict:
     """Write the quantized (or fp16) version of graph ``src`` to ``dst``; return the recipe for the manifest.
 
     ``src`` is a prepared graph (``graph_prepare.prepare_graph`` with ``untie``): every linear layer
@@ -324,7 +326,7 @@ def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibratio
     if options.weights == "fp16":
         return _fp16(model, dst, options)
     if options.effective_mode == "weight-only":
-        return _weight_only(model, layers, dst, options)
+        return _weight_only(model, layers, dst, options, carry)
     staged = dst.with_name(dst.stem + ".prepared.onnx")
     save_with_external_data(model, staged)
     del model
@@ -355,7 +357,7 @@ def _nbits_quantizer_module():
     return matmul_nbits_quantizer
 
 
-def _weight_only(model, layers: list[WeightLayer], dst: Path, options: QuantizationOptions) -> dict:
+def _weight_only(model, layers: list[WeightLayer], dst: Path, options: QuantizationOptions, carry=None) -> dict:
     nbits = _nbits_quantizer_module()
     DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = nbits.DefaultWeightOnlyQuantConfig, nbits.MatMulNBitsQuantizer
 
@@ -368,9 +370,14 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
 
     requested = options.group_size or DEFAULT_GROUP_SIZE
     tied = _tied_table(model, layers, heads)
+    carried, from_source = {}, None
+    if carry is not None:
+        from edge_sdk.converters import carry_over
+
+        carried, from_source = carry_over.plan(model, layers, bits_of, carry)
     by_block: dict[tuple[int, int], list[str]] = defaultdict(list)
     for layer in layers:
-        if layer.op_type == "MatMul":
+        if layer.op_type == "MatMul" and layer.node not in carried:
             by_block[(bits_of(layer), nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested)))].append(layer.node)
     # the quantizer takes every MatMul with a constant B it is not told to exclude; exclude all but
     # this pass's weight layers (not weight layers: e.g. rotary positions x frequencies, K = 1)
@@ -387,15 +394,21 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
                                          op_types_to_quantize=("MatMul",), algo_config=config)
         quantizer.process()
         model = quantizer.model.model
+    for name, blocks in carried.items():
+        carry_over.replace(model, name, blocks, options.accuracy_level)
     for layer in layers:
-        if layer.op_type == "Gather" and tied and tied[0] is layer and _gather_from_head(model, layer, tied[1], bits_of(layer)):
+        shared = tied and tied[0] is layer and (tied[1].node not in carried or carried[tied[1].node].minimums is None)
+        if layer.op_type == "Gather" and shared and _gather_from_head(model, layer, tied[1], bits_of(layer)):
             continue
         if layer.op_type == "Gather":
             group = plan_group_size(layer.in_channels, requested)
             _quantize_embedding(model, layer, bits_of(layer), group if group != PER_CHANNEL else layer.in_channels, options.sym)
     remove_unused_initializers(model)
     save_with_external_data(model, dst)
-    return _recipe(options, "onnxruntime.quantization MatMulNBits + GatherBlockQuantized", dst, layers)
+    recipe = _recipe(options, "onnxruntime.quantization MatMulNBits + GatherBlockQuantized", dst, layers)
+    if from_source is not None:
+        recipe["from_source"] = from_source
+    return recipe
 
 
 _TO_LOGITS = {"Add", "Mul", "Div", "Tanh", "Cast", "Reshape", "Identity"}  # bias, scale, soft-cap between head and logits

@@ -35,7 +35,7 @@ MIN_OPENVINO = "2024.4"  # IR with NNCF's u4/u8 weight decompression patterns
 
 def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, calibration: CalibrationFeeds | None = None,
           probe: Probe | None = None, model_type: str = "transformer",
-          attention: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+          attention: dict[str, Any] | None = None, carry=None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Write graph ``role`` (``<role>.xml`` + ``.bin``) into ``staging``; return (manifest graph entry,
     recipe or None, minimum OpenVINO version). ``attention`` (a KV decoder's): attention as
     ScaledDotProductAttention (``attention_as_sdpa``). ``probe`` is accepted for the common
@@ -46,6 +46,10 @@ def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, ca
     xml = staging / f"{role}.xml"
     names = {e["name"]: e["shape"] for e in describe_onnx(fp32)["inputs"]}  # before fp32 is consumed
     recipe = onnx_to_openvino(fp32, xml, options, calibration, model_type, attention)
+    if carry is not None and recipe is not None:
+        recipe["from_source"] = {"format": "gguf", "carried": {},
+                                 "requantized": {"OpenVINO packages quantize the dequantized weights (NNCF); carrying "
+                                                 "GGUF blocks into OpenVINO is not built yet": len(carry.tensors)}}
     entry = {"role": role, "path": xml.name, **describe(xml, names), "external_data": [xml.with_suffix(".bin").name]}
     return entry, recipe, MIN_OPENVINO
 

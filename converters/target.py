@@ -33,6 +33,7 @@ def build_graph(
     probe: Probe | None = None,
     model_type: str = "transformer",
     attention: dict[str, Any] | None = None,
+    carry=None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Write graph ``role`` into ``staging`` for ``runtime``; return (manifest graph entry, recipe or
     None, minimum engine version).
@@ -41,6 +42,7 @@ def build_graph(
     task's check on a session (kept fusions must reproduce the unfused graph on it); ``model_type``
     ("transformer" or "cnn", see ``quantize.MODEL_TYPES``) decides which layers quantization covers;
     ``attention`` (a KV decoder's ``{"windows": [...], "positions": context length}``) lets an
-    engine run attention over a preallocated cache.
+    engine run attention over a preallocated cache; ``carry`` (a ``gguf.CarryOver``) offers a
+    quantized source's blocks, taken as they are where the engine holds them.
     """
-    return engine(runtime).build(fp32, staging, role, options, calibration, probe, model_type, attention)
+    return engine(runtime).build(fp32, staging, role, options, calibration, probe, model_type, attention, carry)

@@ -260,3 +260,92 @@ def build_unet(output: str | os.PathLike, seed: int = 0, config_overrides: dict 
     unet = UNet2DModel(**{**TINY_UNET, **(config_overrides or {})}).eval()
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**(scheduler or {"num_train_timesteps": 1000}))).save_pretrained(output)
     return output
+
+
+# GGUF types of a small Llama written by write_gguf, per HF weight (the rest: F32), the way
+# llama.cpp's quantize mixes them: what the carry-over tests cover
+GGUF_MIX = {"self_attn": "Q4_0", "gate_proj": "Q4_1", "up_proj": "Q4_1", "down_proj": "Q8_0", "embed_tokens": "F16"}
+
+
+def write_gguf(model_dir: str | os.PathLike, path: str | os.PathLike, types: dict[str, str] | None = None) -> Path:
+    """Write the Llama in ``model_dir`` (e.g. from ``build_causal_lm``) as a llama.cpp GGUF file.
+
+    As llama.cpp's ``convert_hf_to_gguf.py`` writes Llamas: its metadata under ``llama.*``, the BPE
+    tokenizer as ``tokenizer.ggml.*`` (with the chat template), GGUF tensor names, the query and key
+    projections' rows permuted into llama.cpp's rotary layout; each weight quantized by the gguf
+    package to the first type in ``types`` (default ``GGUF_MIX``) whose key is in its name, else
+    kept F32. For tests of the GGUF source; a real checkpoint goes through llama.cpp's converter.
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    model_dir, path = Path(model_dir), Path(path)
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("model_type") != "llama":
+        raise ValueError(f"write_gguf writes Llama models; {model_dir} is a {config.get('model_type')}")
+    types = GGUF_MIX if types is None else types
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name(model_dir.name)
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    rope = config.get("rope_parameters") or {}
+    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_vocab_size(config["vocab_size"])
+    tokenizer = json.loads(Tokenizer.from_file(str(model_dir / "tokenizer.json")).to_str())
+    vocab = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    special = {t["content"] for t in tokenizer["added_tokens"] if t.get("special")}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in tokenizer["model"]["merges"]])
+    for key, setter in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
+                        ("pad_token_id", writer.add_pad_token_id)):
+        value = config.get(key)
+        if isinstance(value, list):
+            value = value[0]
+        if value is not None:
+            setter(int(value))
+    bos = config.get("bos_token_id")
+    adds_bos = bos is not None and Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode("a").ids[:1] == [bos]
+    writer.add_add_bos_token(adds_bos)
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    template = json.loads(tokenizer_config.read_text()).get("chat_template") if tokenizer_config.is_file() else None
+    template_file = model_dir / "chat_template.jinja"
+    template = template or (template_file.read_text() if template_file.is_file() else None)
+    if template:
+        writer.add_chat_template(template)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    for name, weight in load_file(model_dir / "model.safetensors").items():
+        base, suffix = name.rsplit(".", 1)
+        target = names.get_name(base)
+        if target is None:
+            continue
+        weight = weight.astype(np.float32)
+        if base.endswith(("q_proj", "k_proj")):  # llama.cpp's permute: pairs of rotary halves interleaved
+            n = heads if base.endswith("q_proj") else kv_heads
+            weight = weight.reshape(n, 2, weight.shape[0] // n // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+        kind = next((t for key, t in types.items() if key in name), "F32") if weight.ndim == 2 else "F32"
+        if kind == "F32":
+            writer.add_tensor(f"{target}.{suffix}", weight)
+        elif kind == "F16":
+            writer.add_tensor(f"{target}.{suffix}", weight.astype(np.float16))
+        else:
+            quantized_type = gguf.GGMLQuantizationType[kind]
+            writer.add_tensor(f"{target}.{suffix}", gguf.quants.quantize(weight, quantized_type), raw_dtype=quantized_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -31,13 +31,17 @@ from edge_sdk.tasks import get_task
 @click.option("--head-weights", "head", type=click.Choice(HEADS), default=None,
               help="int4: precision of the embedding table and LM head [int8, as llama.cpp and NNCF keep them].")
 @click.option("--eval-data", type=click.Path(), default=None, help="Held-back text for the accuracy figures [bundled text].")
+@click.option("--requantize", is_flag=True,
+              help="GGUF sources: quantize the dequantized weights with this recipe instead of carrying the file's "
+                   "Q4_0/Q4_1/Q8_0 blocks over as they are.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it already holds a package.")
 @click.option("--atol", type=float, default=1e-3, show_default=True, help="Largest |ONNX - PyTorch| accepted at validation.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def export(model: str, output: str, task, runtime, weights, device, static_prompt_length, static_cache_length, quant_mode,
-           group_size, sym, calibration, num_samples, accuracy_level, ratio, head, eval_data, overwrite: bool, atol: float,
-           quiet: bool) -> None:
-    """Export MODEL (a Hugging Face directory or hub id) to an edge package.
+           group_size, sym, calibration, num_samples, accuracy_level, ratio, head, eval_data, requantize: bool, overwrite: bool,
+           atol: float, quiet: bool) -> None:
+    """Export MODEL (a Hugging Face directory or hub id, a GGUF file, a Whisper checkpoint, a diffusers
+    pipeline) to an edge package.
 
     The FP32 graph is validated against the PyTorch model; quantized packages are derived from it
     and their accuracy against it is measured and written to the manifest. A failed export leaves
@@ -46,6 +50,7 @@ def export(model: str, output: str, task, runtime, weights, device, static_promp
     \b
     Examples:
       edge-sdk export ./SmolLM2-135M -o out/smollm
+      edge-sdk export SmolLM2-135M-Instruct.Q4_1.gguf -o out/smollm-int4 --weights int4   # Q4_1 blocks carried over
       edge-sdk export ./SmolLM2-135M -o out/smollm-int4 --weights int4 --group-size 64
       edge-sdk export ./SmolLM2-135M -o out/smollm-ov --runtime openvino --weights int8
       edge-sdk export ./SmolLM2-135M -o out/smollm-static --weights int8 --quant-mode static --calibration texts/
@@ -61,7 +66,7 @@ def export(model: str, output: str, task, runtime, weights, device, static_promp
                                calibration=Path(calibration) if calibration else None, num_samples=num_samples)
     if sym:
         quantization_fields["sym"] = True
-    common = dict(task=task, atol=atol, eval_data=Path(eval_data) if eval_data else None)
+    common = dict(task=task, atol=atol, eval_data=Path(eval_data) if eval_data else None, requantize=requantize)
     if device:
         options = options_for_device(device, runtime=runtime, weights=weights, static_prompt_length=static_prompt_length,
                                      static_cache_length=static_cache_length, quantization_fields=quantization_fields, **common)
