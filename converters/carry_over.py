@@ -56,7 +56,7 @@ def plan(model, layers: list[WeightLayer], bits_of: Callable[[WeightLayer], int]
     }
     if any(b.type == "Q4_1" for b in taken.values()):
         summary["q4_1"] = ("d * q with zero point 0 in MatMulNBits (its pre-packed kernels), plus each block's "
-                           "minimum times the block's input sum (Reshape, ReduceSum, MatMul): exact weights, float "
+                           "minimum times the input's sum over the block (two small MatMuls): exact weights, float "
                            "rounding in the order of the sums")
     return taken, summary
 
@@ -103,21 +103,18 @@ def replace(model, node_name: str, blocks: CarriedWeight, accuracy_level: int) -
                              bits=blocks.bits, block_size=BLOCK, accuracy_level=accuracy_level)
     nbits.metadata_props.extend(node.metadata_props)
     added = [nbits]
-    if blocks.minimums is not None:  # Q4_1: + sum over each block of x times the block's minimum
-        model.graph.initializer.extend([
-            numpy_helper.from_array(np.array([-1, blocks_per_row, BLOCK], dtype=np.int64), f"{prefix}_blocks_shape"),
-            numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{prefix}_last_axis"),
-            numpy_helper.from_array(np.ascontiguousarray(blocks.minimums.T), f"{prefix}_minimums"),
-        ])
-        names = {part: f"{prefix}_{part}" for part in ("blocked", "sums", "offsets", "shape", "offsets_shaped")}
+    if blocks.minimums is not None:  # Q4_1: + (x's sum over each block) times the block's minimum, as two small MatMuls
+        indicator = f"block_sums_{k}"  # (K, blocks): 1 where input channel k is in block b; one per K, shared by layers
+        if not any(i.name == indicator for i in model.graph.initializer):
+            ones = np.zeros((k, blocks_per_row), np.float32)
+            ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
+            model.graph.initializer.append(numpy_helper.from_array(ones, indicator))
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(blocks.minimums.T), f"{prefix}_minimums"))
+        sums, offsets = f"{prefix}_block_sums", f"{prefix}_offsets"
         added += [
-            helper.make_node("Reshape", [node.input[0], f"{prefix}_blocks_shape"], [names["blocked"]], name=f"{prefix}_reshape"),
-            helper.make_node("ReduceSum", [names["blocked"], f"{prefix}_last_axis"], [names["sums"]], name=f"{prefix}_sum",
-                             keepdims=0),
-            helper.make_node("MatMul", [names["sums"], f"{prefix}_minimums"], [names["offsets"]], name=f"{prefix}_offsets"),
-            helper.make_node("Shape", [product], [names["shape"]], name=f"{prefix}_shape"),
-            helper.make_node("Reshape", [names["offsets"], names["shape"]], [names["offsets_shaped"]], name=f"{prefix}_unflatten"),
-            helper.make_node("Add", [product, names["offsets_shaped"]], [output], name=f"{prefix}_add"),
+            helper.make_node("MatMul", [node.input[0], indicator], [sums], name=f"{prefix}_sums"),
+            helper.make_node("MatMul", [sums, f"{prefix}_minimums"], [offsets], name=f"{prefix}_offsets"),
+            helper.make_node("Add", [product, offsets], [output], name=f"{prefix}_add"),
         ]
     index = list(model.graph.node).index(node)
     model.graph.node.remove(node)
