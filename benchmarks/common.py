@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import os
 import platform
+from html.parser import HTMLParser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,40 @@ except ImportError:  # a peer's venv (faster-whisper, optimum-intel) without edg
     peak_rss_mb, repeat, summarize = _measure.peak_rss_mb, _measure.repeat, _measure.summarize
 
 
+class _Paragraphs(HTMLParser):
+    """The text of each <p> of an HTML page (prose; code listings, tables and navigation left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.paragraphs, self._open = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "p":
+            self._open = []
+
+    def handle_endtag(self, tag):
+        if tag == "p" and self._open is not None:
+            text = " ".join("".join(self._open).split())
+            if len(text.split()) >= 8:  # sentences, not labels
+                self.paragraphs.append(text)
+            self._open = None
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open.append(data)
+
+
+def prose_from_html(paths: list[Path]) -> str:
+    """Real English prose from HTML pages (Debian's documentation packages, e.g. debian-reference-en's
+    /usr/share/debian-reference/ch*.en.html): their paragraphs, one per line."""
+    paragraphs = []
+    for path in paths:
+        parser = _Paragraphs()
+        parser.feed(Path(path).read_text(encoding="utf-8", errors="replace"))
+        paragraphs += parser.paragraphs
+    return "\n".join(paragraphs) + "\n"
+
+
 def run_worker(script: str, kind: str, threads: int, fields: dict, python: str | None = None) -> dict:
     """Run worker ``kind`` of ``script`` (its ``WORKERS[kind](args)``) in a fresh process (its own
     engine, its own peak memory), under ``python`` if given, and return its result."""
@@ -54,4 +89,4 @@ def dispatch(workers: dict, request: dict) -> dict:
     return workers[request["kind"]](argparse.Namespace(**request))
 
 
-__all__ = ["machine", "peak_rss_mb", "repeat", "summarize", "run_worker", "dispatch"]
+__all__ = ["prose_from_html", "machine", "peak_rss_mb", "repeat", "summarize", "run_worker", "dispatch"]

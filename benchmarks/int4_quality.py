@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, run_worker  # benchmarks/common.py (on sys.path)
+from common import machine, prose_from_html, run_worker  # benchmarks/common.py (on sys.path)
 
 HERE = Path(__file__).resolve().parent
 CONTEXT = 128  # tokens per window, both tools (our eval's window)
@@ -41,17 +41,59 @@ def file_mb(paths) -> float:
     return sum(p.stat().st_size for p in paths) / 1e6
 
 
+def parse_recipe(recipe: str) -> dict:
+    """``int4/g128/asym/head-int8/gptq/r0.8/ov/carry`` (any order): weights, group, symmetry, head,
+    algorithm(s) joined by '+', ratio, runtime (ort|ov), carry (GGUF sources: carry the file's blocks
+    over; otherwise they are requantized with the recipe)."""
+    fields = {"weights": "fp32", "runtime": "onnxruntime", "carry": False}
+    for token in recipe.split("/"):
+        if token in ("fp32", "int8", "int4"):
+            fields["weights"] = token
+        elif token[:1] == "g" and token[1:].lstrip("-").isdigit():
+            fields["group"] = token[1:]
+        elif token in ("sym", "asym"):
+            fields["sym"] = token == "sym"
+        elif token.startswith("head-"):
+            fields["head"] = token[5:]
+        elif token[:1] == "r" and token[1:].replace(".", "").isdigit():
+            fields["ratio"] = token[1:]
+        elif token in ("ov", "ort"):
+            fields["runtime"] = {"ov": "openvino", "ort": "onnxruntime"}[token]
+        elif token == "carry":
+            fields["carry"] = True
+        elif token.startswith("acc") and token[3:].isdigit():
+            fields["accuracy_level"] = token[3:]
+        else:
+            fields["algorithm"] = token.replace("+", ",")
+    return fields
+
+
 def ours(args, recipe: str, reference: Path | None) -> dict:
-    weights, group, symmetry, *rest = (recipe.split(":") + ["", "", ""])[:4] if recipe != "fp32" else ("fp32", "", "", "")
-    out = args.out / f"edge-{recipe.replace(':', '-')}"
+    fields = parse_recipe(recipe)
+    out = args.out / f"edge-{recipe.replace('/', '-').replace('+', '_')}"
     if not (out / "manifest.json").is_file():
-        command = ["edge-sdk", "export", args.model, "-o", out, "--weights", weights, "--eval-data", args.data, "-q", "--overwrite"]
-        if weights != "fp32":
-            command += ["--group-size", group or "128", "--sym" if symmetry == "sym" else "--asym"]
-            if weights == "int4":
-                command += ["--head-weights", rest[0] or "int8"]
+        command = ["edge-sdk", "export", args.model, "-o", out, "--weights", fields["weights"], "--eval-data", args.data,
+                   "--runtime", fields["runtime"], "-q", "--overwrite"]
+        if fields["weights"] != "fp32":
+            if "group" in fields:
+                command += ["--group-size", fields["group"]]
+            command += ["--sym" if fields.get("sym") else "--asym"]
+            if "accuracy_level" in fields:
+                command += ["--accuracy-level", fields["accuracy_level"]]
+            if args.model.suffix == ".gguf" and not fields["carry"]:
+                command += ["--requantize"]
+            if fields["weights"] == "int4":
+                command += ["--head-weights", fields.get("head", "int8")]
+                if "algorithm" in fields:
+                    command += ["--algorithm", fields["algorithm"]]
+                if "ratio" in fields:
+                    command += ["--ratio", fields["ratio"]]
+                if args.calibration and (fields.get("algorithm", "rtn") not in ("rtn", "k-quant", "hqq") or "ratio" in fields):
+                    command += ["--calibration", args.calibration, "--num-samples", args.num_samples]
         print(f"exporting {recipe} ...", file=sys.stderr)
+        started = time.perf_counter()
         run(command, f"edge-sdk export {recipe}")
+        (out / "export_seconds").write_text(f"{time.perf_counter() - started:.1f}")
     command = ["edge-sdk", "eval", out, "--data", args.data, "--windows", args.windows, "--json"]
     if reference is not None:
         command += ["--reference", reference]
@@ -59,13 +101,25 @@ def ours(args, recipe: str, reference: Path | None) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     model = [out / g["path"] for g in manifest["graphs"]]
     model += [out / name for g in manifest["graphs"] for name in g.get("external_data", [])]
-    return {"tool": "edge-sdk", "recipe": recipe, "perplexity": figures["perplexity"],
-            "reference_perplexity": figures.get("reference_perplexity"), "kl": figures.get("kl_divergence"),
-            "top1": figures.get("top1_agreement"), "model_mb": file_mb(model), "figures": figures}
+    row = {"tool": "edge-sdk", "recipe": recipe, "perplexity": figures["perplexity"],
+           "reference_perplexity": figures.get("reference_perplexity"), "kl": figures.get("kl_divergence"),
+           "top1": figures.get("top1_agreement"), "model_mb": file_mb(model), "figures": figures,
+           "export_seconds": float((out / "export_seconds").read_text()) if (out / "export_seconds").is_file() else None}
+    if args.decode:
+        row["decode_tok_s"] = decode_speed(args, out)
+    return row
+
+
+def decode_speed(args, package: Path) -> float:
+    """Decode tokens/s of ``edge-sdk bench`` (its own process, --threads)."""
+    report = args.out / f"bench-{package.name}.json"
+    run(["edge-sdk", "bench", package, "--threads", args.threads, "--min-runs", 5, "--min-seconds", 5, "--new-tokens", 64,
+         "--json", report], f"edge-sdk bench {package.name}")
+    return round(float(json.loads(report.read_text())["packages"][0]["metrics"]["decode_tokens_per_s"]), 1)
 
 
 def llama(args, quant: str, f32: Path) -> dict:
-    gguf = f32 if quant == "F32" else args.out / "llama.cpp" / f"model-{quant}.gguf"
+    gguf = f32 if quant in ("F32", "original") else args.out / "llama.cpp" / f"model-{quant}.gguf"
     binaries = Path(args.llama_cpp) / "build" / "bin"
     if not gguf.is_file():
         run([binaries / "llama-quantize", f32, gguf, quant, args.threads], f"llama-quantize {quant}")
@@ -79,25 +133,51 @@ def llama(args, quant: str, f32: Path) -> dict:
         if not chunks:
             raise SystemExit(f"llama-perplexity {quant}: no estimate in its output:\n{(done.stdout + done.stderr)[-2000:]}")
         perplexity, error = float(chunks[-1][1]), None
-    return {"tool": "llama.cpp", "recipe": quant, "perplexity": perplexity, "stderr": error, "model_mb": file_mb([gguf])}
+    row = {"tool": "llama.cpp", "recipe": quant, "perplexity": perplexity, "stderr": error, "model_mb": file_mb([gguf])}
+    if args.decode:  # llama-bench: 64 generated tokens, --threads
+        bench = run([binaries / "llama-bench", "-m", gguf, "-p", "0", "-n", "64", "-t", args.threads, "-o", "json"],
+                    f"llama-bench {quant}")
+        row["decode_tok_s"] = round(float(json.loads(bench.stdout)[0]["avg_ts"]), 1)
+    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="trained Hugging Face model (samples/train_tiny_lm.py)")
-    parser.add_argument("--data", type=Path, required=True, help="held-back text (the model's heldout.txt)")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="a Hugging Face model (samples/train_tiny_lm.py) or a GGUF file (llama.cpp starts from its F32 dequantization)")
+    parser.add_argument("--data", type=Path, required=True, help="held-back text (the model's heldout.txt), or HTML pages' prose "
+                        "with --data-html")
+    parser.add_argument("--data-html", nargs="*", type=Path, help="write --data from these HTML pages' paragraphs first")
+    parser.add_argument("--calibration", type=Path, help="calibration text for gptq/awq/scale-estimation and ratios")
+    parser.add_argument("--calibration-html", nargs="*", type=Path, help="write --calibration from these HTML pages first")
+    parser.add_argument("--num-samples", type=int, default=64, help="calibration windows (of 64 tokens)")
+    parser.add_argument("--decode", action="store_true", help="also measure decode tokens/s (edge-sdk bench, llama-bench)")
     parser.add_argument("--out", type=Path, default=Path("out/int4-quality"))
-    parser.add_argument("--ours", default="int4:128:asym:int4,int4:128:asym:int8,int4:32:asym:int8,int8:128:asym",
-                        help="our recipes, weights:group:sym|asym[:head] (head: int4 only, --head-weights, default int8)")
+    parser.add_argument("--ours", default="int4/g128/asym/head-int4,int4/g128/asym,int4/g32/asym,int8/g128/asym",
+                        help="our recipes, comma-separated, each tokens joined by '/': int4|int8, gN, sym|asym, head-int4|int8, "
+                             "an algorithm (rtn, k-quant, hqq, gptq, awq, scale-estimation; '+' joins OpenVINO's), rRATIO, "
+                             "ort|ov, accN (ONNX Runtime accuracy level), carry (GGUF: the file's blocks carried over)")
     parser.add_argument("--windows", type=int, default=1000, help="our eval's windows of 128 tokens (at most)")
     parser.add_argument("--llama-cpp", help="llama.cpp tree with build/bin/llama-perplexity and llama-quantize")
     parser.add_argument("--llama-python", help="a Python with convert_hf_to_gguf.py's requirements")
     parser.add_argument("--llama-quants", default="Q4_0,Q4_K_M")
+    parser.add_argument("--llama-original", action="store_true", help="GGUF --model: also score the file itself")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.data_html:
+        args.data.write_text(prose_from_html(args.data_html))
+    if args.calibration_html:
+        args.calibration.write_text(prose_from_html(args.calibration_html))
     args.model, args.data = args.model.resolve(), args.data.resolve()
-    parameters = json.loads((args.model / "training.json").read_text()).get("parameters") if (args.model / "training.json").is_file() else None
+    gguf_source = args.model.suffix == ".gguf"
+    if gguf_source:
+        import gguf
+
+        parameters = sum(int(t.n_elements) for t in gguf.GGUFReader(str(args.model)).tensors)
+    else:
+        training = args.model / "training.json"
+        parameters = json.loads(training.read_text()).get("parameters") if training.is_file() else None
 
     rows = []
     fp32 = ours(args, "fp32", None)
@@ -106,6 +186,10 @@ def main() -> int:
         rows.append(ours(args, recipe, args.out / "edge-fp32"))
     if args.llama_cpp:
         f32 = args.out / "llama.cpp" / "model-F32.gguf"
+        if gguf_source and not f32.is_file():  # the file dequantized: the same FP32 weights our exports start from
+            f32.parent.mkdir(parents=True, exist_ok=True)
+            run([Path(args.llama_cpp) / "build" / "bin" / "llama-quantize", "--allow-requantize", args.model, f32, "F32",
+                 args.threads], "llama-quantize F32")
         if not f32.is_file():
             f32.parent.mkdir(parents=True, exist_ok=True)
             print("convert_hf_to_gguf.py F32 ...", file=sys.stderr)
@@ -116,22 +200,26 @@ def main() -> int:
         rows.append(base)
         for quant in args.llama_quants.split(","):
             rows.append(llama(args, quant, f32))
+        if gguf_source and args.llama_original:
+            rows.append({**llama(args, "original", args.model), "recipe": f"{args.model.name} (as shipped)"})
     for row in rows:
         own = fp32 if row["tool"] == "edge-sdk" else base
         row["perplexity_change_pct"] = 100 * (row["perplexity"] / own["perplexity"] - 1)
         if parameters:
             row["bits_per_weight"] = 8e6 * row["model_mb"] / parameters
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "model": str(args.model), "data": str(args.data),
+              "data_html": [str(p) for p in args.data_html or []], "calibration": str(args.calibration),
+              "calibration_html": [str(p) for p in args.calibration_html or []],
               "parameters": parameters, "context": CONTEXT, "rows": rows}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    print("| tool | recipe | model MB | bits/weight | perplexity | vs own FP32 | KL vs FP32 | top-1 vs FP32 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| tool | recipe | model MB | bits/weight | perplexity | vs own FP32 | KL vs FP32 | top-1 vs FP32 | decode tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         bits = f"{r['bits_per_weight']:.2f}" if "bits_per_weight" in r else "-"
         kl = f"{r['kl']:.4f}" if r.get("kl") is not None else "-"
         top1 = f"{100 * r['top1']:.1f}%" if r.get("top1") is not None else "-"
         print(f"| {r['tool']} | {r['recipe']} | {r['model_mb']:.2f} | {bits} | {r['perplexity']:.3f} | "
-              f"{r['perplexity_change_pct']:+.2f}% | {kl} | {top1} |")
+              f"{r['perplexity_change_pct']:+.2f}% | {kl} | {top1} | {r.get('decode_tok_s') or '-'} |")
     return 0
 
 

@@ -81,15 +81,16 @@ def _concatenated(parts: list[CarriedWeight | None]) -> CarriedWeight | None:
     return CarriedWeight(parts[0].type, parts[0].bits, minimums=minimums, **joined)
 
 
-def replace(model, node_name: str, blocks: CarriedWeight, accuracy_level: int) -> None:
+def replace(model, node_name: str, blocks: CarriedWeight, accuracy_level: int, block: int = BLOCK, k: int | None = None) -> None:
     """Replace MatMul ``node_name`` (input A, a constant weight) by MatMulNBits over ``blocks``
-    (named ``<node>_Q<bits>``, as ONNX Runtime's quantizer names its nodes)."""
+    (named ``<node>_Q<bits>``, as ONNX Runtime's quantizer names its nodes); ``block``: its block
+    size, ``k``: input channels when the last block is padded."""
     from onnx import helper, numpy_helper
 
     node = next(n for n in model.graph.node if n.name == node_name)
     n, blocks_per_row, _ = blocks.packed.shape
-    k = blocks_per_row * BLOCK
-    prefix = f"{node.input[1]}_Q{blocks.bits}_gguf"
+    k = k or blocks_per_row * block
+    prefix = f"{node.input[1]}_Q{blocks.bits}_{'gguf' if blocks.type.startswith('Q') else blocks.type}"
     zero_points = blocks.zero_points if blocks.bits == 8 else _pack_pairs(blocks.zero_points)
     model.graph.initializer.extend([
         numpy_helper.from_array(np.ascontiguousarray(blocks.packed), f"{prefix}_B"),
@@ -100,7 +101,7 @@ def replace(model, node_name: str, blocks: CarriedWeight, accuracy_level: int) -
     product = output if blocks.minimums is None else f"{prefix}_product"
     nbits = helper.make_node("MatMulNBits", [node.input[0], f"{prefix}_B", f"{prefix}_scales", f"{prefix}_zero_points"],
                              [product], name=f"{node.name}_Q{blocks.bits}", domain="com.microsoft", K=k, N=n,
-                             bits=blocks.bits, block_size=BLOCK, accuracy_level=accuracy_level)
+                             bits=blocks.bits, block_size=block, accuracy_level=accuracy_level)
     nbits.metadata_props.extend(node.metadata_props)
     added = [nbits]
     if blocks.minimums is not None:  # Q4_1: + (x's sum over each block) times the block's minimum, as two small MatMuls

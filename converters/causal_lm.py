@@ -46,7 +46,9 @@ def output_names(num_layers: int) -> list[str]:
 
 
 def calibration_feeds(fp32_graph: Path, shapes: dict, tokenizer, options) -> list[dict[str, np.ndarray]]:
-    """Decoder inputs for static calibration: prefill *and* decode steps, from real text.
+    """Decoder inputs for calibration (static activations, calibrated int4): prefill *and* decode
+    steps, from real text, recorded on ``fp32_graph`` (the exported graph, or the fused graph an
+    ONNX Runtime package quantizes: its cache in shared buffers).
 
     A decoder calibrated only on prefill sees decode-step activations (one token, a long cache) it
     was never calibrated for, a known way to get garbage decodes. Windows are drawn with a fixed
@@ -66,7 +68,8 @@ def calibration_feeds(fp32_graph: Path, shapes: dict, tokenizer, options) -> lis
     graph = DecoderGraph.from_session(recorder, shapes)
     for start in starts:
         with DecoderState(recorder, graph) as state:
-            next_token = state.prefill([tokens[start : start + _CALIBRATION_WINDOW]])[:, -1].argmax(-1)
+            window = tokens[start : start + _CALIBRATION_WINDOW]
+            next_token = state.prefill([window], capacity=len(window) + _CALIBRATION_DECODE_STEPS)[:, -1].argmax(-1)
             for _ in range(_CALIBRATION_DECODE_STEPS):
                 next_token = state.step(next_token).argmax(-1)
     return recorder.feeds
@@ -147,7 +150,8 @@ def export_causal_lm(source: Source, staging: Path, options, steps) -> ExportRes
 
         carry = CarryOver(inputs[0], exported["gguf_tensors"])
     with steps.step(f"building the {options.runtime} {quantization.weights} graph"):
-        calibration = (lambda: calibration_feeds(fp32_graph, shapes, tokenizer, options)) if quantization.calibration else None
+        calibration = ((lambda graph=None: calibration_feeds(graph or fp32_graph, shapes, tokenizer, options))
+                       if quantization.calibration else None)
         # static NPU graphs keep the attention torch exported (fixed shapes, a numpy cache)
         graph, recipe, min_version = build_graph(
             fp32_graph, staging, "decoder", options.runtime, quantization, calibration, _probe(shapes, tokenizer),

@@ -276,9 +276,14 @@ def _make_static(staging: Path, manifest: dict, device: "DeviceTarget", steps) -
 
 
 def _check_calibration(task: Task, quantization: QuantizationOptions) -> None:
-    """A task calibrates on what its registration says: data files, or its own sampling trajectories."""
+    """A task calibrates on what its registration says: data files, or its own sampling trajectories;
+    calibrated int4 (data-aware algorithms, a ratio measured on data) is built for text models."""
     if quantization.calibration is None:
         return
+    if quantization.data_aware and quantization.effective_mode == "weight-only" and task.name != "text-generation":
+        raise InvalidInputError(f"calibrated int4 (--algorithm gptq/awq/scale-estimation, --ratio with --calibration) is built "
+                                f"for text-generation models; {task.name} packages take int4 without --calibration "
+                                "(--algorithm rtn, or k-quant / hqq on ONNX Runtime)")
     if task.calibration == SAMPLING and not quantization.self_calibrated:
         raise InvalidInputError(f"{task.name} models calibrate on inputs recorded along their own sampling trajectories, "
                                 f"not on files: pass --calibration {SAMPLING} (--num-samples sets how many inputs)")

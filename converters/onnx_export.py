@@ -160,7 +160,11 @@ def _release_rewriter_state() -> None:
     except ImportError:  # a future onnxscript without that class has nothing for us to release
         return
     for obj in gc.get_objects():
-        if isinstance(obj, SimplePatternMatcher):
+        try:
+            matcher = isinstance(obj, SimplePatternMatcher)
+        except ReferenceError:  # a weak proxy whose referent is gone (isinstance asks it for its class)
+            continue
+        if matcher:
             for attribute in ("_graph", "_current_node"):
                 if hasattr(obj, attribute):
                     setattr(obj, attribute, None)

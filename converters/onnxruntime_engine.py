@@ -33,6 +33,7 @@ import numpy as np
 from edge_sdk.converters.graph_prepare import prepare_graph
 from edge_sdk.converters.onnx_export import quiet_exporter, use_exact_no_op_rules
 from edge_sdk.converters.onnx_graph import WeightLayer, remove_unused_initializers, save_with_external_data, weight_layers
+from edge_sdk.converters.ort_heads import gather_from_head, head_nodes, quantize_embedding, tied_table
 from edge_sdk.converters.quantize import CalibrationFeeds, Probe, effective_group, plan_group_size
 from edge_sdk.errors import InvalidInputError
 from edge_sdk.quantization import DEFAULT_GROUP_SIZE, MIN_GROUP_SIZE, PER_CHANNEL, QuantizationOptions
@@ -326,7 +327,7 @@ def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibratio
     if options.weights == "fp16":
         return _fp16(model, dst, options)
     if options.effective_mode == "weight-only":
-        return _weight_only(model, layers, dst, options, carry)
+        return _weight_only(model, layers, dst, options, carry, calibration, src)
     staged = dst.with_name(dst.stem + ".prepared.onnx")
     save_with_external_data(model, staged)
     del model
@@ -339,37 +340,38 @@ def quantize_onnx(src: Path, dst: Path, options: QuantizationOptions, calibratio
             path.unlink(missing_ok=True)
 
 
-def _nbits_quantizer_module():
-    """Import onnxruntime's MatMulNBits quantizer without letting it configure the root logger.
-
-    The module calls ``logging.basicConfig(level=INFO)`` at import, which would make every library's
-    INFO logs (and one line per graph node from the quantizer) print; with a handler already on the
-    root logger, basicConfig does nothing.
-    """
-    root = logging.getLogger()
-    placeholder = logging.NullHandler()
-    root.addHandler(placeholder)
-    try:
-        from onnxruntime.quantization import matmul_nbits_quantizer
-    finally:
-        root.removeHandler(placeholder)
-    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
-    return matmul_nbits_quantizer
-
-
-def _weight_only(model, layers: list[WeightLayer], dst: Path, options: QuantizationOptions, carry=None) -> dict:
-    nbits = _nbits_quantizer_module()
-    DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = nbits.DefaultWeightOnlyQuantConfig, nbits.MatMulNBitsQuantizer
+def _weight_only(model, layers: list[WeightLayer], dst: Path, options: QuantizationOptions, carry=None,
+                 calibration: CalibrationFeeds | None = None, src: Path | None = None) -> dict:
+    from edge_sdk.converters import ort_weight_only
 
     bits = 8 if options.weights == "int8" else 4
     head_bits = 8 if options.weights == "int8" or options.head_weights == "int8" else 4
     heads = head_nodes(model)
+    requested = options.group_size or DEFAULT_GROUP_SIZE
+    feeds: list | None = None
+
+    def calibration_feeds() -> list:  # recorded once, on this (fused) graph, when an algorithm or the ratio needs them
+        nonlocal feeds
+        if feeds is None:
+            if calibration is None:
+                raise InvalidInputError("calibrated int4 (--ratio below 1) is built for text-generation models; this "
+                                        "model's packages take --algorithm rtn, k-quant or hqq")
+            feeds = calibration(src)
+        return feeds
+
+    def block_of(layer: WeightLayer) -> int:
+        return nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested))
+
+    promoted, mixed = set(), None  # --ratio: 4-bit-planned layers kept in 8 bits, by measured sensitivity
+    if bits == 4 and options.ratio < 1:
+        promoted, mixed = ort_weight_only.sensitive_layers(
+            model, layers, lambda l: head_bits if l.op_type == "Gather" or l.node in heads else bits, block_of, options,
+            calibration_feeds())
 
     def bits_of(layer: WeightLayer) -> int:
-        return head_bits if layer.op_type == "Gather" or layer.node in heads else bits
+        return head_bits if layer.op_type == "Gather" or layer.node in heads else 8 if layer.node in promoted else bits
 
-    requested = options.group_size or DEFAULT_GROUP_SIZE
-    tied = _tied_table(model, layers, heads)
+    tied = tied_table(model, layers, heads)
     carried, from_source = {}, None
     if carry is not None:
         from edge_sdk.converters import carry_over
@@ -378,180 +380,31 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
     by_block: dict[tuple[int, int], list[str]] = defaultdict(list)
     for layer in layers:
         if layer.op_type == "MatMul" and layer.node not in carried:
-            by_block[(bits_of(layer), nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested)))].append(layer.node)
-    # the quantizer takes every MatMul with a constant B it is not told to exclude; exclude all but
-    # this pass's weight layers (not weight layers: e.g. rotary positions x frequencies, K = 1)
-    matmuls = {node.name for node in model.graph.node if node.op_type == "MatMul"}
-    for (pass_bits, block), nodes in sorted(by_block.items()):
-        # one pass per bits and block size; the quantizer takes every MatMul not excluded
-        # (nodes_to_include adds to its op-type selection rather than narrowing it), so exclude the others
-        config = DefaultWeightOnlyQuantConfig(
-            block_size=block, is_symmetric=options.sym, accuracy_level=options.accuracy_level, bits=pass_bits,
-            op_types_to_quantize=("MatMul",),
-        )
-        quantizer = MatMulNBitsQuantizer(model, bits=pass_bits, block_size=block, is_symmetric=options.sym,
-                                         accuracy_level=options.accuracy_level, nodes_to_exclude=sorted(matmuls - set(nodes)),
-                                         op_types_to_quantize=("MatMul",), algo_config=config)
-        quantizer.process()
-        model = quantizer.model.model
+            by_block[(bits_of(layer), block_of(layer))].append(layer.node)
+    for (pass_bits, block), nodes in sorted(by_block.items()):  # one pass per bits and block size
+        model = ort_weight_only.quantize_pass(model, nodes, pass_bits, block, options, calibration_feeds)
     for name, blocks in carried.items():
         carry_over.replace(model, name, blocks, options.accuracy_level)
     for layer in layers:
         shared = tied and tied[0] is layer and (tied[1].node not in carried or carried[tied[1].node].minimums is None)
-        if layer.op_type == "Gather" and shared and _gather_from_head(model, layer, tied[1], bits_of(layer)):
+        if layer.op_type == "Gather" and shared and gather_from_head(model, layer, tied[1], bits_of(layer)):
             continue
         if layer.op_type == "Gather":
             group = plan_group_size(layer.in_channels, requested)
-            _quantize_embedding(model, layer, bits_of(layer), group if group != PER_CHANNEL else layer.in_channels, options.sym)
+            quantize_embedding(model, layer, bits_of(layer), group if group != PER_CHANNEL else layer.in_channels, options.sym)
     remove_unused_initializers(model)
     save_with_external_data(model, dst)
-    recipe = _recipe(options, "onnxruntime.quantization MatMulNBits + GatherBlockQuantized", dst, layers)
+    algorithm = options.algorithms[0] if bits == 4 else "rtn"
+    recipe = _recipe(options, f"onnxruntime.quantization MatMulNBits ({ALGORITHM_TOOLS[algorithm]}) + GatherBlockQuantized",
+                     dst, layers)
+    if mixed:
+        recipe["mixed_precision"] = mixed
     if from_source is not None:
         recipe["from_source"] = from_source
     return recipe
 
 
-_TO_LOGITS = {"Add", "Mul", "Div", "Tanh", "Cast", "Reshape", "Identity"}  # bias, scale, soft-cap between head and logits
-
-
-def head_nodes(model) -> set[str]:
-    """The LM head: the MatMul whose output reaches a ``logits`` graph output through bias, scale or
-    soft-cap ops only (any model's, whatever its module is called; Whisper's wrapper names it
-    ``head``). With the embedding tables, what --head-weights sets in int4 packages, as llama.cpp
-    keeps its token embedding and output at Q6_K and NNCF keeps them INT8 by default."""
-    producer = {name: node for node in model.graph.node for name in node.output}
-    found = set()
-    for output in model.graph.output:
-        if "logits" not in output.name:
-            continue
-        node = producer.get(output.name)
-        for _ in range(8):
-            if node is None:
-                break
-            if node.op_type == "MatMul":
-                found.add(node.name)
-                break
-            if node.op_type not in _TO_LOGITS:
-                break
-            node = next((producer[i] for i in node.input if i in producer), None)
-    return found
-
-
-def _tied_table(model, layers: list[WeightLayer], heads: set[str]) -> tuple[WeightLayer, WeightLayer] | None:
-    """(embedding, LM head) when the head is the embedding table transposed (tied weights, which
-    the prepared graph stores twice): the package then stores it once (``_gather_from_head``)."""
-    from onnx import numpy_helper
-
-    tables = [layer for layer in layers if layer.op_type == "Gather"]
-    matmuls = [layer for layer in layers if layer.op_type == "MatMul" and layer.node in heads]
-    if len(tables) != 1 or len(matmuls) != 1 or (tables[0].in_channels, tables[0].out_channels) != (matmuls[0].in_channels, matmuls[0].out_channels):
-        return None
-    initializers = {t.name: t for t in model.graph.initializer}
-    table, head = (numpy_helper.to_array(initializers[layer.weight]) for layer in (tables[0], matmuls[0]))
-    return (tables[0], matmuls[0]) if np.array_equal(table, head.T) else None
-
-
-def _gather_from_head(model, table: WeightLayer, head: WeightLayer, bits: int) -> bool:
-    """The embedding lookup as GatherBlockQuantized over the quantized LM head's own initializers.
-
-    MatMulNBits quantizes the head (hidden, vocab) in blocks along hidden for each vocabulary
-    entry: the same blocks as an embedding table quantized along its hidden axis, so one copy
-    serves both (as llama.cpp's tied token_embd/output). The head's (vocab, blocks, bytes) data and
-    flat scales and zero points are reshaped to the (vocab, ...) layout GatherBlockQuantized reads
-    (ONNX Runtime folds the reshapes at load). False (nothing changed) when the head's blocks do
-    not tile the hidden axis exactly (a per-channel block padded past it).
-    """
-    from onnx import helper, numpy_helper
-
-    quantized = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith(head.node + "_Q"))
-    attributes = {a.name: helper.get_attribute_value(a) for a in quantized.attribute}
-    vocab, hidden, block = attributes["N"], attributes["K"], attributes["block_size"]
-    if hidden % block:
-        return False
-    blocks = hidden // block
-    shapes = {"data": [vocab, blocks * block * bits // 8], "scales": [vocab, blocks], "zero_points": [vocab, -(-blocks * bits // 8)]}
-    inputs = []
-    for part, source in zip(("data", "scales", "zero_points"), quantized.input[1:4]):
-        shape, reshaped = f"{table.weight}_{part}_shape", f"{table.weight}_{part}_from_head"
-        model.graph.initializer.append(numpy_helper.from_array(np.array(shapes[part], dtype=np.int64), shape))
-        inputs.append((helper.make_node("Reshape", [source, shape], [reshaped], name=f"shared_table_{part}_{table.node}"), reshaped))
-    if len(quantized.input) < 4 or not quantized.input[3]:  # symmetric: both kernels' default zero point (2^(bits-1))
-        inputs = inputs[:2]
-    node = next(n for n in model.graph.node if n.name == table.node)
-    replacement = helper.make_node(
-        "GatherBlockQuantized", [inputs[0][1], node.input[1], *[name for _, name in inputs[1:]]], list(node.output),
-        name=f"{node.name}_Q{bits}", domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block, bits=bits)
-    replacement.metadata_props.extend(node.metadata_props)
-    index = list(model.graph.node).index(node)
-    model.graph.node.remove(node)
-    for offset, (reshape, _) in enumerate(inputs):
-        model.graph.node.insert(index + offset, reshape)
-    model.graph.node.insert(index + len(inputs), replacement)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return True
-
-
-def _quantize_embedding(model, layer: WeightLayer, bits: int, block: int, sym: bool) -> None:
-    """Embedding table -> GatherBlockQuantized (ONNX Runtime contrib op), blocks along the hidden axis.
-
-    ONNX Runtime's quantizer handles 4-bit Gather only; the 8-bit layout (uint8 data, zero point 128
-    when symmetric) is written here, and both are checked numerically by the export's accuracy step.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    table = next(i for i in model.graph.initializer if i.name == layer.weight)
-    data = numpy_helper.to_array(table).astype(np.float32)
-    rows, cols = data.shape
-    blocks = data.reshape(rows, cols // block, block)
-    levels = (1 << bits) - 1
-    if sym:
-        half = (levels + 1) // 2
-        scales = np.abs(blocks).max(axis=2) / (half - 1)
-        scales[scales == 0] = 1.0
-        zero = np.full(scales.shape, half, dtype=np.int32)
-    else:
-        low, high = np.minimum(blocks.min(axis=2), 0), np.maximum(blocks.max(axis=2), 0)
-        scales = (high - low) / levels
-        scales[scales == 0] = 1.0
-        zero = np.clip(np.round(-low / scales), 0, levels).astype(np.int32)
-    quantized = np.clip(np.round(blocks / scales[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
-    quantized = quantized.reshape(rows, cols)
-    name = layer.weight
-    element = TensorProto.UINT8 if bits == 8 else TensorProto.UINT4
-    packed = quantized if bits == 8 else _pack_uint4(quantized)
-    zero_packed = zero.astype(np.uint8) if bits == 8 else _pack_uint4(zero.astype(np.uint8))
-    model.graph.initializer.extend([
-        helper.make_tensor(f"{name}_Q{bits}", element, [rows, cols], packed.tobytes(), raw=True),
-        numpy_helper.from_array(scales.astype(np.float32), f"{name}_scales"),
-        helper.make_tensor(f"{name}_zero_points", element, list(scales.shape), zero_packed.tobytes(), raw=True),
-    ])
-    node = next(n for n in model.graph.node if n.name == layer.node)
-    replacement = helper.make_node(
-        "GatherBlockQuantized",
-        [f"{name}_Q{bits}", node.input[1], f"{name}_scales", f"{name}_zero_points"],
-        list(node.output),
-        name=f"{node.name}_Q{bits}",
-        domain="com.microsoft",
-        gather_axis=0,
-        quantize_axis=1,
-        block_size=block,
-        bits=bits,
-    )
-    replacement.metadata_props.extend(node.metadata_props)
-    index = list(model.graph.node).index(node)
-    model.graph.node.remove(node)
-    model.graph.node.insert(index, replacement)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-
-
-def _pack_uint4(values: np.ndarray) -> np.ndarray:
-    """Two 4-bit values per byte, the first in the low nibble (ONNX's UINT4 layout)."""
-    flat = values.reshape(-1).astype(np.uint8)
-    if flat.size % 2:
-        flat = np.append(flat, np.uint8(0))
-    return (flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)
+ALGORITHM_TOOLS = {"rtn": "round to nearest", "k-quant": "k-quant", "hqq": "HQQ"}
 
 
 def _dynamic(src: Path, layers: list[WeightLayer], dst: Path, options: QuantizationOptions) -> dict:

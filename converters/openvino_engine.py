@@ -45,20 +45,17 @@ def build(fp32: Path, staging: Path, role: str, options: QuantizationOptions, ca
 
     xml = staging / f"{role}.xml"
     names = {e["name"]: e["shape"] for e in describe_onnx(fp32)["inputs"]}  # before fp32 is consumed
-    recipe = onnx_to_openvino(fp32, xml, options, calibration, model_type, attention)
-    if carry is not None and recipe is not None:
-        recipe["from_source"] = {"format": "gguf", "carried": {},
-                                 "requantized": {"OpenVINO packages quantize the dequantized weights (NNCF); carrying "
-                                                 "GGUF blocks into OpenVINO is not built yet": len(carry.tensors)}}
+    recipe = onnx_to_openvino(fp32, xml, options, calibration, model_type, attention, carry)
     entry = {"role": role, "path": xml.name, **describe(xml, names), "external_data": [xml.with_suffix(".bin").name]}
     return entry, recipe, MIN_OPENVINO
 
 
 def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, calibration: CalibrationFeeds | None,
-                     model_type: str = "transformer", attention: dict[str, Any] | None = None) -> dict:
+                     model_type: str = "transformer", attention: dict[str, Any] | None = None, carry=None) -> dict:
     """Convert ONNX graph ``src`` to ``dst_xml`` (+ .bin) in the precision ``options`` asks for.
     ``attention`` (a KV decoder's): its attention reaches OpenVINO as ScaledDotProductAttention
-    (``attention_as_sdpa``)."""
+    (``attention_as_sdpa``); ``carry`` (a ``gguf.CarryOver``): weight-only layers take a quantized
+    source's blocks as they are (``openvino_carry``), NNCF compresses the others."""
     import onnx
     import openvino as ov
 
@@ -74,8 +71,21 @@ def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, cal
         except Exception as e:
             raise ExportError(f"OpenVINO cannot convert the ONNX graph: {e}") from e
         tool = "openvino ONNX frontend"
+        carried, from_source = set(), None
         if options.quantized and options.effective_mode == "weight-only":
-            model, tool = _compress_weights(model, options)
+            if carry is not None:
+                from edge_sdk.converters.ort_heads import head_nodes
+                from edge_sdk.converters.openvino_carry import carry_into
+
+                graph = onnx.load(str(prepared))
+                heads = head_nodes(graph)
+                bits = 8 if options.weights == "int8" else 4
+                head_bits = 8 if options.weights == "int8" or options.head_weights == "int8" else 4
+                carried, from_source = carry_into(model, graph, layers, lambda l: head_bits if l.node in heads else bits, carry)
+                del graph
+            if options.data_aware and options.calibration is not None:
+                weights_as_rows(model)
+            model, tool = _compress_weights(model, options, calibration, sorted(carried))
         elif options.effective_mode == "static":
             model, tool = _quantize_static(model, options, calibration)
         ov.save_model(model, str(dst_xml), compress_to_fp16=options.weights == "fp16")
@@ -87,11 +97,14 @@ def onnx_to_openvino(src: Path, dst_xml: Path, options: QuantizationOptions, cal
     by_name = {name: layer for layer in layers for name in (layer.node, layer.output)}
     if sdpa:
         tool += f" (attention as ScaledDotProductAttention in {sdpa} layers)"
-    return {
+    recipe = {
         "tool": tool,
         "options": options.describe("openvino"),
         "layers": summarize_layers(model, by_name) if options.quantized else {},
     }
+    if from_source is not None:
+        recipe["from_source"] = from_source
+    return recipe
 
 
 def attention_as_sdpa(path: Path, layers: int) -> int:
@@ -150,6 +163,30 @@ def attention_as_sdpa(path: Path, layers: int) -> int:
     return count if found == count else 0
 
 
+def weights_as_rows(model) -> int:
+    """Give each MatMul with a constant (K, N) weight that weight as (N, K) rows with transpose_b, as
+    PyTorch's Linear layers reach OpenVINO from optimum-intel: NNCF's GPTQ takes only that layout.
+    Returns the MatMuls rewritten."""
+    from openvino import opset13 as ops
+
+    count = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        attributes = op.get_attributes()
+        weight = op.input(1).get_source_output().get_node()
+        if attributes["transpose_b"] or weight.get_type_name() != "Constant" or len(weight.get_output_shape(0)) != 2:
+            continue
+        rows = ops.constant(np.ascontiguousarray(weight.get_data().T))
+        rows.set_friendly_name(weight.get_friendly_name())
+        replacement = ops.matmul(op.input(0).get_source_output(), rows, attributes["transpose_a"], True)
+        replacement.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(replacement.output(0))
+        count += 1
+    model.validate_nodes_and_infer_types()
+    return count
+
+
 def _nncf():
     try:
         import nncf
@@ -178,7 +215,7 @@ def _position_tables(model) -> list[str]:
     return found
 
 
-def _compress_weights(model, options: QuantizationOptions):
+def _compress_weights(model, options: QuantizationOptions, calibration: CalibrationFeeds | None = None, carried=()):
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
 
@@ -203,16 +240,30 @@ def _compress_weights(model, options: QuantizationOptions):
                 min_adjusted_group_size=MIN_GROUP_SIZE,
             ),
         )
+        algorithms = options.algorithms
+        kwargs.update(awq="awq" in algorithms, scale_estimation="scale-estimation" in algorithms, gptq="gptq" in algorithms)
+        if options.data_aware and options.calibration is not None:
+            if calibration is None:
+                raise InvalidInputError("calibrated int4 (--algorithm awq/scale-estimation/gptq, --ratio with --calibration) is "
+                                        "built for text-generation models; this model's packages take --algorithm rtn")
+            feeds = calibration()
+            if not feeds:
+                raise InvalidInputError(f"no calibration samples could be made from {options.calibration}; give more text")
+            # with data, NNCF also ranks layers for --ratio by their input activations (its data-aware sensitivity)
+            kwargs.update(dataset=nncf.Dataset(feeds), subset_size=len(feeds))
     elif options.group_size not in (None, PER_CHANNEL):
         raise InvalidInputError("NNCF compresses int8 weights per channel; drop --group-size for --runtime openvino --weights int8")
     positional = _position_tables(model)
-    if positional:  # learned position tables stay FP32, as a sliced table (Whisper's dynamic decoder) does anyway
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=positional, validate=False)
+    # learned position tables stay FP32, as a sliced table (Whisper's dynamic decoder) does anyway;
+    # layers carried from a quantized source are already compressed
+    if positional or carried:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=positional + list(carried), validate=False)
     try:
         compressed = nncf.compress_weights(model, mode=mode, **kwargs)
     except Exception as e:
         raise ExportError(f"NNCF weight compression failed: {type(e).__name__}: {e}") from e
-    return compressed, f"nncf.compress_weights ({mode.value})"
+    chosen = [a for a in ("awq", "scale_estimation", "gptq") if kwargs.get(a)]
+    return compressed, f"nncf.compress_weights ({mode.value}{', ' + ', '.join(chosen) if chosen else ''})"
 
 
 def _quantize_static(model, options: QuantizationOptions, calibration: CalibrationFeeds | None):

@@ -46,6 +46,20 @@ class FeedRecorder:
         self.feeds.append(dict(inputs))
         return self._session.run(inputs)  # every output as numpy: the recorded feeds must be plain arrays
 
+    def shared_cache_request(self, buffers: dict):
+        """A shared-cache graph's request (ONNX Runtime GroupQueryAttention), recording each call's
+        inputs with the cache buffers as they are: a graph reads a buffer only up to the tokens
+        cached before the call, which later calls do not overwrite, so a recorded feed replays
+        through a plain session as it ran."""
+        request, feeds = self._session.shared_cache_request(buffers), self.feeds
+
+        class Recording:
+            def run(self, inputs: dict, out: dict | None = None) -> dict:
+                feeds.append({**inputs, **{past: array for past, (_, array) in buffers.items()}})
+                return request.run(inputs, out)
+
+        return Recording()
+
 
 def plan_group_size(in_channels: int, requested: int) -> int:
     """The group size a layer gets: ``requested`` if it divides ``in_channels``, else the largest

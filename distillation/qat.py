@@ -4,7 +4,7 @@ The student's linear layers (LM head included) are fake-quantized exactly as ONN
 ``MatMulNBitsQuantizer`` will quantize them at export (MLAS blockwise: blocks of ``group`` input
 channels per output channel, asymmetric scale ``(max(x,0) - min(x,0)) / (2^bits - 1)`` with a
 rounded zero point, or symmetric scale ``extreme / -2^(bits-1)``, values ``round(x * (1/scale)) +
-zero`` clamped), and the embedding table as ``onnxruntime_engine._quantize_embedding`` writes its
+zero`` clamped), and the embedding table as ``ort_heads.quantize_embedding`` writes its
 ``GatherBlockQuantized`` (blocks along the hidden axis). Group sizes come from the exporter's own
 ``plan_group_size`` and ``nbits_block``. Gradients pass straight through the rounding (STE); the block's range always
 covers its values, so no value is clipped.

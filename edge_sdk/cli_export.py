@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edge_sdk.cli_common import warn_numerics
-from edge_sdk.quantization import HEADS, MODES, RUNTIMES, WEIGHTS
+from edge_sdk.quantization import ALGORITHMS, HEADS, MODES, RUNTIMES, WEIGHTS
 from edge_sdk.tasks import get_task
 
 
@@ -24,10 +24,16 @@ from edge_sdk.tasks import get_task
 @click.option("--quant-mode", type=click.Choice(MODES), default=None, help="int8: weight-only (default), dynamic or static (calibrated) activations.")
 @click.option("--group-size", type=int, default=None, help="Weights per scale along input channels (power of two >= 16; -1 per-channel) [128].")
 @click.option("--sym/--asym", default=False, show_default=True, help="Symmetric (no zero points) or asymmetric quantization.")
-@click.option("--calibration", type=click.Path(), default=None, help="Data for --quant-mode static: text file/dir (LLMs), audio file/dir (speech), 'sampling' (diffusion).")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Data for --quant-mode static and calibrated int4: text file/dir (LLMs), audio file/dir (speech), 'sampling' (diffusion).")
 @click.option("--num-samples", type=int, default=32, show_default=True, help="Calibration samples (windows, audio files, or UNet inputs).")
 @click.option("--accuracy-level", type=int, default=4, show_default=True, help="ONNX Runtime MatMulNBits compute type (4: int8).")
-@click.option("--ratio", type=float, default=1.0, show_default=True, help="OpenVINO int4: share of layers in 4 bits (rest INT8).")
+@click.option("--ratio", type=float, default=1.0, show_default=True,
+              help="int4: share of the layers' weights in 4 bits; the rest INT8, the most sensitive first (ONNX Runtime: measured "
+                   "on --calibration).")
+@click.option("--algorithm", default=None, metavar="NAME[,NAME]",
+              help=f"int4 rounding: {', '.join(ALGORITHMS)} [rtn]. gptq, awq and scale-estimation need --calibration; "
+                   "OpenVINO (NNCF) has gptq, awq, scale-estimation (combine with ','); k-quant and hqq are ONNX Runtime's.")
 @click.option("--head-weights", "head", type=click.Choice(HEADS), default=None,
               help="int4: precision of the embedding table and LM head [int8, as llama.cpp and NNCF keep them].")
 @click.option("--eval-data", type=click.Path(), default=None, help="Held-back text for the accuracy figures [bundled text].")
@@ -38,7 +44,7 @@ from edge_sdk.tasks import get_task
 @click.option("--atol", type=float, default=1e-3, show_default=True, help="Largest |ONNX - PyTorch| accepted at validation.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def export(model: str, output: str, task, runtime, weights, device, static_prompt_length, static_cache_length, quant_mode,
-           group_size, sym, calibration, num_samples, accuracy_level, ratio, head, eval_data, requantize: bool, overwrite: bool,
+           group_size, sym, calibration, num_samples, accuracy_level, ratio, algorithm, head, eval_data, requantize: bool, overwrite: bool,
            atol: float, quiet: bool) -> None:
     """Export MODEL (a Hugging Face directory or hub id, a GGUF file, a Whisper checkpoint, a diffusers
     pipeline) to an edge package.
@@ -52,6 +58,8 @@ def export(model: str, output: str, task, runtime, weights, device, static_promp
       edge-sdk export ./SmolLM2-135M -o out/smollm
       edge-sdk export SmolLM2-135M-Instruct.Q4_1.gguf -o out/smollm-int4 --weights int4   # Q4_1 blocks carried over
       edge-sdk export ./SmolLM2-135M -o out/smollm-int4 --weights int4 --group-size 64
+      edge-sdk export ./SmolLM2-135M -o out/smollm-awq --runtime openvino --weights int4 --algorithm awq,scale-estimation --calibration texts/
+      edge-sdk export ./SmolLM2-135M -o out/smollm-mixed --weights int4 --ratio 0.8 --calibration texts/
       edge-sdk export ./SmolLM2-135M -o out/smollm-ov --runtime openvino --weights int8
       edge-sdk export ./SmolLM2-135M -o out/smollm-static --weights int8 --quant-mode static --calibration texts/
       edge-sdk export ./ddpm-digits -o out/digits-static --weights int8 --quant-mode static --calibration sampling
@@ -63,7 +71,8 @@ def export(model: str, output: str, task, runtime, weights, device, static_promp
     from edge_sdk.quantization import QuantizationOptions
 
     quantization_fields = dict(mode=quant_mode, group_size=group_size, accuracy_level=accuracy_level, ratio=ratio, head=head,
-                               calibration=Path(calibration) if calibration else None, num_samples=num_samples)
+                               calibration=Path(calibration) if calibration else None, num_samples=num_samples,
+                               algorithm=tuple(a.strip() for a in algorithm.split(",") if a.strip()) if algorithm else ())
     if sym:
         quantization_fields["sym"] = True
     common = dict(task=task, atol=atol, eval_data=Path(eval_data) if eval_data else None, requantize=requantize)

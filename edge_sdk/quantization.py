@@ -21,6 +21,17 @@ DEFAULT_GROUP_SIZE = 128  # optimum-cli's default for int4
 HEADS = ("int4", "int8")  # --head-weights of int4 packages
 DEFAULT_HEAD = "int8"  # as llama.cpp (Q6_K token_embd/output in Q4_0 and Q4_K_M) and NNCF (INT8 backup) keep them
 SAMPLING = "sampling"  # --calibration value of diffusion models: record the model's own sampling trajectories
+# int4 weight-only algorithms (--algorithm): name -> (engines that have it, needs calibration data, what it does)
+ALGORITHMS = {
+    "rtn": (RUNTIMES, False, "round to nearest in each group (both engines' plain quantizers)"),
+    "k-quant": (("onnxruntime",), False, "llama.cpp-style search of each group's scale and minimum (onnxruntime.quantization)"),
+    "hqq": (("onnxruntime",), False, "half-quadratic optimization of scales and zero points (onnxruntime.quantization)"),
+    # onnxruntime.quantization's GPTQ port returns round to nearest's weights (see converters/ort_weight_only)
+    "gptq": (("openvino",), True, "GPTQ: rounding errors compensated on calibration activations (NNCF)"),
+    "awq": (("openvino",), True, "activation-aware channel scaling (NNCF)"),
+    "scale-estimation": (("openvino",), True, "scales fitted to calibration activations (NNCF)"),
+}
+DEFAULT_ALGORITHM = ("rtn",)
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,8 @@ class QuantizationOptions:
     group_size: int | None = None  # weights sharing a scale along input channels; -1 per-channel; None: 128 (int4, ORT int8)
     sym: bool = False  # symmetric quantization (no zero points); default asymmetric, as optimum-cli
     accuracy_level: int = 4  # ONNX Runtime MatMulNBits compute: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8
-    ratio: float = 1.0  # OpenVINO int4: share of layers in 4 bits, the rest INT8 (NNCF's ratio)
+    ratio: float = 1.0  # int4: share of the layers' weights in 4 bits, the rest INT8, the most sensitive kept INT8
+    algorithm: tuple[str, ...] = ()  # int4 weight-only algorithms (ALGORITHMS); (): DEFAULT_ALGORITHM
     head: str | None = None  # int4: precision of the embedding table and LM head (HEADS); None: DEFAULT_HEAD
     calibration: Path | None = None  # static: text (file or directory), audio files, or "sampling" (diffusion), by task
     num_samples: int = 32  # calibration samples drawn from that data
@@ -82,6 +94,30 @@ class QuantizationOptions:
             raise InvalidInputError("--head-weights applies to --weights int4 (the other layers' precision is --weights)")
         if self.num_samples < 1:
             raise InvalidInputError(f"--num-samples must be >= 1, got {self.num_samples}")
+        unknown = [a for a in self.algorithm if a not in ALGORITHMS]
+        if unknown:
+            raise InvalidInputError(f"unknown --algorithm '{unknown[0]}'; valid: {', '.join(ALGORITHMS)}")
+        if self.algorithm and self.weights != "int4":
+            raise InvalidInputError("--algorithm chooses how int4 weights are rounded: it needs --weights int4")
+        if self.ratio < 1 and self.weights != "int4":
+            raise InvalidInputError("--ratio is the share of int4 layers (the rest int8): it needs --weights int4")
+        needs_data = [a for a in self.algorithm if ALGORITHMS[a][1]]
+        if needs_data and self.calibration is None:
+            raise InvalidInputError(
+                f"--algorithm {needs_data[0]} fits the weights to real activations and needs calibration text: pass "
+                "--calibration PATH (a text file or a directory of .txt files, not the text you will evaluate on)"
+            )
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The int4 algorithms to apply (the default when none was asked for)."""
+        return self.algorithm or DEFAULT_ALGORITHM
+
+    @property
+    def data_aware(self) -> bool:
+        """int4 weight-only work that runs the model on calibration data: a data-aware algorithm, or a
+        ratio below 1 (which layers stay INT8 is measured)."""
+        return self.weights == "int4" and (any(ALGORITHMS[a][1] for a in self.algorithms) or self.ratio < 1)
 
     @property
     def self_calibrated(self) -> bool:
@@ -106,6 +142,17 @@ class QuantizationOptions:
     def check_runtime(self, runtime: str) -> None:
         if runtime not in RUNTIMES:
             raise InvalidInputError(f"unknown --runtime '{runtime}'; valid: {', '.join(RUNTIMES)}")
+        for name in self.algorithm:
+            if runtime not in ALGORITHMS[name][0]:
+                others = [a for a, (engines, _, _) in ALGORITHMS.items() if runtime in engines]
+                raise InvalidInputError(f"--algorithm {name} is not available for --runtime {runtime}; "
+                                        f"{runtime} has: {', '.join(others)}")
+        if runtime == "onnxruntime" and len(self.algorithm) > 1:
+            raise InvalidInputError(f"--runtime onnxruntime takes one --algorithm, got {','.join(self.algorithm)} "
+                                    "(OpenVINO's NNCF combines awq, scale-estimation and gptq)")
+        if runtime == "onnxruntime" and self.ratio < 1 and self.calibration is None:
+            raise InvalidInputError("--ratio below 1 keeps the layers whose 4-bit rounding moves the output most in "
+                                    "INT8, measured on calibration text: pass --calibration PATH")
         if runtime == "openvino" and self.effective_mode == "dynamic":
             raise InvalidInputError(
                 "--quant-mode dynamic is an ONNX Runtime mode; OpenVINO's CPU plugin quantizes activations of "
@@ -122,10 +169,11 @@ class QuantizationOptions:
             values["group_size"] = self.group_size or DEFAULT_GROUP_SIZE
         if self.effective_mode == "weight-only" and runtime == "onnxruntime":
             values["accuracy_level"] = self.accuracy_level
-        if self.weights == "int4" and runtime == "openvino":
+        if self.weights == "int4":
             values["ratio"] = self.ratio
+            values["algorithm"] = list(self.algorithms)
         if self.weights == "int4":
             values["head"] = self.head_weights
-        if self.effective_mode == "static":
+        if self.effective_mode == "static" or (self.data_aware and self.calibration is not None):
             values.update(calibration=str(self.calibration), num_samples=self.num_samples)
         return values

