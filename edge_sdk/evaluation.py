@@ -431,7 +431,7 @@ def text_package_accuracy(request: dict, step=None) -> dict:
     open_reference = (lambda: load(reference, verify=False).logits) if reference else None
     windows = token_windows(tokens)
     result = text_accuracy(lambda: load(candidate, verify=False).logits, windows, open_reference)
-    figures = {"data": data or "bundled edge_sdk/data/eval.txt", "reference": "FP32 ONNX graph" if reference else None,
+    figures = {"data": data or f"bundled edge_sdk/data/{BUNDLED_EVAL_TEXT.name}", "reference": "FP32 ONNX graph" if reference else None,
                **result.as_dict()}
     if result.kl_divergence is None:
         figures["summary"] = f"perplexity {result.perplexity:.2f} (the package is the FP32 graph)"

