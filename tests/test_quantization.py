@@ -142,7 +142,8 @@ def test_calibration_covers_prefill_and_decode_steps(tiny_package_dir, build_dir
 def test_group_size_falls_back_per_layer_and_is_recorded(build_dir):
     """Hidden 96 is not divisible by 64: those layers get 32; the MLP's 128 input channels keep 64.
     The embedding table and LM head are INT8 unless --head-weights int4, and a tied table is stored
-    once on ONNX Runtime (the lookup reads the head's quantized blocks)."""
+    once: on ONNX Runtime the lookup reads the head's quantized blocks; in OpenVINO's IR the head's
+    compressed rows and the table's are one stretch of the weights file."""
     import onnx
 
     from edge_sdk.converters.tiny import build_causal_lm
@@ -170,6 +171,26 @@ def test_group_size_falls_back_per_layer_and_is_recorded(build_dir):
             lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
             quantized = {n.input[1] for n in graph.node if n.op_type == "MatMulNBits"}
             assert producer[lookup.input[0]].op_type == "Reshape" and producer[lookup.input[0]].input[0] in quantized
+        else:
+            vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+            tables = _stored_constants(out / "decoder.xml", shape=(vocab, 96))
+            assert len(tables) == 2 and len(set(tables)) == 1, tables  # two users, one (offset, size) in decoder.bin
+
+
+def _stored_constants(xml: Path, shape: tuple[int, ...]) -> list[tuple[str, str]]:
+    """(offset, size) in the IR's weights file of each low-bit Constant of ``shape`` (the first two
+    dimensions of a grouped weight's [rows, groups, group])."""
+    import xml.etree.ElementTree as ET
+
+    found = []
+    for layer in ET.parse(xml).getroot().iter("layer"):
+        data = layer.find("data")
+        if layer.get("type") != "Const" or data is None or data.get("element_type") not in ("u8", "i8", "u4", "i4"):
+            continue
+        dims = tuple(int(d) for d in data.get("shape", "").split(",") if d)
+        if dims[: len(shape)] == shape or (len(dims) == 3 and (dims[0], dims[1] * dims[2]) == shape):
+            found.append((data.get("offset"), data.get("size")))
+    return found
 
 
 @pytest.mark.parametrize(
