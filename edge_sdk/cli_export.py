@@ -27,13 +27,15 @@ from edge_sdk.tasks import get_task
 @click.option("--calibration", type=click.Path(), default=None,
               help="Data for --quant-mode static and calibrated int4: text file/dir (LLMs), audio file/dir (speech), 'sampling' (diffusion).")
 @click.option("--num-samples", type=int, default=32, show_default=True, help="Calibration samples (windows, audio files, or UNet inputs).")
-@click.option("--accuracy-level", type=int, default=4, show_default=True, help="ONNX Runtime MatMulNBits compute type (4: int8).")
+@click.option("--accuracy-level", type=int, default=4, show_default=True, help="ONNX Runtime MatMulNBits compute type: 4 computes in int8 (its fast kernels); 1 in fp32, "
+                   "exact but ~35x slower to decode on CPUs (measured on SmolLM2-135M).")
 @click.option("--ratio", type=float, default=1.0, show_default=True,
               help="int4: share of the layers' weights in 4 bits; the rest INT8, the most sensitive first (ONNX Runtime: measured "
                    "on --calibration).")
 @click.option("--algorithm", default=None, metavar="NAME[,NAME]",
               help=f"int4 rounding: {', '.join(ALGORITHMS)} [rtn]. gptq, awq and scale-estimation need --calibration; "
-                   "OpenVINO (NNCF) has gptq, awq, scale-estimation (combine with ','); k-quant and hqq are ONNX Runtime's.")
+                   "OpenVINO (NNCF) has gptq, awq, scale-estimation (combine with ','); k-quant and hqq are ONNX Runtime's "
+                   "(hqq's float zero points decode ~15x slower).")
 @click.option("--head-weights", "head", type=click.Choice(HEADS), default=None,
               help="int4: precision of the embedding table and LM head [int8, as llama.cpp and NNCF keep them].")
 @click.option("--eval-data", type=click.Path(), default=None, help="Held-back text for the accuracy figures [bundled text].")

@@ -25,7 +25,10 @@ SAMPLING = "sampling"  # --calibration value of diffusion models: record the mod
 ALGORITHMS = {
     "rtn": (RUNTIMES, False, "round to nearest in each group (both engines' plain quantizers)"),
     "k-quant": (("onnxruntime",), False, "llama.cpp-style search of each group's scale and minimum (onnxruntime.quantization)"),
-    "hqq": (("onnxruntime",), False, "half-quadratic optimization of scales and zero points (onnxruntime.quantization)"),
+    # its zero points are floats, which take MatMulNBits off its pre-packed kernels: SmolLM2-135M decoded
+    # at 10.5 tok/s against 162 for rtn on 2 cores (BENCHMARKS, issue 32), hence not the default
+    "hqq": (("onnxruntime",), False, "half-quadratic optimization of scales and zero points (onnxruntime.quantization); "
+                                     "float zero points: decodes ~15x slower than rtn on CPUs"),
     # onnxruntime.quantization's GPTQ port returns round to nearest's weights (see converters/ort_weight_only)
     "gptq": (("openvino",), True, "GPTQ: rounding errors compensated on calibration activations (NNCF)"),
     "awq": (("openvino",), True, "activation-aware channel scaling (NNCF)"),
