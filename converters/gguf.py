@@ -281,11 +281,17 @@ def read_blocks(reader, tensor_name: str, rows: list[int] | None) -> CarriedWeig
     start = 2 if kind == "Q4_0" else 4
     qs = blocks[..., start:]  # (N, blocks, 16): element j in the low nibble of byte j, element j + 16 in its high nibble
     values = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (N, blocks, 32) in element order
-    packed = (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)  # MatMulNBits: element 2i low, 2i + 1 high
+    packed = pack_nibbles(values)
     if kind == "Q4_0":
         return CarriedWeight(kind, 4, packed, scales, np.full(scales.shape, 8, np.uint8), None)
     minimums = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
     return CarriedWeight(kind, 4, packed, scales, np.zeros(scales.shape, np.uint8), minimums)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """4-bit codes (..., block) in element order -> MatMulNBits' bytes: element 2i in the low nibble,
+    2i + 1 in the high one."""
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
 
 
 def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:

@@ -362,14 +362,15 @@ def _weight_only(model, layers: list[WeightLayer], dst: Path, options: Quantizat
     def block_of(layer: WeightLayer) -> int:
         return nbits_block(layer.in_channels, plan_group_size(layer.in_channels, requested))
 
+    def planned_bits(layer: WeightLayer) -> int:
+        return head_bits if layer.op_type == "Gather" or layer.node in heads else bits
+
     promoted, mixed = set(), None  # --ratio: 4-bit-planned layers kept in 8 bits, by measured sensitivity
     if bits == 4 and options.ratio < 1:
-        promoted, mixed = ort_weight_only.sensitive_layers(
-            model, layers, lambda l: head_bits if l.op_type == "Gather" or l.node in heads else bits, block_of, options,
-            calibration_feeds())
+        promoted, mixed = ort_weight_only.sensitive_layers(model, layers, planned_bits, block_of, options, calibration_feeds())
 
     def bits_of(layer: WeightLayer) -> int:
-        return head_bits if layer.op_type == "Gather" or layer.node in heads else 8 if layer.node in promoted else bits
+        return 8 if layer.node in promoted else planned_bits(layer)
 
     tied = tied_table(model, layers, heads)
     carried, from_source = {}, None

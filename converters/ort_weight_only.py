@@ -95,7 +95,7 @@ def _k_quant(model, nodes: list[str], block: int, options: QuantizationOptions):
     from onnxruntime.quantization.neural_compressor.weight_only import quant_tensor_k_quant_cpu
 
     from edge_sdk.converters import carry_over
-    from edge_sdk.converters.gguf import CarriedWeight
+    from edge_sdk.converters.gguf import CarriedWeight, pack_nibbles
 
     nbits_quantizer_module()
     for name, (_, initializer) in _weights(model, nodes).items():
@@ -106,8 +106,7 @@ def _k_quant(model, nodes: list[str], block: int, options: QuantizationOptions):
         padded[:, :k] = weight
         codes, scales, zero_points = quant_tensor_k_quant_cpu(padded, 4, block)
         codes = codes.astype(np.uint8).reshape(n, blocks, block)
-        packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
-        carry_over.replace(model, name, CarriedWeight("k-quant", 4, packed=packed, scales=scales.reshape(n, blocks).astype(np.float32),
+        carry_over.replace(model, name, CarriedWeight("k-quant", 4, packed=pack_nibbles(codes), scales=scales.reshape(n, blocks).astype(np.float32),
                                                       zero_points=zero_points.reshape(n, blocks).astype(np.uint8), minimums=None),
                            options.accuracy_level, block=block, k=k)
     return model

