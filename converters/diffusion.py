@@ -30,6 +30,10 @@ def diffusion_source(path: Path) -> tuple[Path, Path] | None:
     if not path.is_dir():
         return None
     if (path / "model_index.json").is_file():
+        from edge_sdk.converters.text_to_image import read_pipeline
+
+        if read_pipeline(path) is not None:  # a text-to-image pipeline (its resolver is asked first)
+            return None
         unet, scheduler = path / "unet", path / "scheduler" / "scheduler_config.json"
     elif (path / "config.json").is_file():
         try:
@@ -47,7 +51,8 @@ def diffusion_source(path: Path) -> tuple[Path, Path] | None:
         raise ModelLoadError(f"{path} is a diffusers pipeline without a unet/ directory; edge-sdk exports its UNet")
     class_name = json.loads((unet / "config.json").read_text(encoding="utf-8")).get("_class_name")
     if class_name != "UNet2DModel":
-        raise ModelLoadError(f"{unet} holds a {class_name}; edge-sdk exports unconditional UNet2DModel checkpoints so far")
+        raise ModelLoadError(f"{unet} holds a {class_name}; a conditional UNet is exported with its whole pipeline: pass "
+                             "the diffusers pipeline directory (with model_index.json) as a text-to-image model")
     if not scheduler.is_file():
         raise ModelLoadError(f"no scheduler config for {unet}: put scheduler_config.json beside it (or in ../scheduler/)")
     return unet, scheduler

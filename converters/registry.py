@@ -75,6 +75,7 @@ for _spec in (
     register(_spec)
 register(ModelSpec("WhisperForConditionalGeneration", task="speech-recognition"))  # also OpenAI .pt and CTranslate2
 register(ModelSpec("UNet2DModel", task="image-generation"))  # diffusers, unconditional
+register(ModelSpec("StableDiffusionPipeline", task="text-to-image"))  # diffusers, SD-1.x/2.x-shaped (and LCM)
 
 
 def supported_architectures(task: str | None = None) -> list[str]:

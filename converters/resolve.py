@@ -15,7 +15,8 @@ def resolve_source(model: str) -> Source:
 
         source = resolve_source("models/whisper-tiny.pt")   # Source(path, spec Whisper, extra {"kind": "openai"})
     """
-    import edge_sdk.converters.diffusion  # noqa: F401  (modules that register resolvers; torch-side, imported when needed)
+    import edge_sdk.converters.text_to_image  # noqa: F401  (modules that register resolvers, in the order they are asked)
+    import edge_sdk.converters.diffusion  # noqa: F401
     import edge_sdk.converters.gguf  # noqa: F401
     import edge_sdk.converters.whisper_sources  # noqa: F401
 

@@ -349,3 +349,82 @@ def write_gguf(model_dir: str | os.PathLike, path: str | os.PathLike, types: dic
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# diffusers' own dummy Stable Diffusion components (its StableDiffusionPipelineFastTests), with 32 and
+# 64 channels so that GroupNorm and attention see more than a handful of values
+TINY_SD_UNET = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=8,
+                    attention_head_dim=8)
+TINY_SD_VAE = dict(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+                   down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                   up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=32)
+TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
+                      layer_norm_eps=1e-5, max_position_embeddings=77, projection_dim=32)
+# Stable Diffusion 1.x's scheduler config (PNDM, as its model_index.json names it)
+SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                    clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+
+
+def train_clip_tokenizer(vocab_size: int = 600, corpus=CORPUS):
+    """A ``CLIPTokenizer`` (CLIP's normalizer, pre-tokenizer and ``</w>`` word ends) with a small BPE
+    vocabulary trained on ``corpus``: what diffusers pipelines load from ``tokenizer/``."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    template = CLIPTokenizer()._tokenizer  # CLIP's normalizer and pre-tokenizer, as transformers builds them
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
+    tokenizer.normalizer = template.normalizer or normalizers.Lowercase()
+    tokenizer.pre_tokenizer = template.pre_tokenizer
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, end_of_word_suffix="</w>",
+                                  special_tokens=[], show_progress=False)
+    tokenizer.train_from_iterator(list(corpus) * 4, trainer=trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for char in alphabet:  # CLIP's vocabulary holds every byte as a word end too
+        vocab.setdefault(char + "</w>", len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def build_stable_diffusion(output: str | os.PathLike, seed: int = 0, *, lcm: bool = False, tiny_vae: bool = False,
+                           scheduler: str = "PNDMScheduler") -> Path:
+    """Save a seeded random Stable-Diffusion-1.x-shaped pipeline (CLIP text encoder, conditional UNet,
+    AutoencoderKL, CLIP tokenizer, scheduler) as a diffusers pipeline directory.
+
+    ``lcm``: a UNet with a guidance-scale embedding (time_cond_proj_dim) and an LCMScheduler, saved as
+    a LatentConsistencyModelPipeline; ``tiny_vae``: an AutoencoderTiny (TAESD-shaped) VAE.
+    """
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    output = Path(output)
+    tokenizer = train_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(**TINY_SD_UNET, **({"time_cond_proj_dim": 32} if lcm else {})).eval()
+    if tiny_vae:
+        vae = diffusers.AutoencoderTiny(encoder_block_out_channels=(32, 32), decoder_block_out_channels=(32, 32),
+                                        num_encoder_blocks=(1, 2), num_decoder_blocks=(2, 1), latent_channels=4).eval()
+    else:
+        vae = diffusers.AutoencoderKL(**TINY_SD_VAE).eval()
+    config = CLIPTextConfig(**TINY_CLIP_TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    text_encoder = CLIPTextModel(config).eval()
+    kind = "LCMScheduler" if lcm else scheduler
+    sched = getattr(diffusers, kind).from_config(SD_SCHEDULER)
+    parts = dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sched)
+    if lcm:
+        pipeline = diffusers.LatentConsistencyModelPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                                            requires_safety_checker=False)
+    else:
+        pipeline = diffusers.StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                                     requires_safety_checker=False)
+    pipeline.save_pretrained(output)
+    return output

@@ -289,24 +289,57 @@ def _key_values(text: str, option: str) -> dict:
     return values
 
 
+def _size(text: str | None) -> tuple[int | None, int | None]:
+    """--size WIDTHxHEIGHT (or one number for a square) -> (width, height)."""
+    from edge_sdk.errors import InvalidInputError
+
+    if text is None:
+        return None, None
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise InvalidInputError(f"--size takes WIDTHxHEIGHT in pixels (e.g. 512x512) or one number, got {text!r}")
+    return values[0], values[-1]
+
+
 @click.command()
 @click.argument("package", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file for the grid of images.")
-@click.option("-n", "--num", "num_images", type=int, default=8, show_default=True, help="Images to generate.")
-@click.option("-s", "--steps", type=int, default=None, help="Denoising steps [a step-distilled model's own, else 50].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial and step noise.")
-@click.option("--scheduler", type=click.Choice(["ddpm", "ddim"]), default="ddim", show_default=True)
+@click.option("-p", "--prompt", default=None, help="Text-to-image: what to draw.")
+@click.option("--negative-prompt", default=None, help="Text-to-image: what to steer away from (needs guidance > 1).")
+@click.option("-g", "--guidance-scale", type=float, default=None,
+              help="Text-to-image: classifier-free guidance [the package's: 7.5, an LCM's 8.5; <= 1 turns it off].")
+@click.option("--size", default=None, metavar="WxH", help="Text-to-image: image size in pixels, multiples of 8 [the package's].")
+@click.option("--init-image", type=click.Path(dir_okay=False), default=None,
+              help="Text-to-image: start from this image (image-to-image); resized to --size when given.")
+@click.option("--strength", type=float, default=0.8, show_default=True,
+              help="Image-to-image: how much of the init image is noised away (1: all of it).")
+@click.option("-n", "--num", "num_images", type=int, default=None,
+              help="Images to generate [8; text-to-image: 1].")
+@click.option("-s", "--steps", type=int, default=None,
+              help="Denoising steps [a step-distilled model's own, an LCM's 4, else 50].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the noise (text-to-image: diffusers' torch.Generator(\"cpu\").manual_seed(SEED) noise).")
+@click.option("--scheduler", type=click.Choice(["ddpm", "ddim", "pndm", "euler", "euler-ancestral", "dpm++2m",
+                                                 "dpm++2m-karras", "lcm"]), default=None,
+              help="Sampler [ddim; text-to-image: the package's own].")
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM stochasticity (0: deterministic).")
 @click.option("--individual", is_flag=True, help="Also write each image as OUTPUT-<i>.png.")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: one per physical core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def sample(package, output, num_images, steps, seed, scheduler, eta, individual, threads, quiet) -> None:
-    """Generate images with an image-generation PACKAGE and write them as a PNG grid.
+def sample(package, output, prompt, negative_prompt, guidance_scale, size, init_image, strength, num_images, steps, seed,
+           scheduler, eta, individual, threads, quiet) -> None:
+    """Generate images with an image-generation or text-to-image PACKAGE and write them as a PNG grid.
 
     \b
     Examples:
       edge-sdk sample out/digits -o grid.png
       edge-sdk sample out/digits-int8 -o grid.png -n 16 --steps 100 --scheduler ddpm --seed 3
+      edge-sdk sample out/sd-int8 -p "a watercolor fox" --negative-prompt blurry -g 7 --steps 25 -o fox.png
+      edge-sdk sample out/sd-int8 -p "the same fox at night" --init-image fox.png --strength 0.6 -o night.png
     """
     from edge_sdk.errors import InvalidInputError
     from edge_sdk.runtimes.images import image_grid, write_png
@@ -316,9 +349,26 @@ def sample(package, output, num_images, steps, seed, scheduler, eta, individual,
         raise InvalidInputError(f"cannot write {target}: directory {target.parent} does not exist")
     if not os.access(target.parent, os.W_OK):
         raise InvalidInputError(f"cannot write {target}: directory {target.parent} is not writable")
+    width, height = _size(size)
     generator = load_for("sample", package, threads)
+    conditional = generator.package.task == "text-to-image"
+    if conditional:
+        if prompt is None:
+            raise InvalidInputError(f"{package} is a text-to-image package: give a --prompt")
+        options = generator.options(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                                    width=width, height=height, init_image=init_image, strength=strength,
+                                    num_images=1 if num_images is None else num_images, steps=steps, seed=seed,
+                                    scheduler=scheduler, eta=eta)
+    else:
+        given = [flag for flag, value in (("--prompt", prompt), ("--negative-prompt", negative_prompt),
+                                          ("--guidance-scale", guidance_scale), ("--size", size),
+                                          ("--init-image", init_image)) if value is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)}: {package} is an unconditional image model; it takes no prompt")
+        options = generator.options(num_images=8 if num_images is None else num_images, steps=steps, seed=seed,
+                                    scheduler=scheduler or "ddim", eta=eta)
     with progress_bar("Sampling", "steps", enabled=not quiet) as advance:
-        images = generator.sample(num_images=num_images, steps=steps, seed=seed, scheduler=scheduler, eta=eta, progress=advance)
+        images = generator.generate(options, progress=advance).images
     write_png(image_grid(images), target)
     written = [target]
     if individual:
@@ -328,4 +378,4 @@ def sample(package, output, num_images, steps, seed, scheduler, eta, individual,
             written.append(path)
     stats = generator.last_stats
     click.echo(f"wrote {', '.join(str(p) for p in written[:3])}{' ...' if len(written) > 3 else ''} "
-               f"({num_images} images, {stats.steps} steps, {stats.seconds_per_step * 1e3:.1f} ms per step)")
+               f"({len(images)} images, {stats.steps} steps, {stats.seconds_per_step * 1e3:.1f} ms per step)")

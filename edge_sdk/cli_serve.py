@@ -30,13 +30,15 @@ from edge_sdk.errors import InvalidInputError, missing_extra
 @click.option("--max-queue", type=int, default=64, show_default=True, help="Requests waiting per model before answering 429.")
 @click.option("--max-tokens", type=int, default=4096, show_default=True, help="Largest max_tokens a request may ask for.")
 @click.option("--max-images", type=int, default=4, show_default=True, help="Images per request.")
+@click.option("--max-pixels", type=int, default=4 * 1024 * 1024, show_default=True,
+              help="Text-to-image: width x height x n per request.")
 @click.option("--max-body-bytes", type=int, default=25 * 1024 * 1024, show_default=True, help="Largest request body (audio uploads).")
 @click.option("--max-audio-seconds", type=float, default=3600, show_default=True, help="Longest recording transcribed.")
 @click.option("--request-timeout", type=float, default=600, show_default=True, help="Seconds a request may take (408 after).")
 @click.option("--threads", type=int, default=None, help="Engine threads per model [one per physical core].")
 @click.option("--log-content", is_flag=True, help="Include prompts and outputs in the request log lines.")
 def serve(packages, host, port, api_key, fallbacks, threshold, measure, cascade_tokens, parallel, context, max_queue,
-          max_tokens, max_images, max_body_bytes, max_audio_seconds, request_timeout, threads, log_content) -> None:
+          max_tokens, max_images, max_pixels, max_body_bytes, max_audio_seconds, request_timeout, threads, log_content) -> None:
     """Serve packages over an OpenAI-compatible HTTP API: text (completions, chat, streaming),
     speech (audio/transcriptions) and image (images/generations) packages in one process.
 
@@ -63,7 +65,7 @@ def serve(packages, host, port, api_key, fallbacks, threshold, measure, cascade_
 
     options = ServeOptions(host=host, port=port, api_key=api_key or None, threads=threads, parallel=parallel, context=context,
                            max_queue=max_queue, max_body_bytes=max_body_bytes, max_audio_seconds=max_audio_seconds,
-                           max_tokens=max_tokens, max_images=max_images, request_timeout=request_timeout,
+                           max_tokens=max_tokens, max_images=max_images, max_pixels=max_pixels, request_timeout=request_timeout,
                            log_content=log_content, cascade_tokens=cascade_tokens, measure=measure)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -20,6 +20,7 @@ from edge_sdk.errors import InvalidInputError
 from edge_sdk.package import Package
 from edge_sdk.runtimes.backend import open_session
 from edge_sdk.runtimes.options import with_overrides
+from edge_sdk.runtimes.diffusion_schedulers import SCHEDULERS
 from edge_sdk.runtimes.schedulers import KINDS, Scheduler
 
 
@@ -33,6 +34,14 @@ class SamplingOptions:
     scheduler: str | None = None  # "ddpm" or "ddim" (None: ddim for a step-distilled model, else ddpm)
     eta: float = 0.0  # DDIM's stochasticity: 0 deterministic, 1 as noisy as DDPM
     output: str = "uint8"  # "uint8": (N, H, W, C) in 0..255; "float": (N, H, W, C) in [0, 1]
+    # text-to-image packages only (an unconditional package refuses them)
+    prompt: str | None = None  # what to draw (CLIP's 77 tokens; longer prompts are cut with a warning, as diffusers)
+    negative_prompt: str | None = None  # what to steer away from (classifier-free guidance; ignored at guidance <= 1)
+    guidance_scale: float | None = None  # classifier-free guidance (None: the package's, 7.5; an LCM's 8.5)
+    width: int | None = None  # pixels, a multiple of 8 (None: the package's own size)
+    height: int | None = None
+    init_image: object = None  # image-to-image: an (H, W, 3) uint8 array, a PIL image or an image file's path
+    strength: float = 0.8  # image-to-image: how much of the init image is noised away (1: all of it)
 
     def __post_init__(self):
         def bad(message: str):
@@ -44,12 +53,24 @@ class SamplingOptions:
             bad(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             bad(f"seed must be a non-negative integer or None, got {self.seed!r}")
-        if self.scheduler is not None and self.scheduler not in KINDS:
-            bad(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(KINDS)}")
+        if self.scheduler is not None and self.scheduler not in KINDS + SCHEDULERS:
+            bad(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(dict.fromkeys(KINDS + SCHEDULERS))}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
             bad(f"eta must be in [0, 1], got {self.eta}")
         if self.output not in ("uint8", "float"):
             bad(f"output must be 'uint8' or 'float', got {self.output!r}")
+        for name in ("prompt", "negative_prompt"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                bad(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
+        if self.guidance_scale is not None and (isinstance(self.guidance_scale, bool) or not isinstance(
+                self.guidance_scale, (int, float)) or not 0 <= self.guidance_scale < 1000):
+            bad(f"guidance_scale must be a number >= 0 (1 or less turns guidance off), got {self.guidance_scale!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8):
+                bad(f"{name} must be a positive multiple of 8 pixels, got {value!r}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not 0 < self.strength <= 1:
+            bad(f"strength must be in (0, 1], got {self.strength!r}")
 
 
 @dataclass
@@ -163,6 +184,14 @@ class ImageGenerator:
             print(result.images.shape, f"{result.stats.seconds_per_step * 1e3:.1f} ms/step")
         """
         opts = options or SamplingOptions()
+        given = [name for name in ("prompt", "negative_prompt", "guidance_scale", "width", "height", "init_image")
+                 if getattr(opts, name) is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)}: this package is an unconditional image model, it takes no "
+                                    "prompt or image; text prompts need a text-to-image package")
+        if opts.scheduler is not None and opts.scheduler not in KINDS:
+            raise InvalidInputError(f"unknown scheduler {opts.scheduler!r} for an unconditional image model; choose one of "
+                                    f"{', '.join(KINDS)}")
         start = time.perf_counter()
         steps = self.default_steps if opts.steps is None else opts.steps
         sampler = Scheduler.from_config(self._scheduler_config, opts.scheduler or ("ddim" if self.distilled_steps else "ddpm"))

@@ -44,21 +44,34 @@ def _box_muller(blocks: np.ndarray) -> np.ndarray:
     return np.concatenate([(radius * cos).astype(f32), (radius * sin).astype(f32)], axis=1)
 
 
+class TorchGenerator:
+    """``torch.Generator("cpu").manual_seed(seed)`` for ``randn``: successive draws continue the same
+    stream, as a diffusers pipeline's initial latents and then each step's noise (Euler ancestral,
+    LCM, DDIM with eta > 0) do with one generator."""
+
+    def __init__(self, seed: int):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+            raise InvalidInputError(f"a torch seed is an integer in [0, 2**64), got {seed!r}")
+        self.seed = int(seed)
+        self._state = np.random.RandomState(self.seed & 0xFFFFFFFF)
+
+    def randn(self, shape: tuple[int, ...]) -> np.ndarray:
+        """float32 normals of ``shape``, the generator's next (see ``torch_randn``)."""
+        shape = tuple(int(d) for d in shape)
+        size = int(np.prod(shape))
+        if size < _BLOCK:
+            raise InvalidInputError(f"torch-compatible noise needs at least {_BLOCK} values, got shape {shape}")
+        values = _uniforms(self._state, size)
+        whole = size - size % _BLOCK
+        out = np.empty(size, np.float32)
+        out[:whole] = _box_muller(values[:whole].reshape(-1, _BLOCK)).reshape(-1)
+        if size % _BLOCK:  # the tail: the last 16 positions drawn again and transformed once
+            out[size - _BLOCK:] = _box_muller(_uniforms(self._state, _BLOCK).reshape(1, _BLOCK)).reshape(-1)
+        return out.reshape(shape)
+
+
 def torch_randn(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """float32 normals of ``shape`` as ``torch.randn(shape, generator=torch.Generator().manual_seed(seed))``
     draws them on an x86-64 CPU: the same uniforms and pairing, each value within 3 float32 ulps
     (about 5 in 6 bit for bit; see the module's docstring)."""
-    shape = tuple(int(d) for d in shape)
-    size = int(np.prod(shape))
-    if size < _BLOCK:
-        raise InvalidInputError(f"torch-compatible noise needs at least {_BLOCK} values, got shape {shape}")
-    if not 0 <= seed < 2**64:
-        raise InvalidInputError(f"a torch seed is an integer in [0, 2**64), got {seed}")
-    state = np.random.RandomState(seed & 0xFFFFFFFF)
-    values = _uniforms(state, size)
-    whole = size - size % _BLOCK
-    out = np.empty(size, np.float32)
-    out[:whole] = _box_muller(values[:whole].reshape(-1, _BLOCK)).reshape(-1)
-    if size % _BLOCK:  # the tail: the last 16 positions drawn again and transformed once
-        out[size - _BLOCK:] = _box_muller(_uniforms(state, _BLOCK).reshape(1, _BLOCK)).reshape(-1)
-    return out.reshape(shape)
+    return TorchGenerator(seed).randn(shape)

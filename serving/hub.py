@@ -24,7 +24,10 @@ from edge_sdk.serving.errors import APIError, Cancelled
 log = logging.getLogger("edge_sdk.serving")
 
 TEXT, SPEECH, IMAGE = "text-generation", "automatic-speech-recognition", "unconditional-image-generation"
-KIND_OF_CLASS = {"TextGenerator": TEXT, "SpeechRecognizer": SPEECH, "ImageGenerator": IMAGE}
+TEXT_TO_IMAGE = "text-to-image"
+IMAGES = (IMAGE, TEXT_TO_IMAGE)  # what /v1/images/generations serves
+KIND_OF_CLASS = {"TextGenerator": TEXT, "SpeechRecognizer": SPEECH, "ImageGenerator": IMAGE,
+                 "TextToImageGenerator": TEXT_TO_IMAGE}
 
 
 @dataclass
@@ -42,13 +45,14 @@ class ServeOptions:
     max_audio_seconds: float = 3600.0  # longest recording transcribed
     max_tokens: int = 4096  # largest max_tokens a request may ask for
     max_images: int = 4  # images per request
+    max_pixels: int = 4 * 1024 * 1024  # text-to-image: width x height x n per request
     request_timeout: float = 600.0  # seconds a request may take in all (408 after it)
     log_content: bool = False  # put prompts and outputs in the request log lines
     cascade_tokens: int = DEFAULT_STREAM_TOKENS  # streamed cascade requests: the student's tokens that decide
     measure: str = "mean_logprob"  # the text cascade's confidence measure
 
     def __post_init__(self):
-        for name in ("parallel", "max_tokens", "max_images", "max_body_bytes", "cascade_tokens"):
+        for name in ("parallel", "max_tokens", "max_images", "max_pixels", "max_body_bytes", "cascade_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -164,7 +168,7 @@ class Hub:
                                      "seconds": round(time.perf_counter() - started, 3)}))
             for student, (teacher, threshold) in self.fallbacks.items():
                 s, t = self.models[student], self.models[teacher]
-                if s.kind != t.kind or s.kind == IMAGE:
+                if s.kind != t.kind or s.kind in IMAGES:
                     raise InvalidInputError(f"--fallback {student}={teacher}: a cascade pairs two text or two speech "
                                             f"packages (got {s.kind} and {t.kind})")
                 s.fallback = Fallback(teacher, threshold)
@@ -180,12 +184,15 @@ class Hub:
             raise APIError(503, "the models are still loading; retry shortly (GET /health says when they are ready)",
                            "server_error", code="model_loading", headers={"Retry-After": "1"})
 
-    def get(self, name: str | None, kind: str) -> Served:
+    def get(self, name: str | None, kind: str | tuple[str, ...]) -> Served:
+        """The served model ``name`` (None: the only one of ``kind``), which must be of ``kind`` (or one of them)."""
         self.require_ready()
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+        kind = " or ".join(kinds)
         if name is not None and not isinstance(name, str):
             raise APIError(400, "'model' must be a string", param="model")
         if name is None:
-            of_kind = [m for m in self.models.values() if m.kind == kind]
+            of_kind = [m for m in self.models.values() if m.kind in kinds]
             if len(of_kind) == 1:
                 return of_kind[0]
             raise APIError(400, f"'model' is required: this server has {len(of_kind)} {kind} models "
@@ -194,7 +201,7 @@ class Hub:
         if served is None:
             raise APIError(404, f"The model '{name}' does not exist; this server has: {', '.join(self.models)}",
                            param="model", code="model_not_found")
-        if served.kind != kind:
+        if served.kind not in kinds:
             raise APIError(400, f"the model '{name}' is a {served.kind} model; this endpoint serves {kind} models",
                            param="model")
         return served

@@ -248,6 +248,36 @@ def unet_package(tiny_unet, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd(once):
+    """A tiny Stable-Diffusion-1.x-shaped diffusers pipeline (seeded random CLIP text encoder,
+    conditional UNet, AutoencoderKL; a CLIP tokenizer trained on the spot; SD's PNDM scheduler)."""
+    from edge_sdk.converters.tiny import build_stable_diffusion
+
+    return once("tiny-sd", lambda out: build_stable_diffusion(out, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_lcm(once):
+    """The same shape as a latent consistency model (time_cond_proj_dim, LCMScheduler) with an AutoencoderTiny."""
+    from edge_sdk.converters.tiny import build_stable_diffusion
+
+    return once("tiny-lcm", lambda out: build_stable_diffusion(out, seed=1, lcm=True, tiny_vae=True))
+
+
+@pytest.fixture(scope="session")
+def sd_package(tiny_sd, once):
+    """(runtime, weights) -> the tiny pipeline's package, exported once per run (torch.export once for all)."""
+    from edge_sdk.converters.export import ExportOptions, export
+    from edge_sdk.quantization import QuantizationOptions
+
+    def get(runtime: str = "onnxruntime", weights: str = "fp32") -> Path:
+        options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights))
+        return once(f"tiny-sd-{runtime}-{weights}", lambda out: export(tiny_sd, out, options, progress=False))
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def packages_of(once):
     """``packages_of(source, name)(weights)``: the package of ``source`` at that precision, exported once
     per run (torch.export once for all precisions, through the export cache)."""

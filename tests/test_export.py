@@ -110,7 +110,7 @@ def test_bf16_sharded_checkpoint_of_an_unlisted_family_exports_generically(tmp_p
 
 
 def test_unknown_task_and_bad_atol_are_refused():
-    with pytest.raises(InvalidInputError, match="unknown task 'summarization'; supported: automatic-speech-recognition, text-generation, unconditional-image-generation"):
+    with pytest.raises(InvalidInputError, match="unknown task 'summarization'; supported: automatic-speech-recognition, text-generation, text-to-image, unconditional-image-generation"):
         ExportOptions(task="summarization")
     with pytest.raises(InvalidInputError, match="atol"):
         ExportOptions(atol=0)

@@ -183,9 +183,10 @@ def test_no_import_circle_between_modules_deferred_imports_included():
 
 
 def test_every_registered_architecture_has_a_tiny_test_model():
-    from edge_sdk.converters.tiny import TINY_UNET, TINY_WHISPER
+    from edge_sdk.converters.tiny import TINY_SD_UNET, TINY_UNET, TINY_WHISPER
 
     tiny = set(TINY_CONFIGS) | ({"WhisperForConditionalGeneration"} if TINY_WHISPER else set()) | ({"UNet2DModel"} if TINY_UNET else set())
+    tiny |= {"StableDiffusionPipeline"} if TINY_SD_UNET else set()
     missing = set(supported_architectures()) - tiny
     assert not missing, f"registered without a tiny test model (add one to converters/tiny.py): {missing}"
 

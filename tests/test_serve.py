@@ -72,13 +72,14 @@ def confidences(text_pair):
 
 
 @pytest.fixture(scope="module")
-def server(text_pair, confidences, tiny_package_dir, whisper_packages, tmp_path_factory):
+def server(text_pair, confidences, tiny_package_dir, whisper_packages, sd_package, tmp_path_factory):
     """The server, started as a user starts it, and its log file; stopped at the end."""
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     student, teacher = text_pair
     command = [sys.executable, "-m", "edge_sdk.cli", "serve", f"student={student}", f"teacher={teacher}",
                f"chat={tiny_package_dir('LlamaForCausalLM')}", f"whisper={whisper_packages['int8']}", f"digits={IMAGE_PACKAGE}",
+               f"sd={sd_package()}",
                "--fallback", "student=teacher", "--threshold", repr(confidences[1]), "--port", str(port),
                "--parallel", "4", "--max-queue", "0", "--max-body-bytes", str(MAX_BODY), "--max-images", "2",
                "--max-tokens", "240", "--threads", "1", "--cascade-tokens", "4"]
@@ -238,6 +239,34 @@ def test_image_generation(server):
 
 
 # ---------------------------------------------------------------------- metrics and logs
+def test_text_to_image_with_the_openai_client(server):
+    """OpenAI's images request with a prompt, a size and n, and the extensions (steps, seed, negative_prompt,
+    guidance_scale): seeded answers repeat, another prompt draws another image, bad requests get 400s."""
+    from PIL import Image
+
+    client = _client(server)
+    extra = {"steps": 3, "seed": 4, "negative_prompt": "fog", "guidance_scale": 6.0}
+    first = client.images.generate(model="sd", prompt="a red fox", n=2, size="48x32", extra_body=extra)
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in first.data]
+    assert [i.size for i in images] == [(48, 32)] * 2 and images[0].format == "PNG"
+    again = client.images.generate(model="sd", prompt="a red fox", n=2, size="48x32", extra_body=extra)
+    other = client.images.generate(model="sd", prompt="a blue boat", n=1, size="48x32", extra_body=extra)
+    assert [d.b64_json for d in again.data] == [d.b64_json for d in first.data]
+    assert other.data[0].b64_json != first.data[0].b64_json
+    default = client.images.generate(model="sd", prompt="a red fox", extra_body={"steps": 2})
+    assert Image.open(io.BytesIO(base64.b64decode(default.data[0].b64_json))).size == (32, 32)  # the package's size
+    models = {m["id"]: m for m in _get(server, "/v1/models").json()["data"]}
+    assert models["sd"]["task"] == "text-to-image"
+    for body, param in [({"model": "sd", "n": 1}, "prompt"), ({"model": "sd", "prompt": "x", "size": "30x30"}, None),
+                        ({"model": "sd", "prompt": "x", "size": "big"}, "size"),
+                        ({"model": "sd", "prompt": "x", "negative_prompt": 5}, "negative_prompt")]:
+        response = _post(server, "/v1/images/generations", json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and (param is None or error["param"] == param)
+    _assert_serving(server)
+
+
 def test_metrics_count_what_was_served(server, tmp_path):
     before = _metrics(server)
     client = _client(server)

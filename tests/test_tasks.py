@@ -139,7 +139,7 @@ def test_a_task_lacking_a_part_is_refused_at_registration():
 
 def test_every_registered_task_is_complete_and_every_shipped_profile_budgets_it():
     names = [t.name for t in tasks()]
-    assert names == ["automatic-speech-recognition", "text-generation", "unconditional-image-generation"]
+    assert names == ["automatic-speech-recognition", "text-generation", "text-to-image", "unconditional-image-generation"]
     for task in tasks():
         assert isinstance(task.runtime_class(), type)
         for target in (task.exporter, task.accuracy):  # named parts resolve (the convert extra is installed here)

@@ -26,7 +26,8 @@ from typing import Any, Callable
 from edge_sdk.errors import PackageError
 
 # the built-in tasks, one module each
-_BUILTIN = ("edge_sdk.tasks.text_generation", "edge_sdk.tasks.speech_recognition", "edge_sdk.tasks.image_generation")
+_BUILTIN = ("edge_sdk.tasks.text_generation", "edge_sdk.tasks.speech_recognition", "edge_sdk.tasks.image_generation",
+            "edge_sdk.tasks.text_to_image")
 
 
 @dataclass(frozen=True)
