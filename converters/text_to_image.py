@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +144,55 @@ def _probes(shapes: dict):
     return probe
 
 
+CALIBRATION_PROMPTS = ("a photograph of a mountain lake at sunrise", "a portrait of an old sailor, oil painting",
+                       "a cup of coffee on a desk, soft light", "a city street at night in the rain",
+                       "a handwritten seven", "the digit 3", "a drawing of the number five", "a red fox in the snow")
+
+
+def _calibration_feeds(work: Path, tokenizer: Path, sections: dict, count: int) -> tuple[list[dict], dict]:
+    """UNet inputs for static calibration, recorded where the pipeline itself produces them: the FP32
+    graphs sampling ``CALIBRATION_PROMPTS`` with guidance at the package's own size and scheduler
+    (10 steps each), ``count`` of the calls kept, evenly spread over prompts and timesteps."""
+    from edge_sdk.converters.onnxruntime_engine import describe
+    from edge_sdk.package import Package, write_manifest
+    from edge_sdk.runtimes.text_to_image import TextToImageGenerator
+
+    package = work / "calibration-package"
+    package.mkdir(exist_ok=True)
+    graphs = []
+    for role in ROLES:
+        name = GRAPH_FILES[role]
+        data = sorted(p.name for p in work.glob(f"{name}.data*"))
+        for file in (name, *data):
+            os.link(work / file, package / file)
+        graphs.append({"role": role, "path": name, **describe(package / name), "external_data": data})
+    os.link(tokenizer, package / TOKENIZER_FILE)
+    write_manifest(package, {"task": "text-to-image", "runtime": {"name": "onnxruntime", "min_version": "1.17"},
+                             "precision": {"weights": "fp32", "activations": "fp32", "recipe": None}, "graphs": graphs,
+                             **sections, "accuracy": {}})
+    generator = TextToImageGenerator(Package.open(package))
+    calls: list[dict] = []
+    run_unet = generator.unet
+
+    def recording(sample, timestep, context, timestep_cond=None):
+        feeds = {"sample": sample.copy(), "timestep": np.full(len(sample), timestep, np.float32),
+                 "encoder_hidden_states": context.copy()}
+        if timestep_cond is not None:
+            feeds["timestep_cond"] = timestep_cond.copy()
+        calls.append(feeds)
+        return run_unet(sample, timestep, context, timestep_cond)
+
+    generator.unet = recording
+    for seed, prompt in enumerate(CALIBRATION_PROMPTS):
+        generator.generate(prompt=prompt, seed=seed, steps=None if generator.is_lcm else 10)
+    keep = np.unique(np.linspace(0, len(calls) - 1, min(count, len(calls))).round().astype(int))
+    timesteps = [float(calls[i]["timestep"][0]) for i in keep]
+    shutil.rmtree(package, ignore_errors=True)
+    return [calls[i] for i in keep], {"source": "the FP32 pipeline's own guided sampling runs",
+                                      "prompts": len(CALIBRATION_PROMPTS), "inputs": len(keep),
+                                      "timesteps": [min(timesteps), max(timesteps)]}
+
+
 def export_pipeline(source: Source, staging: Path, options, steps) -> ExportResult:
     """Write the four graphs, the tokenizer and the scheduler config into ``staging``."""
     from edge_sdk.converters.stage import run_stage
@@ -160,25 +211,34 @@ def export_pipeline(source: Source, staging: Path, options, steps) -> ExportResu
     shapes = exported["shapes"]
     os.replace(work / TOKENIZER_FILE, staging / TOKENIZER_FILE)
     probe = _probes(shapes)
+    parts = source.extra["parts"]
+    sections = {
+        "model": {"architecture": source.extra["pipeline"], "text_encoder": parts["text_encoder"][1],
+                  "unet": shapes["unet"], "vae": shapes["vae"], "text_hidden_size": shapes["text_encoder"]["hidden_size"]},
+        "tokenizer": {"path": TOKENIZER_FILE, **shapes["tokenizer"]},
+        "scheduler": scheduler_section(source.path, parts["scheduler"][1]),
+    }
+    hybrid = quantization.effective_mode == "static"
+    feeds, calibrated = None, None
+    if hybrid:  # optimum-intel's hybrid mode: the UNet's activations too, the other graphs' weights only
+        with steps.step("recording UNet inputs along the pipeline's own sampling runs"):
+            feeds, calibrated = _calibration_feeds(work, staging / TOKENIZER_FILE, sections, quantization.num_samples)
     graphs, recipes, versions = [], {}, []
-    with steps.step(f"building the {options.runtime} {quantization.weights} graphs"):
+    with steps.step(f"building the {options.runtime} {quantization.weights}{' hybrid' if hybrid else ''} graphs"):
         for role in ROLES:
-            graph, recipe, min_version = build_graph(work / GRAPH_FILES[role], staging, role, options.runtime, quantization,
-                                                     None, probe(role),
+            own = quantization if role == "unet" or not hybrid else replace(quantization, mode="weight-only", calibration=None)
+            graph, recipe, min_version = build_graph(work / GRAPH_FILES[role], staging, role, options.runtime, own,
+                                                     (lambda: feeds) if role == "unet" and hybrid else None, probe(role),
                                                      model_type="transformer" if role == "text_encoder" else "cnn")
             graphs.append(graph)
             recipes[role] = recipe
             versions.append(min_version)
+    if calibrated is not None:
+        recipes["unet"] = {**(recipes["unet"] or {}), "calibration": calibrated}
     recipe = None if all(r is None for r in recipes.values()) else recipes
-    parts = source.extra["parts"]
     return ExportResult(
         graphs=graphs, min_version=max(versions, key=version_tuple), recipe=recipe,
-        sections={
-            "model": {"architecture": source.extra["pipeline"], "text_encoder": parts["text_encoder"][1],
-                      "unet": shapes["unet"], "vae": shapes["vae"], "text_hidden_size": shapes["text_encoder"]["hidden_size"]},
-            "tokenizer": {"path": TOKENIZER_FILE, **shapes["tokenizer"]},
-            "scheduler": scheduler_section(source.path, parts["scheduler"][1]),
-        },
+        sections=sections,
         validation={"reference": "diffusers / transformers PyTorch FP32", "max_abs_diff": exported["max_abs_diff"],
                     "atol": options.atol, "inputs": exported["validation_inputs"]},
         work_dir=work,

@@ -63,7 +63,7 @@ def export_fp32(request: dict[str, Any], step) -> dict[str, Any]:
     if backend is None:
         raise ModelLoadError(f"{root / 'tokenizer'} has no fast (tokenizers) form; edge-sdk runs CLIP's BPE with tokenizers")
     backend.save(str(work / TOKENIZER_FILE))
-    max_length = int(min(tokenizer.model_max_length, 77 if tokenizer.model_max_length > 10**6 else tokenizer.model_max_length))
+    max_length = 77 if tokenizer.model_max_length > 10**6 else int(tokenizer.model_max_length)  # unset: CLIP's 77
     shapes["tokenizer"] = {"max_length": max_length, "bos_token_id": tokenizer.bos_token_id,
                            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
 

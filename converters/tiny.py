@@ -367,9 +367,10 @@ SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_li
                     clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
 
 
-def train_clip_tokenizer(vocab_size: int = 600, corpus=CORPUS):
+def train_clip_tokenizer(vocab_size: int = 600, corpus=CORPUS, max_length: int = 77):
     """A ``CLIPTokenizer`` (CLIP's normalizer, pre-tokenizer and ``</w>`` word ends) with a small BPE
-    vocabulary trained on ``corpus``: what diffusers pipelines load from ``tokenizer/``."""
+    vocabulary trained on ``corpus``: what diffusers pipelines load from ``tokenizer/``; prompts are
+    padded to ``max_length`` tokens (CLIP's 77)."""
     import json
 
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -390,7 +391,7 @@ def train_clip_tokenizer(vocab_size: int = 600, corpus=CORPUS):
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def build_stable_diffusion(output: str | os.PathLike, seed: int = 0, *, lcm: bool = False, tiny_vae: bool = False,

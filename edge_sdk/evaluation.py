@@ -354,6 +354,16 @@ class DigitsJudge:
         self.held_out_accuracy = float(np.mean(probabilities.argmax(1) == labels[test]) * 100)
         self.held_out_confidence = float(probabilities.max(1).mean() * 100)
 
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """The digit each uint8 image shows: (N, size, size), (N, size, size, 1) or RGB (N, size, size, 3), as the
+        image runtimes return them (RGB is averaged to grey)."""
+        images = np.asarray(images)
+        if images.ndim == 4 and images.shape[-1] in (1, 3):
+            images = images.astype(np.float32).mean(-1)
+        if images.ndim != 3 or images.shape[1:] != (self.size, self.size):
+            raise InvalidInputError(f"the digits judge takes {self.size}x{self.size} images, got {images.shape}")
+        return self._model.predict(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+
     def judge(self, images: np.ndarray) -> DigitsQuality:
         """``images``: uint8 (N, size, size, 1) or (N, size, size), as ``ImageGenerator.sample`` returns."""
         images = np.asarray(images)

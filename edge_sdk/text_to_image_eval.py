@@ -64,6 +64,27 @@ def compare(candidate, reference, prompts=PROMPTS, steps: int | None = None) -> 
     return figures
 
 
+def adherence(generator, judge=None, per_digit: int = 10, steps: int | None = 15, guidance_scale: float | None = None,
+              seed: int = 0, template: int = 0) -> dict:
+    """Prompt adherence of a digits text-to-image package (``converters/text_to_image_training.py``): for
+    each digit, ``per_digit`` images of its caption (seed ``seed + digit``), and the share the digits
+    judge reads as that digit (percent), overall and per digit."""
+    from edge_sdk.converters.text_to_image_training import caption
+    from edge_sdk.evaluation import DigitsJudge
+
+    judge = judge or DigitsJudge()
+    hits, seconds = [], 0.0
+    for digit in range(10):
+        result = generator.generate(prompt=caption(digit, template), num_images=per_digit, steps=steps,
+                                    guidance_scale=guidance_scale, seed=seed + digit)
+        seconds += result.stats.total_seconds
+        hits.append(int((judge.classify(result.images) == digit).sum()))
+    return {"adherence": 100.0 * sum(hits) / (10 * per_digit), "per_digit": [100.0 * h / per_digit for h in hits],
+            "images": 10 * per_digit, "steps": generator.last_stats.steps,
+            "guidance_scale": generator.default_guidance_scale if guidance_scale is None else guidance_scale,
+            "seconds_per_image": seconds / (10 * per_digit)}
+
+
 def text_to_image_accuracy(request: dict, step=None) -> dict:
     """The export's accuracy measure (see ``edge_sdk.evaluation``'s per-task measures)."""
     from edge_sdk.runtimes import load

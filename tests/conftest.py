@@ -265,14 +265,26 @@ def tiny_lcm(once):
 
 
 @pytest.fixture(scope="session")
+def digits_t2i(once):
+    """The digits text-to-image model (converters/text_to_image_training.py), trained once per run with
+    600 UNet steps (~2 min on 2 cores; samples/train_digits_text_to_image.py trains 800)."""
+    from edge_sdk.converters.text_to_image_training import DigitsT2IOptions, train_digits_text_to_image
+
+    options = DigitsT2IOptions(unet_steps=600, vae_steps=80, learning_rate=4e-3)
+    return once("digits-t2i", lambda out: train_digits_text_to_image(out, options))
+
+
+@pytest.fixture(scope="session")
 def sd_package(tiny_sd, once):
     """(runtime, weights) -> the tiny pipeline's package, exported once per run (torch.export once for all)."""
     from edge_sdk.converters.export import ExportOptions, export
     from edge_sdk.quantization import QuantizationOptions
 
-    def get(runtime: str = "onnxruntime", weights: str = "fp32") -> Path:
-        options = ExportOptions(runtime=runtime, quantization=QuantizationOptions(weights=weights))
-        return once(f"tiny-sd-{runtime}-{weights}", lambda out: export(tiny_sd, out, options, progress=False))
+    def get(runtime: str = "onnxruntime", weights: str = "fp32", mode: str | None = None) -> Path:
+        quantization = QuantizationOptions(weights=weights, mode=mode, num_samples=16,
+                                           calibration="sampling" if mode == "static" else None)
+        options = ExportOptions(runtime=runtime, quantization=quantization)
+        return once(f"tiny-sd-{runtime}-{weights}-{mode}", lambda out: export(tiny_sd, out, options, progress=False))
 
     return get
 
