@@ -26,7 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from common import dispatch, machine, peak_rss_mb, run_worker  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+from common import (  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
+    dispatch,
+    machine,
+    peak_rss_mb,
+    run_worker,
+)
 
 VARIANTS = "onnxruntime:fp32,onnxruntime:int8,onnxruntime:int8:static,openvino:fp32,openvino:int8,openvino:int8:static"
 PROMPT = "a photograph of a lighthouse on a rocky coast at dusk"
@@ -127,9 +132,8 @@ def build_shape(name: str, out: Path) -> Path:
     """A random-weight pipeline in a real model's shape (the tiny pipeline's tokenizer; CLIP's 77 positions)."""
     import diffusers
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from edge_sdk.converters.tiny import SD_SCHEDULER, train_clip_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     path = out / f"{name}-random"
     if (path / "model_index.json").is_file():

@@ -154,8 +154,9 @@ def _calibration_feeds(work: Path, tokenizer: Path, sections: dict, count: int) 
     graphs sampling ``CALIBRATION_PROMPTS`` with guidance at the package's own size and scheduler
     (10 steps each), ``count`` of the calls kept, evenly spread over prompts and timesteps."""
     from edge_sdk.converters.onnxruntime_engine import describe
-    from edge_sdk.package import Package, write_manifest
     from edge_sdk.runtimes.text_to_image import TextToImageGenerator
+
+    from edge_sdk.package import Package, write_manifest
 
     package = work / "calibration-package"
     package.mkdir(exist_ok=True)
@@ -193,6 +194,28 @@ def _calibration_feeds(work: Path, tokenizer: Path, sections: dict, count: int) 
                                       "timesteps": [min(timesteps), max(timesteps)]}
 
 
+def _make_static(staging: Path, graph: dict, shapes: dict) -> dict:
+    """Fix ``graph``'s dynamic axes for an NPU: one image at the UNet's own sample size (latents) and the
+    VAE's factor times it (pixels); the UNet takes the guided batch of 2 (an LCM's: 1), the others 1."""
+    from edge_sdk.converters.openvino_engine import make_static
+
+    unet = shapes["unet"]
+    height, width = unet["sample_size"]
+    factor = shapes["vae"]["scale_factor"]
+    role = graph["role"]
+    batch = 2 if role == "unet" and not unet["time_cond_proj_dim"] else 1
+    sizes = {"batch": batch}
+    for entry in graph["inputs"]:
+        for axis in entry["shape"]:
+            if isinstance(axis, str) and axis != "batch":
+                pixels = role == "vae_encoder"
+                if "height" in axis:
+                    sizes[axis] = height * (factor if pixels else 1)
+                elif "width" in axis:
+                    sizes[axis] = width * (factor if pixels else 1)
+    return make_static(staging / graph["path"], graph, sizes)
+
+
 def export_pipeline(source: Source, staging: Path, options, steps) -> ExportResult:
     """Write the four graphs, the tokenizer and the scheduler config into ``staging``."""
     from edge_sdk.converters.stage import run_stage
@@ -200,10 +223,6 @@ def export_pipeline(source: Source, staging: Path, options, steps) -> ExportResu
     from edge_sdk.runtimes.backend import version_tuple
 
     quantization = options.quantization
-    if options.device is not None and options.device.static_shapes:
-        from edge_sdk.errors import InvalidInputError
-
-        raise InvalidInputError("static-shape (NPU) text-to-image packages are not built yet; export for a CPU profile")
     steps.expect(6)
     work = staging / "fp32-work"
     request = {"pipeline": str(source.path), "parts": source.extra["parts"], "work": str(work), "atol": options.atol}
@@ -235,6 +254,10 @@ def export_pipeline(source: Source, staging: Path, options, steps) -> ExportResu
             versions.append(min_version)
     if calibrated is not None:
         recipes["unet"] = {**(recipes["unet"] or {}), "calibration": calibrated}
+    if options.device is not None and options.device.static_shapes:
+        with steps.step(f"fixing shapes for {options.device.name}: one image at the package's own size"):
+            for graph in graphs:
+                graph.update(_make_static(staging, graph, shapes))
     recipe = None if all(r is None for r in recipes.values()) else recipes
     return ExportResult(
         graphs=graphs, min_version=max(versions, key=version_tuple), recipe=recipe,

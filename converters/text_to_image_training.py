@@ -60,9 +60,9 @@ def train_digits_text_to_image(output: str | Path, options: DigitsT2IOptions = D
 
     import diffusers
     import torch
+    from edge_sdk.converters.tiny import SD_SCHEDULER, train_clip_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from edge_sdk.converters.tiny import SD_SCHEDULER, train_clip_tokenizer
     from edge_sdk.evaluation import digits
 
     if options.threads:

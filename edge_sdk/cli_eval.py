@@ -38,6 +38,8 @@ def evaluate(package: str, data: str | None, reference: str | None, windows: int
     transcripts.tsv (file<TAB>text per line); prints WER, real-time factor and total time.
     Image generation: samples --num images with --reference (an FP32 package) from the same
     noise and prints the PSNR between them; --digits adds a digit classifier's verdict.
+    Text to image: 4 prompts' images against --reference's (PSNR, SSIM, same seeds); --digits: the
+    prompt adherence of a digits model (the share of images read as the prompted digit).
 
     \b
     Examples:
@@ -45,6 +47,7 @@ def evaluate(package: str, data: str | None, reference: str | None, windows: int
       edge-sdk eval out/smollm-int4 --json
       edge-sdk eval out/whisper-int8 --data speech/
       edge-sdk eval out/digits-static --reference out/digits-fp32 --digits
+      edge-sdk eval out/sd-int8 --reference out/sd
       edge-sdk eval out/smollm-int8 --reference out/smollm --device raspberry-pi-4
       edge-sdk eval out/whisper-int8 --data speech/ --device raspberry-pi-5 --remote pi@raspberrypi.local
 
@@ -65,6 +68,8 @@ def evaluate(package: str, data: str | None, reference: str | None, windows: int
     task = get_task(Package.open(package, verify=False).task)
     if task.command == "transcribe":
         _evaluate_speech(package, data, threads, as_json)
+    elif task.name == "text-to-image":
+        _evaluate_text_to_image(package, reference, steps, digits, threads, as_json)
     elif task.command == "sample":
         _evaluate_images(package, reference, num, steps, digits, threads, as_json)
     elif task.command == "generate":
@@ -139,6 +144,31 @@ def _evaluate_speech(package: str, data: str | None, threads: int | None, as_jso
     click.echo(f"real-time factor    {result.real_time_factor:.4f}")
     click.echo(f"total time          {result.total_seconds:.2f} s (features {result.features_seconds:.2f}, "
                f"encoder {result.encoder_seconds:.2f}, decoder {result.decoder_seconds:.2f})")
+
+
+def _evaluate_text_to_image(package: str, reference: str | None, steps: int | None, digits: bool, threads,
+                            as_json: bool) -> None:
+    import edge_sdk
+    from edge_sdk.text_to_image_eval import adherence, compare
+
+    candidate = edge_sdk.load(package, threads=threads)
+    other = load_for("sample", reference, threads, role="--reference") if reference else None
+    figures = compare(candidate, other, steps=steps)
+    if digits:
+        figures["adherence"] = {f"guidance {g:g}": adherence(candidate, guidance_scale=g, steps=steps or 10)
+                                for g in (1.0, 3.0)}
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    click.echo(f"{figures['prompts']} prompts, {figures['steps']} {figures['scheduler']} steps, guidance "
+               f"{figures['guidance_scale']:g}, {figures['size'][1]}x{figures['size'][0]}; reference: {reference or 'none'}")
+    if figures.get("identical"):
+        click.echo("images identical to the reference's")
+    elif "psnr_db" in figures:
+        click.echo(f"PSNR vs reference   {figures['psnr_db']:.2f} dB, SSIM {figures['ssim']:.4f}")
+    click.echo(f"time per step       {figures['seconds_per_step']:.3f} s")
+    for label, result in figures.get("adherence", {}).items():
+        click.echo(f"adherence, {label}: {result['adherence']:.0f}% of {result['images']} images")
 
 
 def _evaluate_images(package: str, reference: str | None, num: int, steps: int, digits: bool, threads, as_json: bool) -> None:

@@ -105,6 +105,28 @@ class TextToImageGenerator:
         h, w = self._unet["sample_size"]
         return int(h) * self.scale_factor, int(w) * self.scale_factor
 
+    @property
+    def static_shapes(self) -> bool:
+        """An NPU package: every graph has fixed shapes (one image at the package's own size)."""
+        return all(isinstance(d, int) for d in self.package.graph("unet")["inputs"][0]["shape"])
+
+    def _run(self, role: str, feeds: dict) -> dict:
+        """``role``'s graph on ``feeds``; a graph with a fixed batch runs the rows in chunks of it (the last
+        chunk padded by repeating its rows)."""
+        batch = self.package.graph(role)["inputs"][0]["shape"][0]
+        rows = len(next(iter(feeds.values())))
+        if not isinstance(batch, int) or batch == rows:
+            return self._session(role).run(feeds)
+        outputs: dict[str, list] = {}
+        for start in range(0, rows, batch):
+            chunk = {k: v[start:start + batch] for k, v in feeds.items()}
+            short = batch - len(next(iter(chunk.values())))
+            if short:
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in chunk.items()}
+            for name, value in self._session(role).run(chunk).items():
+                outputs.setdefault(name, []).append(value[:batch - short])
+        return {name: np.concatenate(values) for name, values in outputs.items()}
+
     def _session(self, role: str):
         if role not in self._sessions:
             self._sessions[role] = open_session(self.package.runtime, self.package.graph_path(role), self._threads,
@@ -132,7 +154,7 @@ class TextToImageGenerator:
 
     def encode_prompt(self, texts: list[str]) -> np.ndarray:
         """The text encoder's last hidden state (batch, 77, hidden) for ``texts``."""
-        return self._session("text_encoder").run({"input_ids": self.tokenize(texts)})["last_hidden_state"]
+        return self._run("text_encoder", {"input_ids": self.tokenize(texts)})["last_hidden_state"]
 
     def unet(self, sample: np.ndarray, timestep: float, context: np.ndarray, timestep_cond: np.ndarray | None = None):
         """One UNet evaluation of ``sample`` (batch, 4, h, w) at ``timestep`` with ``context`` (batch, 77, hidden)."""
@@ -140,17 +162,17 @@ class TextToImageGenerator:
                  "encoder_hidden_states": np.ascontiguousarray(context, np.float32)}
         if timestep_cond is not None:
             feeds["timestep_cond"] = timestep_cond
-        return self._session("unet").run(feeds)["noise"]
+        return self._run("unet", feeds)["noise"]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents -> images (N, H, W, 3) in [0, 1]."""
         latent = latents / np.float32(self._vae["scaling_factor"]) + np.float32(self._vae.get("shift_factor", 0.0))
-        image = self._session("vae_decoder").run({"latent": latent.astype(np.float32)})["image"]
+        image = self._run("vae_decoder", {"latent": latent.astype(np.float32)})["image"]
         return np.clip(image / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
 
     def encode_image(self, image: np.ndarray, generator: TorchGenerator | None) -> np.ndarray:
         """An image (1, 3, H, W) in [-1, 1] -> scaled latents, sampled from the VAE's distribution (AutoencoderKL)."""
-        out = self._session("vae_encoder").run({"image": image})
+        out = self._run("vae_encoder", {"image": image})
         if "latent" in out:
             latent = out["latent"]
         else:
@@ -178,7 +200,7 @@ class TextToImageGenerator:
         opts = self.options(options, **overrides)
         start = time.perf_counter()
         height, width = opts.height or self.default_size[0], opts.width or self.default_size[1]
-        if opts.width is None and opts.height is None and opts.init_image is not None:
+        if opts.width is None and opts.height is None and opts.init_image is not None and not self.static_shapes:
             height, width = None, None  # the init image's size (rounded down to the multiple)
         scheduler = opts.scheduler or self.default_scheduler
         if scheduler in ("ddpm",):
@@ -197,6 +219,9 @@ class TextToImageGenerator:
         init = self._init_image(opts.init_image, height, width) if opts.init_image is not None else None
         if init is not None:
             height, width = init.shape[2], init.shape[3]
+        if self.static_shapes and (height, width) != self.default_size:
+            raise InvalidInputError(f"this package has static shapes (for an NPU): it draws {self.default_size[1]}x"
+                                    f"{self.default_size[0]} images only, not {width}x{height}")
         for name, value in (("height", height), ("width", width)):
             if value % self.size_multiple:
                 raise InvalidInputError(f"{name} {value} is not a multiple of {self.size_multiple}: this package's UNet "

@@ -18,7 +18,10 @@ from pathlib import Path
 
 
 def main() -> int:
-    from edge_sdk.converters.text_to_image_training import DigitsT2IOptions, train_digits_text_to_image
+    from edge_sdk.converters.text_to_image_training import (
+        DigitsT2IOptions,
+        train_digits_text_to_image,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/digits-t2i"))

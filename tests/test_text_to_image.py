@@ -260,6 +260,11 @@ def test_sampling_imports_no_torch_and_the_cli_writes_the_image(sd_package, tmp_
     again = subprocess.run(cli + ["-o", str(tmp_path / "again.png"), "--init-image", str(out), "--strength", "0.5"],
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+    evaluated = subprocess.run([sys.executable, "-m", "edge_sdk.cli", "eval", str(package), "--reference", str(package),
+                                "--steps", "2", "--json"], capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr
+    figures = json.loads(evaluated.stdout)
+    assert figures["identical"] and figures["prompts"] == 4 and figures["steps"] == 2
     refused = subprocess.run(cli[:5] + ["-o", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert refused.returncode != 0 and "give a --prompt" in refused.stderr and len(refused.stderr.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
@@ -276,3 +281,25 @@ def test_the_digits_text_to_image_model_draws_the_prompted_digit(digits_t2i, tmp
     unguided = adherence(gen, guidance_scale=1.0, per_digit=5, steps=10)
     assert guided["images"] == 50 and guided["adherence"] >= 80, guided
     assert guided["adherence"] > unguided["adherence"]
+
+
+def test_static_shapes_for_the_npu_profile(tiny_sd, sd_package, tmp_path):
+    """The NPU profile's package: every graph fixed to one image at the package's own size (the UNet to the
+    guided batch of 2), drawing what the dynamic package draws; other sizes are refused."""
+    from edge_sdk.converters.export import options_for_device
+
+    options = options_for_device("intel-core-ultra-npu", weights="int8")
+    package = export(tiny_sd, tmp_path / "npu", options, progress=False)
+    manifest = json.loads((package / "manifest.json").read_text())
+    shapes = {g["role"]: [i["shape"] for i in g["inputs"]] for g in manifest["graphs"]}
+    assert shapes["unet"][0] == [2, 4, 16, 16] and shapes["text_encoder"] == [[1, 77]]
+    assert shapes["vae_encoder"] == [[1, 3, 32, 32]] and shapes["vae_decoder"] == [[1, 4, 16, 16]]
+    gen = edge_sdk.load(package)
+    assert gen.static_shapes
+    dynamic = edge_sdk.load(sd_package("openvino", "int8"))
+    for call in ({"num_images": 3}, {"guidance_scale": 1.0}, {"init_image": np.zeros((40, 24, 3), np.uint8)}):
+        got = gen.generate(prompt=PROMPT, steps=3, seed=1, output="float", **call).images
+        expected = dynamic.generate(prompt=PROMPT, steps=3, seed=1, output="float", width=32, height=32, **call).images
+        assert got.shape == expected.shape and psnr(got, expected) > 40
+    with pytest.raises(InvalidInputError, match="static shapes"):
+        gen.generate(prompt=PROMPT, width=48, steps=1)
