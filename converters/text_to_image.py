@@ -151,10 +151,12 @@ CALIBRATION_PROMPTS = ("a photograph of a mountain lake at sunrise", "a portrait
 
 def _calibration_feeds(work: Path, tokenizer: Path, sections: dict, count: int) -> tuple[list[dict], dict]:
     """UNet inputs for static calibration, recorded where the pipeline itself produces them: the FP32
-    graphs sampling ``CALIBRATION_PROMPTS`` with guidance at the package's own size and scheduler
-    (10 steps each), ``count`` of the calls kept, evenly spread over prompts and timesteps."""
+    graphs sampling ``CALIBRATION_PROMPTS`` with guidance at the package's own size (at most 256 pixels
+    a side) and scheduler (10 steps each), ``count`` of the calls kept, evenly spread over prompts and
+    timesteps."""
     from edge_sdk.converters.onnxruntime_engine import describe
     from edge_sdk.runtimes.text_to_image import TextToImageGenerator
+    from edge_sdk.text_to_image_eval import measured_size
 
     from edge_sdk.package import Package, write_manifest
 
@@ -184,13 +186,14 @@ def _calibration_feeds(work: Path, tokenizer: Path, sections: dict, count: int) 
         return run_unet(sample, timestep, context, timestep_cond)
 
     generator.unet = recording
+    height, width = measured_size(generator)  # at most 256 pixels a side: a 512x512 model calibrates in minutes
     for seed, prompt in enumerate(CALIBRATION_PROMPTS):
-        generator.generate(prompt=prompt, seed=seed, steps=None if generator.is_lcm else 10)
+        generator.generate(prompt=prompt, seed=seed, steps=None if generator.is_lcm else 10, height=height, width=width)
     keep = np.unique(np.linspace(0, len(calls) - 1, min(count, len(calls))).round().astype(int))
     timesteps = [float(calls[i]["timestep"][0]) for i in keep]
     shutil.rmtree(package, ignore_errors=True)
     return [calls[i] for i in keep], {"source": "the FP32 pipeline's own guided sampling runs",
-                                      "prompts": len(CALIBRATION_PROMPTS), "inputs": len(keep),
+                                      "prompts": len(CALIBRATION_PROMPTS), "inputs": len(keep), "size": [height, width],
                                       "timesteps": [min(timesteps), max(timesteps)]}
 
 

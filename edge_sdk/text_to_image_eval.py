@@ -2,8 +2,8 @@
 same prompts and seeds; runs on the device side too (numpy only).
 
 The export measures every package this way (``accuracy.eval`` in its manifest): ``PROMPTS`` at the
-package's own size, scheduler and guidance, ``ACCURACY_STEPS`` steps (an LCM its own 4), seed i for
-prompt i.
+package's own size (at most 256 pixels a side), scheduler and guidance, ``ACCURACY_STEPS`` steps (an
+LCM its own 4), seed i for prompt i.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from edge_sdk.evaluation import psnr
 PROMPTS = ("a photograph of a lighthouse on a rocky coast at dusk", "a watercolor painting of a red fox in the snow",
            "a bowl of ramen on a wooden table, studio lighting", "an astronaut riding a horse, oil painting")
 ACCURACY_STEPS = 10
+MAX_SIDE = 256  # pixels a side at most for the export's measure
 
 
 def ssim(images: np.ndarray, reference: np.ndarray, window: int = 7) -> float:
@@ -41,18 +42,30 @@ def ssim(images: np.ndarray, reference: np.ndarray, window: int = 7) -> float:
     return float(value.mean())
 
 
+def measured_size(generator) -> tuple[int, int]:
+    """(height, width) the accuracy is measured at: the package's own size, at most ``MAX_SIDE`` pixels a
+    side (rounded down to the size multiple), so that a 512x512 model is measured in minutes, not hours;
+    a static-shape package at its only size."""
+    if generator.static_shapes:
+        return generator.default_size
+    m = generator.size_multiple
+    return tuple(max(min(side, MAX_SIDE) // m * m, m) for side in generator.default_size)
+
+
 def compare(candidate, reference, prompts=PROMPTS, steps: int | None = None) -> dict:
-    """``candidate`` and ``reference`` (loaded text-to-image packages) on ``prompts``, seed i for prompt i."""
+    """``candidate`` and ``reference`` (loaded text-to-image packages) on ``prompts``, seed i for prompt i,
+    at ``measured_size``."""
     steps = (candidate.default_steps if candidate.is_lcm else ACCURACY_STEPS) if steps is None else steps
+    height, width = measured_size(candidate)
     ours, theirs, seconds = [], [], 0.0
     for seed, prompt in enumerate(prompts):
-        ours.append(candidate.generate(prompt=prompt, steps=steps, seed=seed).images)
+        ours.append(candidate.generate(prompt=prompt, steps=steps, seed=seed, height=height, width=width).images)
         seconds += candidate.last_stats.seconds_per_step
         if reference is not None:
-            theirs.append(reference.generate(prompt=prompt, steps=steps, seed=seed).images)
+            theirs.append(reference.generate(prompt=prompt, steps=steps, seed=seed, height=height, width=width).images)
     images = np.concatenate(ours)
     figures = {"prompts": len(prompts), "steps": steps, "scheduler": candidate.default_scheduler,
-               "guidance_scale": candidate.default_guidance_scale, "size": list(candidate.default_size),
+               "guidance_scale": candidate.default_guidance_scale, "size": [height, width],
                "seconds_per_step": seconds / len(prompts)}
     if reference is None:
         return figures
@@ -93,7 +106,8 @@ def text_to_image_accuracy(request: dict, step=None) -> dict:
     reference = load(request["reference"], verify=False) if request.get("reference") else None
     figures = compare(candidate, reference)
     figures["reference"] = "FP32 ONNX graphs" if reference else None
-    how = f"{figures['prompts']} prompts, {figures['steps']} {figures['scheduler']} steps, same seeds"
+    how = (f"{figures['prompts']} prompts at {figures['size'][1]}x{figures['size'][0]}, {figures['steps']} "
+           f"{figures['scheduler']} steps, same seeds")
     if reference is None:
         figures["summary"] = "the package is the FP32 graphs"
     elif figures["identical"]:
