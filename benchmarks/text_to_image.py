@@ -41,14 +41,20 @@ SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block
                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                  cross_attention_dim=768, attention_head_dim=8)
+# BK-SDM-Tiny: SD 1.5 without its mid block, one layer per block, and without its innermost stage (the
+# attention-free 1280-channel one), so all three stages left keep their cross-attention (323 M parameters)
 BK_SDM_TINY_UNET = dict(SD15_UNET, layers_per_block=1, block_out_channels=(320, 640, 1280),
-                        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), mid_block_type=None)
+                        down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
+                        mid_block_type=None)
+# what the first run of 2026-12-08 measured (219 M): the same but without attention in the 1280-channel stage
+BK_SDM_TINY_NO_INNER_ATTENTION = dict(BK_SDM_TINY_UNET, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                                                          "DownBlock2D"),
+                                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=77,
               projection_dim=768, hidden_act="quick_gelu")
-SHAPES = {"bk-sdm-tiny": BK_SDM_TINY_UNET, "sd15": SD15_UNET}
+SHAPES = {"bk-sdm-tiny": BK_SDM_TINY_UNET, "bk-sdm-tiny-219m": BK_SDM_TINY_NO_INNER_ATTENTION, "sd15": SD15_UNET}
 
 
 # ---------------------------------------------------------------- workers (each in its own process)

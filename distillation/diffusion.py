@@ -52,6 +52,15 @@ def unet_teacher(path: Path):
     from edge_sdk.converters.diffusion import diffusion_source
     from edge_sdk.errors import ModelLoadError
 
+    for config in (Path(path) / "unet" / "config.json", Path(path) / "config.json"):
+        try:
+            conditional = json.loads(config.read_text(encoding="utf-8")).get("_class_name") == "UNet2DConditionModel"
+        except (OSError, ValueError, AttributeError):
+            continue
+        if conditional:
+            raise InvalidInputError(f"{path} holds a UNet2DConditionModel (text-to-image); edge-sdk distill takes "
+                                    "unconditional UNet2DModel teachers so far")
+        break
     try:
         found = diffusion_source(Path(path))
     except ModelLoadError as e:

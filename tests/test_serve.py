@@ -149,7 +149,7 @@ def test_health_models_and_completions_with_the_openai_client(server, tiny_packa
 
     assert _get(server, "/health", key=None).json()["status"] == "ok"  # /health needs no key
     client = _client(server)
-    assert {m.id for m in client.models.list().data} == {"student", "teacher", "chat", "whisper", "digits"}
+    assert {m.id for m in client.models.list().data} == {"student", "teacher", "chat", "whisper", "digits", "sd"}
     lm = edge_sdk.load(tiny_package_dir("LlamaForCausalLM"), threads=1)
     expected = lm.generate("Once upon a time", max_new_tokens=12, temperature=0.0, ignore_eos=True)
     reply = client.completions.create(model="chat", prompt="Once upon a time", max_tokens=12, temperature=0,
