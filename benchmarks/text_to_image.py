@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import diffusion  # benchmarks/diffusion.py: each variant exported as it exports them
 from common import (  # benchmarks/common.py (scripts run with benchmarks/ on sys.path)
     dispatch,
     machine,
@@ -157,23 +157,11 @@ def build_shape(name: str, out: Path) -> Path:
 
 
 def export_variants(model: Path, out: Path, variants: list[str], label: str) -> dict[str, dict]:
-    exported = {}
-    for variant in variants:
-        runtime, weights, *mode = variant.split(":")
-        package = out / f"{label}-{variant.replace(':', '-')}"
-        seconds = None
-        if not (package / "manifest.json").is_file():
-            print(f"exporting {label} {variant} ...", file=sys.stderr, flush=True)
-            command = [sys.executable, "-m", "edge_sdk.cli", "export", str(model), "-o", str(package), "--runtime", runtime,
-                       "--weights", weights, "--overwrite", "-q"]
-            if mode:
-                command += ["--quant-mode", mode[0]] + (["--calibration", "sampling"] if mode[0] == "static" else [])
-            start = time.perf_counter()
-            subprocess.run(command, check=True)
-            seconds = time.perf_counter() - start
-        manifest = json.loads((package / "manifest.json").read_text())
-        exported[variant] = {"package": package, "export_seconds": seconds,
-                             "vs_fp32": manifest["accuracy"].get("eval", {}).get("summary")}
+    """diffusion.py's exports, with each package's accuracy summary against FP32 from its manifest."""
+    exported = diffusion.export_variants(model, out, variants, label)
+    for done in exported.values():
+        manifest = json.loads((done["package"] / "manifest.json").read_text())
+        done["vs_fp32"] = manifest["accuracy"].get("eval", {}).get("summary")
     return exported
 
 

@@ -61,6 +61,7 @@ def train_digits_text_to_image(output: str | Path, options: DigitsT2IOptions = D
     import diffusers
     import torch
     from edge_sdk.converters.tiny import SD_SCHEDULER, train_clip_tokenizer
+    from edge_sdk.converters.training import optimizer_step
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from edge_sdk.evaluation import digits
@@ -115,13 +116,7 @@ def train_digits_text_to_image(output: str | Path, options: DigitsT2IOptions = D
         noise = torch.randn(latents[index].shape, generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
         loss = torch.nn.functional.mse_loss(unet(a.sqrt() * latents[index] + (1 - a).sqrt() * noise, t, ctx).sample, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            for average, current in zip(ema.parameters(), unet.parameters()):
-                average.lerp_(current, 1 - options.ema_decay)
+        optimizer_step(unet, optimizer, loss, ema, options.ema_decay)
         losses["unet"].append(float(loss.detach()))
         if on_step:
             on_step("unet", step, losses["unet"][-1])

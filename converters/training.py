@@ -166,6 +166,19 @@ class DDPMTrainingOptions:
     threads: int | None = None
 
 
+def optimizer_step(model, optimizer, loss, ema, ema_decay: float) -> None:
+    """One step on ``loss`` (gradients clipped to norm 1), then ``ema`` moved towards ``model``."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    with torch.no_grad():
+        for average, current in zip(ema.parameters(), model.parameters()):
+            average.lerp_(current, 1 - ema_decay)
+
+
 def train_ddpm(output: Path, images: np.ndarray, unet_config: dict, options: DDPMTrainingOptions, on_step=None) -> dict:
     """Train a diffusers ``UNet2DModel`` to predict the noise of ``images`` (N, H, W) or (N, H, W, C)
     in [0, 1], and save it with its DDPMScheduler as a diffusers pipeline directory ``output``
@@ -203,13 +216,7 @@ def train_ddpm(output: Path, images: np.ndarray, unet_config: dict, options: DDP
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, options)
         loss = torch.nn.functional.mse_loss(unet(noisy, t).sample, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            for average, current in zip(ema.parameters(), unet.parameters()):
-                average.lerp_(current, 1 - options.ema_decay)
+        optimizer_step(unet, optimizer, loss, ema, options.ema_decay)
         losses.append(float(loss.detach()))
         if on_step:
             on_step(step, losses[-1])

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from edge_sdk.runtimes.schedulers import _betas
+from edge_sdk.runtimes.schedulers import Scheduler
 
 from edge_sdk.errors import InvalidInputError
 
@@ -82,8 +82,7 @@ def settings(name: str, config: dict) -> dict:
         raise InvalidInputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     class_name, implied = NAMES[name]
     defaults = DEFAULTS[class_name]
-    merged = {key: config.get(key, value) if config.get(key) is not None or key == "trained_betas" else value
-              for key, value in defaults.items()}
+    merged = {key: value if config.get(key) is None else config[key] for key, value in defaults.items()}
     merged.update(implied)
     for key, supported in _UNSUPPORTED:
         if key in merged and merged[key] != supported:
@@ -109,20 +108,12 @@ def make_sampler(name: str, config: dict, steps: int, eta: float = 0.0) -> "Samp
     return sampler
 
 
-def _spaced(s: dict, steps: int, dtype=np.int64) -> np.ndarray:
-    """The descending timesteps of ``timestep_spacing`` (diffusers' set_timesteps); float32 ones (Euler)
-    keep linspace's fractions."""
-    total, spacing = s["num_train_timesteps"], s["timestep_spacing"]
-    if spacing == "linspace":
-        if dtype == np.float32:
-            return np.linspace(0, total - 1, steps, dtype=np.float32)[::-1].copy()
-        return np.linspace(0, total - 1, steps).round()[::-1].astype(dtype)
-    if spacing == "leading":
-        ratio = total // steps
-        return (np.arange(0, steps) * ratio).round()[::-1].astype(dtype) + dtype(s["steps_offset"])
-    if spacing == "trailing":
-        return np.round(np.arange(total, 0, -total / steps)).astype(dtype) - dtype(1)
-    raise InvalidInputError(f"timestep_spacing {spacing!r} is not supported")
+def _spaced(base: Scheduler, steps: int, dtype=np.int64) -> np.ndarray:
+    """The descending timesteps of ``timestep_spacing`` (diffusers' set_timesteps), as the unconditional
+    samplers space them; float32 ones (Euler) keep linspace's fractions."""
+    if dtype == np.float32 and base.config["timestep_spacing"] == "linspace":
+        return np.linspace(0, base.train_steps - 1, steps, dtype=np.float32)[::-1].copy()
+    return base.timesteps(steps).astype(dtype)
 
 
 class Sampler:
@@ -137,7 +128,8 @@ class Sampler:
     def __init__(self, s: dict, steps: int):
         self.s = s
         self.steps = steps
-        self.alphas_cumprod = np.cumprod(f32(1) - _betas(s), dtype=np.float32)
+        self.base = Scheduler.from_config(s, "ddim")  # the unconditional DDIM: betas, spacing, DDIM's step
+        self.alphas_cumprod = self.base.alphas_cumprod
         self.begin = 0
 
     @property
@@ -170,23 +162,12 @@ class Sampler:
 class DDIM(Sampler):
     def __init__(self, s, steps):
         super().__init__(s, steps)
-        self.timesteps = _spaced(s, steps)
-        self.final = f32(1.0) if s["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self.timesteps = _spaced(self.base, steps)
 
     def step(self, output, i, x, draw):
-        eta = self.eta
         t = int(self.timesteps[i])
-        prev = t - self.train_steps // self.steps
-        a, a_prev = self.alphas_cumprod[t], self.alphas_cumprod[prev] if prev >= 0 else self.final
-        x0, eps = self._x0_eps(output, t, x)
-        if self.s["clip_sample"]:
-            x0 = np.clip(x0, -self.s["clip_sample_range"], self.s["clip_sample_range"])
-        variance = (f32(1) - a_prev) / (f32(1) - a) * (f32(1) - a / a_prev)
-        std = eta * np.sqrt(variance)
-        out = np.sqrt(a_prev) * x0 + np.sqrt(f32(1) - a_prev - std**2) * eps
-        if eta > 0:
-            out = out + std * draw(output.shape)
-        return out.astype(np.float32)
+        noise = draw(output.shape) if self.eta > 0 else None
+        return self.base.step(output, t, x, previous=t - self.train_steps // self.steps, eta=self.eta, noise=noise)
 
 
 class PNDM(Sampler):
@@ -194,7 +175,7 @@ class PNDM(Sampler):
 
     def __init__(self, s, steps):
         super().__init__(s, steps)
-        base = _spaced(s, steps)[::-1]  # ascending, as diffusers' _timesteps
+        base = _spaced(self.base, steps)[::-1]  # ascending, as diffusers' _timesteps
         self.timesteps = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1].astype(np.int64)
         self.final = f32(1.0) if s["set_alpha_to_one"] else self.alphas_cumprod[0]
         self.ets: list[np.ndarray] = []
@@ -266,7 +247,7 @@ class _Sigmas(Sampler):
 class Euler(_Sigmas):
     def __init__(self, s, steps):
         super().__init__(s, steps)
-        timesteps = _spaced(s, steps, np.float32)
+        timesteps = _spaced(self.base, steps, np.float32)
         train = self._train_sigmas()
         sigmas = np.interp(timesteps, np.arange(len(train)), train)
         if s.get("use_karras_sigmas"):
@@ -396,7 +377,6 @@ class LCM(Sampler):
     def step(self, output, i, x, draw):
         t = int(self.timesteps[i])
         prev = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else t
-        a = self.alphas_cumprod[t]
         a_prev = self.alphas_cumprod[prev] if prev >= 0 else self.final
         scaled = t * self.s["timestep_scaling"]
         c_skip = 0.25 / (scaled**2 + 0.25)

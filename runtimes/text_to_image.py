@@ -69,6 +69,8 @@ class TextToImageGenerator:
         self._max_length = int(tokenizer["max_length"])
         self._eos, self._pad = tokenizer["eos_token_id"], tokenizer["pad_token_id"]
         self._sessions: dict = {}
+        # each graph's batch: an int where it is fixed (static-shape NPU packages), else the axis name
+        self._batch = {graph["role"]: graph["inputs"][0]["shape"][0] for graph in manifest["graphs"]}
         self.last_stats: SamplingStats | None = None
 
     # ------------------------------------------------------------------ what the package is
@@ -108,12 +110,12 @@ class TextToImageGenerator:
     @property
     def static_shapes(self) -> bool:
         """An NPU package: every graph has fixed shapes (one image at the package's own size)."""
-        return all(isinstance(d, int) for d in self.package.graph("unet")["inputs"][0]["shape"])
+        return isinstance(self._batch["unet"], int)
 
     def _run(self, role: str, feeds: dict) -> dict:
         """``role``'s graph on ``feeds``; a graph with a fixed batch runs the rows in chunks of it (the last
         chunk padded by repeating its rows)."""
-        batch = self.package.graph(role)["inputs"][0]["shape"][0]
+        batch = self._batch[role]
         rows = len(next(iter(feeds.values())))
         if not isinstance(batch, int) or batch == rows:
             return self._session(role).run(feeds)
